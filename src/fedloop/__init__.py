@@ -1,0 +1,34 @@
+"""fedloop: federated learning that is exact, fast to simulate and simple to read.
+
+The Python API in a few names:
+
+    import fedloop
+    data = fedloop.load_dataset("digits")
+    part = fedloop.make_partition(data, "dirichlet", num_clients=20, seed=0, alpha=0.5)
+    result = fedloop.simulate(lambda: MyNet(), data, part, fedloop.FedAvg(clients_per_round=10), rounds=20)
+    result.history, result.model
+"""
+
+from .config import Config, load_config
+from .data import Dataset, Examples, Partition, load_dataset, make_partition
+from .errors import (
+    AggregationError,
+    CheckpointError,
+    ConfigError,
+    DataError,
+    FedloopError,
+    PrivacyBudgetExhausted,
+    TransportError,
+)
+from .experiment import RunResult, load_model, run_config, simulate
+from .models import build_model
+from .strategies import FedAvg, FedSGD, LocalSGD, Strategy, make_strategy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AggregationError", "CheckpointError", "Config", "ConfigError", "DataError", "Dataset", "Examples",
+    "FedAvg", "FedSGD", "FedloopError", "LocalSGD", "Partition", "PrivacyBudgetExhausted", "RunResult",
+    "Strategy", "TransportError", "build_model", "load_config", "load_dataset", "load_model",
+    "make_partition", "make_strategy", "run_config", "simulate",
+]

@@ -1,0 +1,150 @@
+"""The command line: `fedloop run`, `fedloop partition`, `fedloop report`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from .config import Config, load_config
+from .errors import FedloopError
+from .types import RoundRecord, ServerState
+
+console = Console(stderr=True)
+
+
+def _stdout() -> Console:
+    """Tables go to stdout; when it is not a terminal they are not squeezed to 80 columns."""
+    out = Console()
+    return out if out.is_terminal else Console(width=200)
+
+
+def _default_out(cfg: Config) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path("runs") / f"{cfg.data.name}-{cfg.strategy.name}-{stamp}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .experiment import run_config
+    from .report import round_table
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out) if args.out else _default_out(cfg)
+    console.print(f"[bold]fedloop[/] {cfg.strategy.name} on {cfg.data.name}, model {cfg.model.name}, "
+                  f"{cfg.partition.num_clients} clients ({cfg.partition.scheme}), {cfg.rounds} rounds -> {out}")
+    columns = [TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[status]}"),
+               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, disable=args.quiet) as progress:
+        bar = progress.add_task("rounds", total=cfg.rounds, status="")
+        latest: dict[str, float] = {}
+
+        def on_round(rec: RoundRecord, state: ServerState) -> None:
+            latest.update({k: v for k, v in rec.metrics.items() if k in ("accuracy", "loss")})
+            parts = [f"train_loss {rec.train_loss:.4f}" if rec.train_loss is not None else "no updates"]
+            parts += [f"{k} {v:.4f}" for k, v in latest.items()]
+            progress.update(bar, completed=state.round, status="  ".join(parts))
+
+        result = run_config(cfg, out, on_round)
+    if args.table:
+        _stdout().print(round_table(result.history))
+    s = result.summary
+    acc = f"{s['accuracy']:.4f}" if s.get("accuracy") is not None else "n/a"
+    loss = f"{s['loss']:.4f}" if s.get("loss") is not None else "n/a"
+    print(f"rounds {s['rounds']}  stop {s['stop_reason']}  accuracy {acc}  loss {loss}  "
+          f"seconds {s['seconds']:.1f}  -> {out}")
+    return 0
+
+
+def cmd_partition(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from .data.partition import label_counts
+    from .experiment import load_data, partition_from_config
+    from .report import partition_table, plot_partition
+
+    cfg = load_config(args.config, args.set)
+    data = load_data(cfg)
+    part = partition_from_config(cfg, data)
+    counts = label_counts(data.y_train.numpy(), part.train, data.num_classes)
+    _stdout().print(partition_table(counts, max_rows=args.max_rows))
+    sizes = counts.sum(axis=1)
+    print(f"scheme {part.scheme}: {part.num_clients} clients, rows per client min {sizes.min()} "
+          f"median {int(np.median(sizes))} max {sizes.max()}; local test rows {sum(len(t) for t in part.test)}")
+    if args.plot:
+        plot_partition(counts, Path(args.plot), f"{data.name}: {part.scheme}, {part.num_clients} clients")
+        print(f"heatmap -> {args.plot}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(part.to_json()))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .report import plot_curves, round_table
+    from .store import read_metrics
+
+    run_dir = Path(args.run_dir)
+    rows = read_metrics(run_dir)
+    _stdout().print(round_table(rows))
+    plot_curves(rows, run_dir / "curves.png")
+    print(f"curves -> {run_dir / 'curves.png'}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedloop", description="Federated learning: simulate, inspect, report.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def config_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("config", nargs="?", help="TOML config (default: the embedded digits job)")
+        sp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value (repeatable)")
+
+    run = sub.add_parser("run", help="run a federated simulation")
+    config_args(run)
+    run.add_argument("--out", help="run directory (default: runs/<data>-<strategy>-<time>)")
+    run.add_argument("--quiet", action="store_true", help="no live progress display")
+    run.add_argument("--table", action="store_true", help="print the round table at the end")
+    run.set_defaults(func=cmd_run)
+
+    part = sub.add_parser("partition", help="show how a config partitions its data over clients")
+    config_args(part)
+    part.add_argument("--plot", metavar="PNG", help="save a heatmap of label counts per client")
+    part.add_argument("--json", metavar="FILE", help="save client id -> row indices")
+    part.add_argument("--max-rows", type=int, default=50, help="clients shown in the table")
+    part.set_defaults(func=cmd_partition)
+
+    rep = sub.add_parser("report", help="print a run's round table and redraw its plots")
+    rep.add_argument("run_dir")
+    rep.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except FedloopError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; files written so far are complete", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The run directory: atomic writes of configs, metrics, checkpoints (safetensors) and the final model."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .errors import CheckpointError
+from .types import RoundRecord, ServerState
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: Path, state: ServerState, meta: Mapping[str, Any] | None = None) -> None:
+    """The whole server state in one safetensors file; tensor order and scalars live in its metadata."""
+    tensors = {f"params/{k}": v for k, v in state.params.items()}
+    tensors.update({f"opt/{k}": v for k, v in state.opt_state.items()})
+    tensors.update({f"extras/{k}": v for k, v in state.extras.items()})
+    metadata = {"format": "fedloop.server_state/1", "round": str(state.round), "seed": str(state.seed),
+                "order": json.dumps({"params": list(state.params), "opt": list(state.opt_state),
+                                     "extras": list(state.extras)}),
+                "meta": json.dumps(dict(meta or {}))}
+    _save_tensors(path, tensors, metadata)
+
+
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file not found")
+    try:
+        tensors = load_file(path)
+        with safe_open(path, "pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
+    return tensors, metadata
+
+
+def load_checkpoint(path: Path) -> tuple[ServerState, dict[str, Any]]:
+    """Inverse of save_checkpoint: the exact ServerState (same names, order, dtypes, values) and its meta."""
+    tensors, md = _read_safetensors(path)
+    if md.get("format") != "fedloop.server_state/1":
+        raise CheckpointError(f"{path}: not a fedloop server-state checkpoint")
+    order = json.loads(md["order"])
+    pick = {sec: {k: tensors[f"{pre}/{k}"] for k in order[sec]}
+            for sec, pre in (("params", "params"), ("opt", "opt"), ("extras", "extras"))}
+    state = ServerState(round=int(md["round"]), params=pick["params"], opt_state=pick["opt"],
+                        extras=pick["extras"], seed=int(md["seed"]))
+    return state, json.loads(md.get("meta", "{}"))
+
+
+def save_model(path: Path, params: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
+    """The final model: plain named tensors (loadable by any safetensors reader) plus how to rebuild it."""
+    _save_tensors(path, params, {"format": "fedloop.model/1", "order": json.dumps(list(params)),
+                                 "meta": json.dumps(dict(meta))})
+
+
+def load_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, md = _read_safetensors(path)
+    if md.get("format") != "fedloop.model/1":
+        raise CheckpointError(f"{path}: not a fedloop model file")
+    return {k: tensors[k] for k in json.loads(md["order"])}, json.loads(md.get("meta", "{}"))
+
+
+class RunDir:
+    """Where one run writes its outputs; every file is replaced atomically."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._records: list[dict[str, Any]] = []
+
+    def checkpoint_path(self, round_: int) -> Path:
+        return self.path / "checkpoints" / f"round_{round_:04d}.safetensors"
+
+    def append_record(self, record: RoundRecord) -> None:
+        """metrics.jsonl is rewritten whole (atomically) so a crash never leaves a torn line."""
+        self._records.append(record.to_json())
+        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self._records))
+
+    def write_json(self, name: str, obj: Any) -> None:
+        atomic_write_json(self.path / name, obj)
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write_text(self.path / name, text)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not found; is {run_dir} a fedloop run directory?")
+    rows = []
+    for i, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise CheckpointError(f"{path}:{i}: not valid JSON ({exc})") from None
+    return rows

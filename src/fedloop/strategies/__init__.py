@@ -1,0 +1,24 @@
+"""Federated algorithms, one per file, looked up by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ConfigError
+from .base import LocalSGD, Strategy
+from .fedavg import FedAvg
+from .fedsgd import FedSGD
+
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedSGD)}
+
+
+def make_strategy(name: str, **hyperparams: Any) -> Strategy:
+    """Build a strategy by its registered name."""
+    try:
+        cls = STRATEGIES[name]
+    except KeyError:
+        raise ConfigError(f"strategy.name = {name!r} is unknown; allowed: {', '.join(STRATEGIES)}") from None
+    return cls(**hyperparams)
+
+
+__all__ = ["STRATEGIES", "FedAvg", "FedSGD", "LocalSGD", "Strategy", "make_strategy"]
