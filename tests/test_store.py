@@ -1,0 +1,64 @@
+"""Run-directory files: exact checkpoints, atomic writes, final model loading."""
+
+import json
+
+import pytest
+import torch
+
+from fedloop import CheckpointError, load_model
+from fedloop.store import RunDir, atomic_write_text, load_checkpoint, save_checkpoint, save_model
+from fedloop.types import RoundRecord, ServerState
+
+
+def test_checkpoint_round_trip_is_exact_and_keeps_order(tmp_path):
+    params = {"z.weight": torch.randn(3, 2), "a.bias": torch.randn(3).double(), "m": torch.randn(1)}
+    state = ServerState(round=7, params=params, opt_state={"momentum/z.weight": torch.randn(3, 2)},
+                        extras={"c": torch.arange(4.0)}, seed=42)
+    save_checkpoint(tmp_path / "ck.safetensors", state, {"model": "mlp"})
+    back, meta = load_checkpoint(tmp_path / "ck.safetensors")
+    assert back.round == 7 and back.seed == 42 and meta == {"model": "mlp"}
+    assert list(back.params) == list(params)
+    for k in params:
+        assert torch.equal(back.params[k], params[k]) and back.params[k].dtype == params[k].dtype
+    assert torch.equal(back.opt_state["momentum/z.weight"], state.opt_state["momentum/z.weight"])
+    assert torch.equal(back.extras["c"], state.extras["c"])
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 20)
+    with pytest.raises(CheckpointError, match="bad.safetensors: not a readable safetensors"):
+        load_checkpoint(tmp_path / "bad.safetensors")
+    with pytest.raises(CheckpointError, match="file not found"):
+        load_checkpoint(tmp_path / "none.safetensors")
+
+
+def test_a_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
+    target = tmp_path / "summary.json"
+    atomic_write_text(target, "old")
+
+    def boom(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_text(target, "new")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temp file left behind
+
+
+def test_metrics_jsonl_holds_one_object_per_round(tmp_path):
+    run = RunDir(tmp_path)
+    for r in (1, 2):
+        run.append_record(RoundRecord(r, 3, 0, 0.5, 10, 20, 0.1, {"accuracy": 0.9}))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    assert set(rows[0]) >= {"round", "clients", "train_loss", "accuracy", "bytes_up", "bytes_down", "seconds"}
+
+
+def test_load_model_needs_model_fn_for_custom_models(tmp_path):
+    net = torch.nn.Linear(2, 2)
+    save_model(tmp_path / "model.safetensors", dict(net.state_dict()), {})
+    with pytest.raises(CheckpointError, match="custom model"):
+        load_model(tmp_path)
+    loaded = load_model(tmp_path, lambda: torch.nn.Linear(2, 2))
+    assert torch.equal(loaded.weight, net.weight)
