@@ -33,6 +33,13 @@ def grad_of(params: dict, x, y) -> dict:
     return {k: p.grad.clone() for k, p in m.named_parameters()}
 
 
+def all_clients_fedavg():
+    """FedAvg over every client of the SIZES partition, its fleet, and its initial state."""
+    strategy = FedAvg(clients_per_round=None)
+    fleet = build_fleet(blobs(n_train=sum(SIZES)), manual_partition(SIZES), strategy, model_fn, F.cross_entropy)
+    return strategy, fleet, strategy.init(initial_params(model_fn, 0), 0)
+
+
 def one_round(strategy, seed=3):
     data = blobs(n_train=sum(SIZES))
     part = manual_partition(SIZES)
@@ -95,11 +102,7 @@ def test_fedavg_is_weighted_model_averaging_of_hand_trained_local_sgd():
 
 
 def test_aggregation_is_invariant_to_reply_order():
-    data = blobs(n_train=sum(SIZES))
-    part = manual_partition(SIZES)
-    strategy = FedAvg(clients_per_round=None)
-    fleet = build_fleet(data, part, strategy, model_fn, F.cross_entropy)
-    state = strategy.init(initial_params(model_fn, 0), 0)
+    strategy, fleet, state = all_clients_fedavg()
     updates, _, _ = split(fleet.run(strategy.configure(state, fleet.clients())))
     reference = reduce(updates, strategy).params
     for s in range(5):
@@ -134,11 +137,7 @@ def test_server_momentum_follows_the_heavy_ball_formula():
 
 
 def test_clients_train_on_copies_and_never_modify_the_global_params():
-    data = blobs(n_train=sum(SIZES))
-    part = manual_partition(SIZES)
-    strategy = FedAvg(clients_per_round=None)
-    fleet = build_fleet(data, part, strategy, model_fn, F.cross_entropy)
-    state = strategy.init(initial_params(model_fn, 0), 0)
+    strategy, fleet, state = all_clients_fedavg()
     before = {k: v.clone() for k, v in state.params.items()}
     replies = fleet.run(strategy.configure(state, fleet.clients()))
     assert equal(state.params, before)

@@ -31,11 +31,29 @@ class ClientContext:
     state: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def accuracy_sum(outputs: torch.Tensor, targets: torch.Tensor) -> float | None:
-    """Number of correct argmax predictions, or None where outputs are not class scores."""
-    if outputs.dim() != 2 or targets.dim() != 1 or targets.is_floating_point():
-        return None
-    return float((outputs.argmax(dim=1) == targets).sum())
+@dataclass
+class Tally:
+    """Example-weighted running loss and, while every output is a row of class scores, accuracy."""
+
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    seen: int = 0
+    scored: bool = True
+
+    def add(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+        n = len(targets)
+        self.loss_sum += loss.item() * n
+        self.seen += n
+        self.scored = self.scored and outputs.dim() == 2 and targets.dim() == 1 \
+            and not targets.is_floating_point()
+        if self.scored:
+            self.correct += float((outputs.detach().argmax(dim=1) == targets).sum())
+
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        out = {f"{prefix}loss": self.loss_sum / max(self.seen, 1)}
+        if self.scored and self.seen:
+            out[f"{prefix}accuracy"] = self.correct / self.seen
+        return out
 
 
 def local_sgd(ctx: ClientContext, params: Params, *, epochs: int, batch_size: int | None, lr: float,
@@ -47,7 +65,7 @@ def local_sgd(ctx: ClientContext, params: Params, *, epochs: int, batch_size: in
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
-    loss_sum, correct, seen, scored = 0.0, 0.0, 0, True
+    tally = Tally()
     for _ in range(epochs):
         for xb, yb in ctx.train.batches(batch_size, gen):
             opt.zero_grad(set_to_none=True)
@@ -56,15 +74,8 @@ def local_sgd(ctx: ClientContext, params: Params, *, epochs: int, batch_size: in
             total = loss if extra_loss is None else loss + extra_loss(model)
             total.backward()
             opt.step()
-            loss_sum += loss.item() * len(yb)
-            seen += len(yb)
-            c = accuracy_sum(out.detach(), yb)
-            scored = scored and c is not None
-            correct += c or 0.0
-    metrics = {"train_loss": loss_sum / max(seen, 1)}
-    if scored and seen:
-        metrics["train_accuracy"] = correct / seen
-    return from_model(model), metrics
+            tally.add(loss, out, yb)
+    return from_model(model), tally.metrics("train_")
 
 
 def full_gradient(ctx: ClientContext, params: Params, chunk_size: int = 4096
@@ -75,26 +86,19 @@ def full_gradient(ctx: ClientContext, params: Params, chunk_size: int = 4096
     model.train()
     model.zero_grad(set_to_none=True)
     n = len(ctx.train)
-    loss_sum, correct, scored = 0.0, 0.0, True
+    tally = Tally()
     for xb, yb in ctx.train.batches(chunk_size, None):
         out = model(xb)
         loss = ctx.loss_fn(out, yb)
         (loss * (len(yb) / n)).backward()
-        loss_sum += loss.item() * len(yb)
-        c = accuracy_sum(out.detach(), yb)
-        scored = scored and c is not None
-        correct += c or 0.0
+        tally.add(loss, out, yb)
     grads = {}
     for name, p in model.named_parameters():
         grads[name] = p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
     for name, b in model.named_buffers():
         if b.is_floating_point():
             grads[name] = torch.zeros_like(b)
-    grads = {k: grads[k] for k in params}
-    metrics = {"train_loss": loss_sum / n}
-    if scored:
-        metrics["train_accuracy"] = correct / n
-    return grads, metrics
+    return {k: grads[k] for k in params}, tally.metrics("train_")
 
 
 @torch.no_grad()
@@ -103,16 +107,9 @@ def evaluate(model: nn.Module, params: Params, data: Examples, loss_fn: LossFn,
     """Mean loss and (for classifiers) accuracy of `params` on `data`."""
     load_into(model, params)
     model.eval()
-    loss_sum, correct, scored = 0.0, 0.0, True
+    tally = Tally()
     for xb, yb in data.batches(chunk_size, None):
         out = model(xb)
-        loss_sum += float(loss_fn(out, yb)) * len(yb)
-        c = accuracy_sum(out, yb)
-        scored = scored and c is not None
-        correct += c or 0.0
-    n = max(len(data), 1)
-    metrics = {"loss": loss_sum / n}
-    if scored:
-        metrics["accuracy"] = correct / n
-    return metrics
+        tally.add(loss_fn(out, yb), out, yb)
+    return tally.metrics()
 
