@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from .data.examples import Examples
-from .params import from_model, load_into
+from .params import from_model, load_into, named_tensors
 from .types import Params
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -92,12 +92,8 @@ def full_gradient(ctx: ClientContext, params: Params, chunk_size: int = 4096
         loss = ctx.loss_fn(out, yb)
         (loss * (len(yb) / n)).backward()
         tally.add(loss, out, yb)
-    grads = {}
-    for name, p in model.named_parameters():
-        grads[name] = p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)
-    for name, b in model.named_buffers():
-        if b.is_floating_point():
-            grads[name] = torch.zeros_like(b)
+    grads = {name: t.grad.detach().clone() if t.grad is not None else torch.zeros_like(t)
+             for name, t in named_tensors(model)}  # buffers have no gradient: zeros
     return {k: grads[k] for k in params}, tally.metrics("train_")
 
 

@@ -9,19 +9,19 @@ from .errors import AggregationError
 from .types import Params
 
 
-def _named_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+def named_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     """Trainable parameters, then floating buffers (integer buffers such as counters are not params)."""
     return list(model.named_parameters()) + [(n, b) for n, b in model.named_buffers() if b.is_floating_point()]
 
 
 def from_model(model: nn.Module) -> dict[str, torch.Tensor]:
     """Detached copies of a model's params, by name."""
-    return {name: t.detach().clone() for name, t in _named_tensors(model)}
+    return {name: t.detach().clone() for name, t in named_tensors(model)}
 
 
 def load_into(model: nn.Module, params: Params) -> None:
     """Copy params into a model's own tensors (the model never aliases them)."""
-    missing = {n for n, _ in _named_tensors(model)} - set(params)
+    missing = {n for n, _ in named_tensors(model)} - set(params)
     if missing:
         raise AggregationError(f"params lack tensors the model needs: {sorted(missing)}")
     model.load_state_dict(dict(params), strict=False)
