@@ -52,10 +52,22 @@ def test_run_writes_a_complete_run_directory(tmp_path):
 
 
 def test_the_same_command_twice_gives_the_same_model(tmp_path):
+    # auto may choose differently on a busy machine (results then agree within float tolerance), so the
+    # bit-for-bit repeat pins the executor
     for name in ("a", "b"):
-        assert fedloop_cli("run", "--out", str(tmp_path / name), "--quiet", *FAST).returncode == 0
+        proc = fedloop_cli("run", "--out", str(tmp_path / name), "--quiet", *FAST, "--set", "sim.executor=vectorized")
+        assert proc.returncode == 0
     a, b = (load_file(tmp_path / n / "model.safetensors") for n in ("a", "b"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["executor"] == "vectorized"
+
+
+def test_run_uses_the_auto_executor_by_default_and_logs_its_choice(tmp_path):
+    proc = fedloop_cli("run", "--out", str(tmp_path / "r"), "--quiet", *FAST)
+    assert proc.returncode == 0
+    assert "auto executor:" in proc.stderr and "client-steps per second" in proc.stderr
+    chosen = json.loads((tmp_path / "r" / "summary.json").read_text())["executor"]
+    assert chosen.split(": ")[0] == "auto" and chosen.split(": ")[1] in ("sequential", "vectorized", "processes")
 
 
 def test_partition_command_prints_counts_and_saves_a_heatmap(tmp_path):

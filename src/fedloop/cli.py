@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("fedloop.sim").setLevel(logging.INFO)  # the executor choice and any fallback
     try:
         return args.func(args)
     except FedloopError as exc:

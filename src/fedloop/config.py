@@ -50,13 +50,14 @@ class ModelConfig(_Section):
 
 
 class StrategyConfig(_Section):
-    name: Literal["fedavg", "fedsgd"] = "fedavg"
+    name: Literal["fedavg", "fedsgd", "fedprox"] = "fedavg"
     clients_per_round: int | None = Field(10, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
     sampling: Literal["uniform", "samples"] = "uniform"
     server_lr: float = Field(1.0, gt=0)
     server_momentum: float = Field(0.0, ge=0, lt=1)
     weighting: Literal["samples", "uniform"] = "samples"
+    mu: float = Field(0.01, ge=0, description="FedProx's proximal weight (fedprox only)")
 
 
 class ClientConfig(_Section):
@@ -84,6 +85,14 @@ class StopConfig(_Section):
     patience: int | None = Field(None, ge=1)
 
 
+class SimConfig(_Section):
+    executor: Literal["auto", "sequential", "vectorized", "processes", "processes-vectorized"] = "auto"
+    engine: Literal["local", "ray"] = "local"
+    ray_address: str | None = None
+    workers: int | None = Field(None, ge=1)
+    state_dir: str | None = None
+
+
 class CheckpointConfig(_Section):
     every: int = Field(10, ge=1)
 
@@ -99,6 +108,7 @@ class Config(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     stop: StopConfig = Field(default_factory=StopConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    sim: SimConfig = Field(default_factory=SimConfig)
 
 
 def _describe(err: dict, source: str) -> str:

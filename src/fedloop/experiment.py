@@ -23,7 +23,8 @@ from .loop import StopRule, run_loop
 from .models import model_factory
 from .params import from_model, load_into
 from .report import plot_curves
-from .sim.local import LocalFleet
+from .sim import AppList, LocalFleet, make_fleet
+from .sim.ray_fleet import RayFleet
 from .store import RunDir, load_model_file, save_checkpoint, save_model
 from .strategies import LocalSGD, Strategy, make_strategy
 from .types import RoundRecord, ServerState
@@ -50,15 +51,24 @@ def initial_params(model_fn: Callable[[], nn.Module], seed: int) -> dict[str, to
         return from_model(model_fn())
 
 
-def build_fleet(data: Dataset, partition: Partition, strategy: Strategy, model_fn: Callable[[], nn.Module],
-                loss_fn: LossFn) -> LocalFleet:
+def build_apps(data: Dataset, partition: Partition, strategy: Strategy, model_fn: Callable[[], nn.Module],
+               loss_fn: LossFn) -> list[ClientApp]:
     """One client app per partition entry, each holding index views into the shared arrays."""
     tx, ty = (data.x_train, data.y_train) if partition.test_source == "train" else (data.x_test, data.y_test)
     apps = [ClientApp(c, strategy, model_fn, loss_fn,
                       train=Examples(data.x_train, data.y_train, torch.as_tensor(partition.train[c])),
                       test=Examples(tx, ty, torch.as_tensor(partition.test[c])))
             for c in range(partition.num_clients)]
-    return LocalFleet(apps)
+    return apps
+
+
+def build_fleet(data: Dataset, partition: Partition, strategy: Strategy, model_fn: Callable[[], nn.Module],
+                loss_fn: LossFn, *, executor: str = "sequential", engine: str = "local",
+                ray_address: str | None = None, workers: int | None = None,
+                state_dir: str | Path | None = None) -> LocalFleet | RayFleet:
+    """The simulation fleet over a partition: local (with an executor) or on Ray."""
+    return make_fleet(AppList(build_apps(data, partition, strategy, model_fn, loss_fn)), executor=executor,
+                      engine=engine, ray_address=ray_address, workers=workers, state_dir=state_dir)
 
 
 def simulate(model_fn: Callable[[], nn.Module], data: Dataset, partition: Partition, strategy: Strategy, *,
@@ -66,14 +76,33 @@ def simulate(model_fn: Callable[[], nn.Module], data: Dataset, partition: Partit
              federated_eval: bool = True, target_accuracy: float | None = None, patience: int | None = None,
              out: str | Path | None = None, checkpoint_every: int = 10,
              on_round: Callable[[RoundRecord, ServerState], None] | None = None,
-             model_meta: dict[str, Any] | None = None, config_toml: str | None = None) -> RunResult:
+             model_meta: dict[str, Any] | None = None, config_toml: str | None = None,
+             executor: str = "auto", engine: str = "local", ray_address: str | None = None,
+             workers: int | None = None, state_dir: str | Path | None = None) -> RunResult:
     """Federated training of `model_fn()` over `partition` of `data` with `strategy`.
 
     With `out`, the run directory gets config.toml (when given), partition.json, metrics.jsonl,
     checkpoints/round_NNNN.safetensors, model.safetensors, summary.json and curves.png.
+    `executor` (auto, sequential, vectorized, processes, processes-vectorized) and `engine` (local, ray)
+    choose how clients run; every choice gives the same result within float tolerance.
     """
     t0 = time.perf_counter()
-    fleet = build_fleet(data, partition, strategy, model_fn, loss_fn)
+    fleet = build_fleet(data, partition, strategy, model_fn, loss_fn, executor=executor, engine=engine,
+                        ray_address=ray_address, workers=workers, state_dir=state_dir)
+    try:
+        return _run(fleet, model_fn, data, partition, strategy, rounds=rounds, seed=seed, loss_fn=loss_fn,
+                    eval_every=eval_every, federated_eval=federated_eval, target_accuracy=target_accuracy,
+                    patience=patience, out=out, checkpoint_every=checkpoint_every, on_round=on_round,
+                    model_meta=model_meta, config_toml=config_toml, t0=t0)
+    finally:
+        fleet.close()
+
+
+def _run(fleet: LocalFleet | RayFleet, model_fn: Callable[[], nn.Module], data: Dataset, partition: Partition,
+         strategy: Strategy, *, rounds: int, seed: int, loss_fn: LossFn, eval_every: int, federated_eval: bool,
+         target_accuracy: float | None, patience: int | None, out: str | Path | None, checkpoint_every: int,
+         on_round: Callable[[RoundRecord, ServerState], None] | None, model_meta: dict[str, Any] | None,
+         config_toml: str | None, t0: float) -> RunResult:
     workspace = model_fn()
     test = Examples.all(data.x_test, data.y_test)
     evaluator = (lambda params: evaluate(workspace, params, test, loss_fn)) if len(test) else None
@@ -104,7 +133,7 @@ def simulate(model_fn: Callable[[], nn.Module], data: Dataset, partition: Partit
     summary = {"rounds": final.round, "stop_reason": result.stop_reason,
                "accuracy": result.final_metrics.get("accuracy"), "loss": result.final_metrics.get("loss"),
                **{k: v for k, v in result.final_metrics.items() if k not in ("accuracy", "loss")},
-               "seconds": round(seconds, 3)}
+               "seconds": round(seconds, 3), "executor": fleet.describe()}
     history = [r.to_json() for r in result.records]
     if run is not None:
         save_checkpoint(run.checkpoint_path(final.round), final, meta)
@@ -120,9 +149,10 @@ def strategy_from_config(cfg: Config) -> Strategy:
     s, c = cfg.strategy, cfg.client
     local = LocalSGD(epochs=c.epochs, batch_size=None if c.batch_size == "full" else c.batch_size, lr=c.lr,
                      momentum=c.momentum, weight_decay=c.weight_decay)
+    extra = {"mu": s.mu} if s.name == "fedprox" else {}
     return make_strategy(s.name, clients_per_round=s.clients_per_round, fraction=s.fraction,
                          sampling=s.sampling, weighting=s.weighting, server_lr=s.server_lr,
-                         server_momentum=s.server_momentum, local=local)
+                         server_momentum=s.server_momentum, local=local, **extra)
 
 
 def load_data(cfg: Config) -> Dataset:
@@ -150,7 +180,8 @@ def run_config(cfg: Config, out: str | Path | None = None,
                     target_accuracy=cfg.stop.target_accuracy, patience=cfg.stop.patience, out=out,
                     checkpoint_every=cfg.checkpoint.every, on_round=on_round,
                     model_meta={"model": cfg.model.name, "spec": spec, "dataset": data.name},
-                    config_toml=to_toml(cfg))
+                    config_toml=to_toml(cfg), executor=cfg.sim.executor, engine=cfg.sim.engine,
+                    ray_address=cfg.sim.ray_address, workers=cfg.sim.workers, state_dir=cfg.sim.state_dir)
 
 
 def load_model(run_dir: str | Path, model_fn: Callable[[], nn.Module] | None = None) -> nn.Module:

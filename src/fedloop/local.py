@@ -7,18 +7,39 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
 
 from .data.examples import Examples
-from .params import from_model, load_into, named_tensors
-from .types import Params
+from .params import from_model, load_into, named_tensors, sub
+from .types import Params, Task, Update
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """loss(outputs, targets) -> mean loss over the batch."""
 
-ExtraLoss = Callable[[nn.Module], torch.Tensor]
+Penalty = Callable[[Params, Params], torch.Tensor]
+"""penalty(trainable params, global params) -> a scalar added to every step's loss (e.g. FedProx)."""
+
+
+@dataclass(frozen=True)
+class SGDProgram:
+    """A client half that is local SGD on the mean minibatch loss, declared as data.
+
+    returns="delta": `epochs` epochs of SGD (torch.optim.SGD semantics) from the global params on batches
+    of `batch_size` (None: the whole local set) drawn from the task seed; the update is W_global - W_local.
+    returns="gradient": the full-batch gradient (1/N) sum grad L at the global params (epochs/lr unused).
+    Because it is data, every executor can run it: one client at a time or many at once (torch.func).
+    """
+
+    epochs: int = 1
+    batch_size: int | None = 10
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    penalty: Penalty | None = None
+    returns: Literal["delta", "gradient"] = "delta"
 
 
 @dataclass
@@ -56,22 +77,35 @@ class Tally:
         return out
 
 
+def run_program(program: SGDProgram, task: Task, ctx: ClientContext) -> Update:
+    """The sequential reference execution of an SGDProgram for one client."""
+    if program.returns == "gradient":
+        out, metrics = full_gradient(ctx, task.params)
+    else:
+        trained, metrics = local_sgd(ctx, task.params, epochs=program.epochs, batch_size=program.batch_size,
+                                     lr=program.lr, momentum=program.momentum,
+                                     weight_decay=program.weight_decay, seed=task.seed, penalty=program.penalty)
+        out = sub(task.params, trained)
+    return Update(task.client_id, task.round, out, len(ctx.train), metrics)
+
+
 def local_sgd(ctx: ClientContext, params: Params, *, epochs: int, batch_size: int | None, lr: float,
               momentum: float, weight_decay: float, seed: int,
-              extra_loss: ExtraLoss | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+              penalty: Penalty | None = None) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
     """Run `epochs` epochs of minibatch SGD from `params`; return the trained params and train metrics."""
     model = ctx.model
     load_into(model, params)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
+    trainable = dict(model.named_parameters())
     tally = Tally()
     for _ in range(epochs):
         for xb, yb in ctx.train.batches(batch_size, gen):
             opt.zero_grad(set_to_none=True)
             out = model(xb)
             loss = ctx.loss_fn(out, yb)
-            total = loss if extra_loss is None else loss + extra_loss(model)
+            total = loss if penalty is None else loss + penalty(trainable, params)
             total.backward()
             opt.step()
             tally.add(loss, out, yb)

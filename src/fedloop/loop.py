@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import AggregationError
 from .params import num_bytes
-from .strategies.base import Strategy, task_seed
+from .strategies.base import Strategy, task_seeds
 from .types import (
     Aggregate,
     ClientInfo,
@@ -107,9 +107,9 @@ def evaluate_round(state: ServerState, fleet: Fleet, evaluate: Evaluator | None,
     """Centralized metrics on the held-out test set and federated metrics on every client's local split."""
     metrics = dict(evaluate(state.params)) if evaluate is not None else {}
     if federated:
-        tasks = [Task(c.client_id, state.round, "evaluate", state.params, task_seed(state.seed, state.round,
-                                                                                    c.client_id))
-                 for c in sorted(fleet.clients(), key=lambda c: c.client_id)]
+        ids = sorted(c.client_id for c in fleet.clients())
+        seeds = task_seeds(state.seed, state.round, ids).tolist()
+        tasks = [Task(c, state.round, "evaluate", state.params, s) for c, s in zip(ids, seeds, strict=True)]
         _, evals, _ = split(fleet.run(tasks))
         metrics.update(federated_metrics(evals))
     return metrics

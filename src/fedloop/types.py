@@ -14,7 +14,7 @@ Params = Mapping[str, torch.Tensor]
 EMPTY: Mapping[str, Any] = {}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClientInfo:
     """What the server knows of a client before it asks it anything."""
 

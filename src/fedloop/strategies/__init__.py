@@ -7,9 +7,10 @@ from typing import Any
 from ..errors import ConfigError
 from .base import LocalSGD, Strategy
 from .fedavg import FedAvg
+from .fedprox import FedProx
 from .fedsgd import FedSGD
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedSGD)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedSGD, FedProx)}
 
 
 def make_strategy(name: str, **hyperparams: Any) -> Strategy:
@@ -21,4 +22,4 @@ def make_strategy(name: str, **hyperparams: Any) -> Strategy:
     return cls(**hyperparams)
 
 
-__all__ = ["STRATEGIES", "FedAvg", "FedSGD", "LocalSGD", "Strategy", "make_strategy"]
+__all__ = ["STRATEGIES", "FedAvg", "FedProx", "FedSGD", "LocalSGD", "Strategy", "make_strategy"]

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..aggregators import Weighting, weighted_mean
 from ..errors import ConfigError
-from ..local import ClientContext
+from ..local import ClientContext, SGDProgram, run_program
 from ..params import clone
 from ..server_opt import ServerOptimizer, sgd
 from ..types import Aggregate, ClientInfo, Params, ServerState, Task, Update
@@ -33,9 +33,24 @@ class LocalSGD:
     weight_decay: float = 0.0
 
 
+def task_seeds(seed: int, round_: int, client_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The seeds of clients' randomness in one round; each depends only on (seed, round, client id).
+
+    A SeedSequence hash of (seed, round) is spread over client ids by the SplitMix64 finaliser, one
+    vectorised step for a whole round (a SeedSequence per client costs ~9 us; a round may have thousands).
+    """
+    base = np.random.SeedSequence([seed, round_]).generate_state(1, np.uint64)[0]
+    with np.errstate(over="ignore"):
+        z = base + np.asarray(client_ids, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return z >> np.uint64(1)  # 63 bits: a valid seed for every torch and numpy generator
+
+
 def task_seed(seed: int, round_: int, client_id: int) -> int:
     """The seed of one client's randomness in one round: independent of which other clients run."""
-    return int(np.random.SeedSequence([seed, round_, client_id]).generate_state(1)[0])
+    return int(task_seeds(seed, round_, [client_id])[0])
 
 
 def round_rng(seed: int, round_: int) -> np.random.Generator:
@@ -88,11 +103,25 @@ class Strategy:
         """The fit tasks of round state.round + 1."""
         r = state.round + 1
         chosen = self.select(clients, round_rng(state.seed, r))
-        return [Task(c.client_id, r, "fit", state.params, task_seed(state.seed, r, c.client_id))
-                for c in chosen]
+        seeds = task_seeds(state.seed, r, [c.client_id for c in chosen]).tolist()
+        return [Task(c.client_id, r, "fit", state.params, s) for c, s in zip(chosen, seeds, strict=True)]
+
+    def client_program(self, task: Task) -> SGDProgram | None:
+        """The client half as local SGD declared as data (any executor can batch it), or None when the
+        strategy's client half is something else and it overrides `local_update` instead."""
+        return None
 
     def local_update(self, task: Task, ctx: ClientContext) -> Update:
-        raise NotImplementedError
+        program = self.client_program(task)
+        if program is None:
+            raise NotImplementedError(f"strategy {self.name!r} defines neither client_program nor local_update")
+        return run_program(program, task, ctx)
+
+    def sgd_program(self, **overrides: object) -> SGDProgram:
+        """This strategy's LocalSGD hyperparameters as an SGDProgram."""
+        o = self.local
+        return SGDProgram(**{"epochs": o.epochs, "batch_size": o.batch_size, "lr": o.lr, "momentum": o.momentum,
+                             "weight_decay": o.weight_decay, **overrides})
 
     def aggregate(self, updates: Sequence[Update]) -> Aggregate:
         return weighted_mean(updates, self.weighting)

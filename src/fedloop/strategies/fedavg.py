@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..local import ClientContext, local_sgd
-from ..params import sub
-from ..types import Task, Update
+from ..local import SGDProgram
+from ..types import Task
 from .base import Strategy
 
 
@@ -16,8 +15,5 @@ from .base import Strategy
 class FedAvg(Strategy):
     name: ClassVar[str] = "fedavg"
 
-    def local_update(self, task: Task, ctx: ClientContext) -> Update:
-        o = self.local
-        trained, metrics = local_sgd(ctx, task.params, epochs=o.epochs, batch_size=o.batch_size, lr=o.lr,
-                                     momentum=o.momentum, weight_decay=o.weight_decay, seed=task.seed)
-        return Update(task.client_id, task.round, sub(task.params, trained), len(ctx.train), metrics)
+    def client_program(self, task: Task) -> SGDProgram:
+        return self.sgd_program()

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..local import ClientContext, full_gradient
-from ..types import Task, Update
+from ..local import SGDProgram
+from ..types import Task
 from .base import Strategy
 
 
@@ -15,6 +15,5 @@ from .base import Strategy
 class FedSGD(Strategy):
     name: ClassVar[str] = "fedsgd"
 
-    def local_update(self, task: Task, ctx: ClientContext) -> Update:
-        grad, metrics = full_gradient(ctx, task.params)
-        return Update(task.client_id, task.round, grad, len(ctx.train), metrics)
+    def client_program(self, task: Task) -> SGDProgram:
+        return SGDProgram(epochs=1, batch_size=None, returns="gradient")

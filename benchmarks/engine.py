@@ -1,0 +1,207 @@
+"""Simulation speed of fedloop's executors against a raw PyTorch floor, on workloads W1-W4 (issue 3).
+
+For each workload it prints, per executor and for the floor: seconds per round, client updates per second,
+peak RSS, and the ratio to the floor (below 1 is faster than the floor). The floor is the faster of
+  (a) a plain PyTorch loop (same model, same batches, same SGD steps, client after client, in-process
+      averaging, all cores inside each step) and
+  (b) the same loop split over one single-threaded forked process per core.
+Every measurement runs in its own fresh (spawned) process, so peak RSS is that run's own; "workers" is the
+largest peak of any child process (process pools). Each run does one warm-up round, then --rounds timed
+rounds with no evaluation. The last column is the largest difference between its final params and the
+floor's (a sanity check that the same work was done).
+
+    python benchmarks/engine.py                    # W1-W4, 3 timed rounds each
+    python benchmarks/engine.py --workloads W3 W4 --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import platform
+import resource
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import fedloop
+from fedloop.data.gaussian import GaussianTeacher
+from fedloop.experiment import build_fleet, initial_params
+from fedloop.loop import StopRule, run_loop
+from fedloop.models import model_factory
+from fedloop.strategies.base import round_rng, task_seed
+from fedloop.types import ClientInfo
+
+EXECUTORS = ("sequential", "vectorized", "processes", "processes-vectorized", "auto")
+
+
+@dataclass
+class Workload:
+    name: str
+    data: fedloop.Dataset
+    part: fedloop.Partition
+    model_fn: object
+    strategy: fedloop.FedAvg
+    about: str
+
+
+def make_workload(name: str, per_round: int | None = None, seed: int = 0) -> Workload:
+    local = fedloop.LocalSGD(epochs=1, batch_size=10, lr=0.05)
+    if name in ("W1", "W2"):
+        data = fedloop.load_dataset("fashion-mnist", seed=seed)
+        scheme, model = ("iid", "cnn") if name == "W1" else ("dirichlet", "mlp")
+        part = fedloop.make_partition(data, scheme, 100, seed, alpha=0.5, local_test_fraction=0.0)
+        per_round = per_round or 10
+        about = f"Fashion-MNIST, {model}, 100 {scheme} clients, {per_round}/round"
+    else:
+        data = GaussianTeacher(60, 10, seed).dataset(1000 * 50, 1000)
+        part = fedloop.make_partition(data, "iid", 1000, seed, local_test_fraction=0.0)
+        model = "logreg"
+        per_round = per_round or 100
+        about = f"1000 clients x 50 Gaussian rows (60-dim, linear teacher), logreg, {per_round}/round"
+    strategy = fedloop.FedAvg(clients_per_round=per_round, local=local)
+    return Workload(name, data, part, model_factory(model, data.spec()), strategy, about + ", E=1, B=10, lr 0.05")
+
+
+def _plain_clients(w: Workload, glob: dict, chosen: list[ClientInfo], r: int, seed: int, total: int,
+                   model: nn.Module) -> dict[str, torch.Tensor]:
+    """The floor's inner loop: plain SGD per client; returns the sample-weighted sum of their params."""
+    o = w.strategy.local
+    acc = {k: torch.zeros_like(v) for k, v in glob.items()}
+    for c in chosen:
+        rows = torch.as_tensor(w.part.train[c.client_id])
+        model.load_state_dict(glob)
+        opt = torch.optim.SGD(model.parameters(), lr=o.lr)
+        gen = torch.Generator().manual_seed(task_seed(seed, r, c.client_id))
+        for _ in range(o.epochs):
+            order = rows[torch.randperm(len(rows), generator=gen)]
+            for s in range(0, len(order), o.batch_size):
+                b = order[s:s + o.batch_size]
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(w.data.x_train[b]), w.data.y_train[b]).backward()
+                opt.step()
+        for k, v in model.state_dict().items():
+            acc[k].add_(v, alpha=c.num_examples / total)
+    return acc
+
+
+_W: Workload | None = None
+
+
+def _worker_init() -> None:
+    torch.set_num_threads(1)
+
+
+def _worker(args: tuple) -> dict[str, torch.Tensor]:
+    glob, chosen, r, seed, total = args
+    return _plain_clients(_W, glob, chosen, r, seed, total, _W.model_fn())
+
+
+def floor(w: Workload, rounds: int, seed: int, cores: int) -> tuple[list[float], dict]:
+    """(a) with cores=1: in-process; (b) with cores>1: one single-threaded forked process per core."""
+    global _W
+    _W = w
+    glob = initial_params(w.model_fn, seed)
+    model = w.model_fn()
+    clients = [ClientInfo(c, len(w.part.train[c])) for c in range(w.part.num_clients)]
+    pool = mp.get_context("fork").Pool(cores, initializer=_worker_init) if cores > 1 else None
+    times = []
+    for r in range(1, rounds + 2):
+        start = time.perf_counter()
+        chosen = w.strategy.select(clients, round_rng(seed, r))
+        total = sum(c.num_examples for c in chosen)
+        if pool is None:
+            glob = _plain_clients(w, glob, chosen, r, seed, total, model)
+        else:
+            parts = pool.map(_worker, [(glob, chosen[i::cores], r, seed, total) for i in range(cores)])
+            glob = {k: sum(p[k] for p in parts) for k in glob}
+        times.append(time.perf_counter() - start)
+    if pool is not None:
+        pool.close()
+        pool.join()
+    return times[1:], glob
+
+
+def fedloop_run(w: Workload, rounds: int, seed: int, executor: str) -> tuple[list[float], dict]:
+    fleet = build_fleet(w.data, w.part, w.strategy, w.model_fn, F.cross_entropy, executor=executor)
+    state = w.strategy.init(initial_params(w.model_fn, seed), seed)
+    result = run_loop(w.strategy, fleet, state, StopRule(rounds + 1))
+    fleet.close()
+    return [r.seconds for r in result.records[1:]], result.state.params
+
+
+def measure(name: str, per_round: int | None, kind: str, rounds: int, seed: int, queue: mp.Queue) -> None:
+    """One measurement in a fresh process: its seconds per round, final params and peak RSS."""
+    w = make_workload(name, per_round, seed)
+    if kind == "floor-a":
+        times, params = floor(w, rounds, seed, 1)
+    elif kind == "floor-b":
+        times, params = floor(w, rounds, seed, len(os.sched_getaffinity(0)))
+    else:
+        times, params = fedloop_run(w, rounds, seed, kind)
+    queue.put({"times": times, "params": {k: v.numpy().copy() for k, v in params.items()},
+               "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+               "workers_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})
+
+
+def run_one(name: str, per_round: int | None, kind: str, rounds: int, seed: int) -> dict:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=measure, args=(name, per_round, kind, rounds, seed, queue))
+    proc.start()
+    out = queue.get()
+    proc.join()
+    out["params"] = {k: torch.from_numpy(v) for k, v in out["params"].items()}
+    return out
+
+
+def report(name: str, per_round: int | None, executors: list[str], rounds: int, seed: int) -> dict[str, float]:
+    w = make_workload(name, per_round, seed)
+    k = w.strategy.clients_per_round
+    print(f"\n{name}: {w.about}; {rounds} timed rounds")
+    print(f"  {'run':<12}{'s/round':>10}{'updates/s':>11}{'vs floor':>10}{'RSS MB':>9}{'workers MB':>12}"
+          f"{'max |dW|':>11}")
+    runs = {kind: run_one(name, per_round, kind, rounds, seed) for kind in ("floor-a", "floor-b", *executors)}
+    spr = {kind: sum(r["times"]) / len(r["times"]) for kind, r in runs.items()}
+    best = min(("floor-a", "floor-b"), key=spr.__getitem__)
+    ref = runs["floor-a"]["params"]
+    for kind, r in runs.items():
+        diff = max(float((r["params"][p] - ref[p]).abs().max()) for p in ref)
+        workers = f"{r['workers_rss']:.0f}" if r["workers_rss"] > 0 else "-"
+        tag = " *" if kind == best else ""
+        print(f"  {kind + tag:<12}{spr[kind]:>10.4f}{k / spr[kind]:>11.1f}{spr[kind] / spr[best]:>10.3f}"
+              f"{r['rss']:>9.0f}{workers:>12}{diff:>11.2e}")
+    print(f"  floor = {best} (*); ratio < 1 means faster than the floor; floor speed-up of the best "
+          f"executor: {spr[best] / min(spr[e] for e in executors):.2f}x")
+    return spr
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workloads", nargs="+", default=["W1", "W2", "W3", "W4"])
+    ap.add_argument("--executors", nargs="+", default=list(EXECUTORS), choices=EXECUTORS)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, python {platform.python_version()}")
+    start = time.perf_counter()
+    for name in args.workloads:
+        if name != "W4":
+            report(name, None, args.executors, args.rounds, args.seed)
+            continue
+        scaling = {n: report("W3", n, args.executors, args.rounds, args.seed) for n in (10, 100, 1000)}
+        print("\nW4: seconds per round as clients per round grow 10 -> 100 -> 1000 (linear would be 10x, 10x)")
+        for kind in ("floor-a", "floor-b", *args.executors):
+            s = [scaling[n][kind] for n in (10, 100, 1000)]
+            print(f"  {kind:<12} {s[0]:.4f} -> {s[1]:.4f} -> {s[2]:.4f}  growth {s[1] / s[0]:.1f}x, "
+                  f"{s[2] / s[1]:.1f}x")
+    print(f"\nbenchmark wall time: {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""How a share of a round travels to a worker process or a Ray actor and back: tensors as NumPy arrays,
+the global params once per share, replies and client states packed the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from ..client import ClientApp
+from ..types import Reply, Task, Update
+
+Arrays = dict[str, np.ndarray]
+
+
+def to_numpy(tensors: Mapping[str, torch.Tensor]) -> Arrays:
+    return {k: v.detach().numpy() for k, v in tensors.items()}
+
+
+def to_torch(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+
+
+def plan_shares(tasks: Sequence[Task], weights: Sequence[int], workers: int) -> list[list[int]]:
+    """Contiguous shares of the tasks with about equal weight (examples: a proxy for work), each split
+    further so that all tasks of a share carry the same params object (normally one per round)."""
+    w = np.maximum(np.asarray(weights, dtype=np.float64), 1.0)
+    bounds = np.searchsorted(np.cumsum(w), w.sum() * np.arange(1, workers) / workers)
+    out = []
+    for part in np.split(np.arange(len(tasks)), bounds):
+        by_params: dict[int, list[int]] = {}
+        for i in part.tolist():
+            by_params.setdefault(id(tasks[i].params), []).append(i)
+        out += list(by_params.values())
+    return out
+
+
+def pack_tasks(tasks: Sequence[Task]) -> list[Task]:
+    """Tasks without their params (these travel once per share) and with NumPy extras."""
+    return [replace(t, params={}, extras=to_numpy(t.extras)) for t in tasks]
+
+
+def unpack_reply(reply: Reply) -> Reply:
+    if isinstance(reply, Update):
+        return replace(reply, params=to_torch(reply.params), extras=to_torch(reply.extras))
+    return reply
+
+
+def run_packed(run: Callable[[list[tuple[ClientApp, Task]]], list[Reply]], resolve: Callable[[int], ClientApp],
+               params: Arrays, tasks: Sequence[Task], states: Sequence[Arrays]) -> list[tuple[Reply, Arrays]]:
+    """Worker side: rebuild the jobs around one copy of the global params, run them, pack the replies."""
+    shared = to_torch(params)
+    jobs = []
+    for task, state in zip(tasks, states, strict=True):
+        app = resolve(task.client_id)
+        app.state = to_torch(state)
+        jobs.append((app, replace(task, params=shared, extras=to_torch(task.extras))))
+    out = []
+    for (app, _), reply in zip(jobs, run(jobs), strict=True):
+        if isinstance(reply, Update):
+            reply = replace(reply, params=to_numpy(reply.params), extras=to_numpy(reply.extras))
+        out.append((reply, to_numpy(app.state)))
+    return out

@@ -1,0 +1,209 @@
+"""Many clients' local SGD as one batched computation (torch.func: functional_call, grad, vmap).
+
+Each client keeps its own batch order (drawn from its task seed exactly as the sequential executor draws
+it) and its own number of steps. Clients are sorted by step count, so at step s the clients still training
+are a prefix of the stack; a short last batch is handled by a per-row mask in the mean loss. Nothing is
+truncated or padded in a way that changes a client's result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+from torch.nn import functional as F
+from torch.nn.utils.rnn import pad_sequence
+
+from ..data.examples import Examples
+from ..local import LossFn, SGDProgram
+from ..types import Task, Update
+
+MAX_ROWS = 1 << 16
+"""Rows one batched step may hold (clients x batch); larger groups are split into chunks of clients."""
+
+
+ROW_LOSSES: dict[LossFn, LossFn] = {
+    F.cross_entropy: lambda o, t: F.cross_entropy(o, t, reduction="none"),
+    F.nll_loss: lambda o, t: F.nll_loss(o, t, reduction="none"),
+    F.mse_loss: lambda o, t: F.mse_loss(o, t, reduction="none"),
+}
+"""Unreduced forms of common mean losses: faster than applying the loss to each row under vmap."""
+
+
+def per_example(loss_fn: LossFn) -> LossFn:
+    """Per-row losses of a mean-reduced loss: loss_fn applied to each row on its own."""
+    return vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))
+
+
+def unbatchable_reason(model: nn.Module, program: SGDProgram, loss_fn: LossFn, data: Examples) -> str | None:
+    """Why this model/loss cannot train clients as one batch (None when it can)."""
+    buffers = [n for n, _ in model.named_buffers()]
+    if buffers:
+        return f"the model has buffers ({', '.join(buffers[:3])}) that batched clients cannot keep apart"
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 or \
+                isinstance(m, nn.RNNBase) and m.dropout > 0:
+            return f"module {name or type(m).__name__} uses dropout, whose random draws differ when batched"
+    rows = data.index[:2]
+    x, y = data.x[rows], data.y[rows]
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    try:
+        with torch.no_grad():
+            out = functional_call(model, params, (x,))
+            whole = loss_fn(out, y)
+            rowwise = per_example(loss_fn)(out, y)
+            stacked = {k: torch.stack([v, v]) for k, v in params.items()}
+            batched = vmap(lambda p, xb: functional_call(model, p, (xb,)))(stacked, torch.stack([x, x]))
+    except Exception as exc:  # noqa: BLE001 - any failure means "not batchable", with the reason logged
+        return f"the model or loss cannot run under torch.func.vmap ({type(exc).__name__}: {exc})"
+    if whole.dim() != 0 or rowwise.shape != (len(rows),):
+        return "the loss does not return one scalar per batch"
+    if not torch.allclose(whole, rowwise.mean(), rtol=1e-5, atol=1e-7):
+        return "the loss is not the mean of per-example losses, so a masked batch would change it"
+    if not torch.allclose(batched[0], out, rtol=1e-5, atol=1e-6):
+        return "the model's output changes under vmap"
+    return None
+
+
+@dataclass
+class _Schedule:
+    """Every client's batches for the whole program, as row indices into one shared x/y."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    rows: torch.Tensor  # [clients, steps, width] row indices (padding points at a real row of the client)
+    mask: torch.Tensor  # [clients, steps, width] 1.0 for a real row, 0.0 for padding
+    steps: torch.Tensor  # [clients] steps each client takes
+
+
+def _shared_arrays(data: Sequence[Examples]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """One x/y for the whole group: the clients' own shared arrays, or a copy of just their rows."""
+    if all(d.x is data[0].x and d.y is data[0].y for d in data):
+        return data[0].x, data[0].y, [d.index for d in data]
+    xs, ys, index, offset = [], [], [], 0
+    for d in data:
+        xs.append(d.x[d.index])
+        ys.append(d.y[d.index])
+        index.append(torch.arange(offset, offset + len(d)))
+        offset += len(d)
+    return torch.cat(xs), torch.cat(ys), index
+
+
+def _pad(tensors: Sequence[torch.Tensor], sizes: Sequence[int]) -> torch.Tensor:
+    """Stack 1-d tensors, zero-padded at the end to the longest."""
+    if min(sizes) == max(sizes):
+        return torch.stack(list(tensors))
+    return pad_sequence(list(tensors), batch_first=True)
+
+
+def _schedule(program: SGDProgram, tasks: Sequence[Task], data: Sequence[Examples]) -> _Schedule:
+    """Client c's step s = e * k_c + i takes rows i*width .. (i+1)*width - 1 of its epoch-e order."""
+    x, y, index = _shared_arrays(data)
+    sizes_list = [int(ix.numel()) for ix in index]
+    sizes = torch.tensor(sizes_list)
+    full = program.batch_size is None or program.returns == "gradient"
+    width = max(sizes_list) if full else program.batch_size
+    epochs = 1 if program.returns == "gradient" else program.epochs
+    if program.returns == "gradient":
+        orders = [torch.arange(n) for n in sizes_list]
+    else:
+        orders = []
+        for task, n in zip(tasks, sizes_list, strict=True):
+            gen = torch.Generator().manual_seed(task.seed)  # the same draws as local_sgd
+            orders += [torch.randperm(n, generator=gen) for _ in range(epochs)]
+    n_max = max(sizes_list)
+    order = _pad(orders, sizes_list).view(-1)  # client c, epoch e: order[(c * epochs + e) * n_max + i]
+    per_epoch = (sizes + width - 1) // width
+    steps = per_epoch * epochs
+    s = torch.arange(int(steps.max()))
+    clients = torch.arange(len(tasks))[:, None, None]
+    epoch = (s[None, :] // per_epoch[:, None]).clamp(max=epochs - 1)[:, :, None]  # [clients, steps, 1]
+    pos = (s[None, :] % per_epoch[:, None])[:, :, None] * width + torch.arange(width)  # [clients, steps, width]
+    mask = (pos < sizes[:, None, None]) & (s[None, :, None] < steps[:, None, None])
+    pos = torch.where(mask, pos, 0)  # padding points at the client's first row: finite, and masked out
+    local = order[(clients * epochs + epoch) * n_max + pos]
+    rows = _pad(index, sizes_list).view(-1)[clients * n_max + local]
+    return _Schedule(x, y, rows, mask.to(x.dtype if x.is_floating_point() else torch.float32), steps)
+
+
+def train_group(model: nn.Module, program: SGDProgram, loss_fn: LossFn, tasks: Sequence[Task],
+                data: Sequence[Examples]) -> list[Update]:
+    """Run one SGDProgram for clients that share the same global params; replies in task order."""
+    full = program.batch_size is None or program.returns == "gradient"
+    width = max(len(d) for d in data) if full else program.batch_size
+    per_chunk = max(1, MAX_ROWS // max(width, 1))
+    out: list[Update] = []
+    for start in range(0, len(tasks), per_chunk):
+        out += _train_chunk(model, program, loss_fn, tasks[start:start + per_chunk], data[start:start + per_chunk])
+    return out
+
+
+def _row_losses(loss_fn: LossFn) -> LossFn:
+    """Per-row losses over [clients, batch, ...] outputs: the unreduced form of a known loss, else vmap."""
+    known = ROW_LOSSES.get(loss_fn)
+    if known is not None:
+        return lambda out, y: known(out.flatten(0, 1), y.flatten(0, 1)).view(*y.shape[:2], -1).mean(dim=2)
+    return vmap(per_example(loss_fn))
+
+
+def _train_chunk(model: nn.Module, program: SGDProgram, loss_fn: LossFn, tasks: Sequence[Task],
+                 data: Sequence[Examples]) -> list[Update]:
+    global_params = tasks[0].params
+    names = [n for n, _ in model.named_parameters()]
+    forward = vmap(lambda p, xb: functional_call(model, p, (xb,)))
+    row_losses = _row_losses(loss_fn)
+    penalty = None if program.penalty is None else vmap(program.penalty, in_dims=(0, None))
+    plan = _schedule(program, tasks, data)
+    order = torch.argsort(plan.steps, descending=True, stable=True)  # clients still training are a prefix
+    rows, mask, steps = plan.rows[order], plan.mask[order], plan.steps[order]
+    active_at = (steps[None, :] > torch.arange(int(steps[0]))[:, None]).sum(1).tolist()
+    count = len(tasks)
+    params = {k: global_params[k].detach().unsqueeze(0).repeat(count, *([1] * global_params[k].dim()))
+              for k in names}
+    momentum = {k: torch.zeros_like(v) for k, v in params.items()} if program.momentum else None
+    loss_sum = torch.zeros(count)
+    correct_sum = torch.zeros(count)
+    scored = plan.y.dim() == 1 and not plan.y.is_floating_point()
+    model.train()
+    for s, active in enumerate(active_at):
+        idx, m = rows[:active, s], mask[:active, s]
+        xb = plan.x[idx.reshape(-1)].view(active, idx.shape[1], *plan.x.shape[1:])
+        yb = plan.y[idx.reshape(-1)].view(active, idx.shape[1], *plan.y.shape[1:])
+        sub = {k: v[:active].detach().requires_grad_() for k, v in params.items()}
+        outputs = forward(sub, xb)
+        n = m.sum(dim=1)
+        losses = (row_losses(outputs, yb) * m).sum(dim=1) / n.clamp(min=1.0)
+        total = losses.sum() if penalty is None else losses.sum() + penalty(sub, global_params).sum()
+        grads = torch.autograd.grad(total, list(sub.values()))
+        with torch.no_grad():
+            loss_sum[:active] += losses * n
+            scored = scored and outputs.dim() == 3
+            if scored:
+                correct_sum[:active] += ((outputs.argmax(dim=2) == yb) * m).sum(dim=1)
+            if program.returns == "gradient":
+                params = dict(zip(names, grads, strict=True))
+                continue
+            for k, g in zip(names, grads, strict=True):
+                if program.weight_decay:
+                    g = g.add(sub[k], alpha=program.weight_decay)
+                if momentum is not None:
+                    g = momentum[k][:active].mul_(program.momentum).add_(g)
+                params[k][:active].sub_(g, alpha=program.lr)
+    seen = mask.sum(dim=(1, 2))
+    losses = (loss_sum / seen).tolist()
+    accuracies = (correct_sum / seen).tolist()
+    if program.returns == "gradient":
+        updates = {k: params[k].unbind(0) for k in names}
+    else:
+        updates = {k: (global_params[k].unsqueeze(0) - params[k]).unbind(0) for k in names}
+    replies: list[Update | None] = [None] * count
+    for pos, c in enumerate(order.tolist()):
+        metrics = {"train_loss": losses[pos]}
+        if scored:
+            metrics["train_accuracy"] = accuracies[pos]
+        replies[c] = Update(tasks[c].client_id, tasks[c].round, {k: updates[k][pos] for k in global_params},
+                            len(data[c]), metrics)
+    return [r for r in replies if r is not None]
