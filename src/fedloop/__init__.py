@@ -22,13 +22,15 @@ from .errors import (
 )
 from .experiment import RunResult, load_model, run_config, simulate
 from .models import build_model
-from .strategies import FedAvg, FedSGD, LocalSGD, Strategy, make_strategy
+from .sim import LocalFleet, gaussian_population, make_fleet
+from .strategies import FedAvg, FedProx, FedSGD, LocalSGD, SGDProgram, Strategy, make_strategy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AggregationError", "CheckpointError", "Config", "ConfigError", "DataError", "Dataset", "Examples",
-    "FedAvg", "FedSGD", "FedloopError", "LocalSGD", "Partition", "PrivacyBudgetExhausted", "RunResult",
-    "Strategy", "TransportError", "build_model", "load_config", "load_dataset", "load_model",
-    "make_partition", "make_strategy", "run_config", "simulate",
+    "FedAvg", "FedProx", "FedSGD", "FedloopError", "LocalFleet", "LocalSGD", "Partition",
+    "PrivacyBudgetExhausted", "RunResult", "SGDProgram", "Strategy", "TransportError", "build_model",
+    "gaussian_population", "load_config", "load_dataset", "load_model", "make_fleet", "make_partition",
+    "make_strategy", "run_config", "simulate",
 ]

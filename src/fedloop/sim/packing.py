@@ -20,7 +20,8 @@ def to_numpy(tensors: Mapping[str, torch.Tensor]) -> Arrays:
 
 
 def to_torch(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v) for k, v in arrays.items()}
+    """Tensors over the arrays; read-only arrays (Ray's zero-copy objects) are copied first."""
+    return {k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in arrays.items()}
 
 
 def plan_shares(tasks: Sequence[Task], weights: Sequence[int], workers: int) -> list[list[int]]:

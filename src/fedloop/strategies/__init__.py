@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
+from ..local import SGDProgram
 from .base import LocalSGD, Strategy
 from .fedavg import FedAvg
 from .fedprox import FedProx
@@ -22,4 +23,4 @@ def make_strategy(name: str, **hyperparams: Any) -> Strategy:
     return cls(**hyperparams)
 
 
-__all__ = ["STRATEGIES", "FedAvg", "FedProx", "FedSGD", "LocalSGD", "Strategy", "make_strategy"]
+__all__ = ["STRATEGIES", "FedAvg", "FedProx", "FedSGD", "LocalSGD", "SGDProgram", "Strategy", "make_strategy"]
