@@ -69,7 +69,8 @@ def make_workload(name: str, per_round: int | None = None, seed: int = 0) -> Wor
 
 def _plain_clients(w: Workload, glob: dict, chosen: list[ClientInfo], r: int, seed: int, total: int,
                    model: nn.Module) -> dict[str, torch.Tensor]:
-    """The floor's inner loop: plain SGD per client; returns the sample-weighted sum of their params."""
+    """The floor's inner loop: plain SGD per client; returns the sample-weighted sum of W_global - W_client
+    (the same arithmetic as FedAvg's pseudo-gradient mean, so the final params can be compared)."""
     o = w.strategy.local
     acc = {k: torch.zeros_like(v) for k, v in glob.items()}
     for c in chosen:
@@ -85,7 +86,7 @@ def _plain_clients(w: Workload, glob: dict, chosen: list[ClientInfo], r: int, se
                 F.cross_entropy(model(w.data.x_train[b]), w.data.y_train[b]).backward()
                 opt.step()
         for k, v in model.state_dict().items():
-            acc[k].add_(v, alpha=c.num_examples / total)
+            acc[k].add_(glob[k] - v, alpha=c.num_examples / total)
     return acc
 
 
@@ -115,10 +116,11 @@ def floor(w: Workload, rounds: int, seed: int, cores: int) -> tuple[list[float],
         chosen = w.strategy.select(clients, round_rng(seed, r))
         total = sum(c.num_examples for c in chosen)
         if pool is None:
-            glob = _plain_clients(w, glob, chosen, r, seed, total, model)
+            delta = _plain_clients(w, glob, chosen, r, seed, total, model)
         else:
             parts = pool.map(_worker, [(glob, chosen[i::cores], r, seed, total) for i in range(cores)])
-            glob = {k: sum(p[k] for p in parts) for k in glob}
+            delta = {k: sum(p[k] for p in parts) for k in glob}
+        glob = {k: glob[k] - delta[k] for k in glob}
         times.append(time.perf_counter() - start)
     if pool is not None:
         pool.close()

@@ -79,8 +79,15 @@ def load_idx_dataset(name: str, directory: Path, split: str = "balanced") -> Dat
     num_classes = int(max(ytr.max(), yte.max() if len(yte) else 0)) + 1
     return Dataset(
         name=name,
-        x_train=torch.from_numpy(np.ascontiguousarray(xtr, dtype=np.float32) / 255.0),
+        x_train=torch.from_numpy(_unit_floats(xtr)),
         y_train=torch.from_numpy(ytr),
-        x_test=torch.from_numpy(np.ascontiguousarray(xte, dtype=np.float32) / 255.0),
+        x_test=torch.from_numpy(_unit_floats(xte)),
         y_test=torch.from_numpy(yte),
         num_classes=num_classes)
+
+
+def _unit_floats(pixels: np.ndarray) -> np.ndarray:
+    """Bytes 0..255 as float32 in [0, 1], scaled in place (one float copy of the images, not two)."""
+    out = np.array(pixels, dtype=np.float32)
+    out /= 255.0
+    return out

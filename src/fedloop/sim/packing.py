@@ -28,7 +28,9 @@ def plan_shares(tasks: Sequence[Task], weights: Sequence[int], workers: int) -> 
     """Contiguous shares of the tasks with about equal weight (examples: a proxy for work), each split
     further so that all tasks of a share carry the same params object (normally one per round)."""
     w = np.maximum(np.asarray(weights, dtype=np.float64), 1.0)
-    bounds = np.searchsorted(np.cumsum(w), w.sum() * np.arange(1, workers) / workers)
+    cum = np.concatenate([[0.0], np.cumsum(w)])
+    targets = w.sum() * np.arange(1, workers) / workers
+    bounds = np.abs(cum[:, None] - targets[None, :]).argmin(axis=0)  # the split nearest each target
     out = []
     for part in np.split(np.arange(len(tasks)), bounds):
         by_params: dict[int, list[int]] = {}
