@@ -17,6 +17,7 @@ def write(tmp_path, text):
 def test_defaults_are_the_embedded_digits_job():
     cfg = load_config()
     assert cfg.data.name == "digits" and cfg.partition.num_clients >= 20 and cfg.partition.scheme != "iid"
+    assert cfg.sim.executor == "auto" and cfg.sim.engine == "local"
 
 
 def test_issue_example_names_are_accepted(tmp_path):
@@ -59,6 +60,9 @@ patience = 5
     ("rounds = 0", r"rounds = 0: Input should be greater than or equal to 1"),
     ('[strategy]\nweighting = "size"', r"strategy.weighting = 'size' is not allowed"),
     ("[stop]\ntarget_accuracy = 2", r"stop.target_accuracy = 2"),
+    ('[sim]\nexecutor = "gpu"', r"sim.executor = 'gpu' is not allowed; .*'vectorized'"),
+    ("[sim]\nworkers = 0", r"sim.workers = 0: Input should be greater than or equal to 1"),
+    ('[strategy]\nname = "fedprox"\nmu = -1', r"strategy.mu = -1"),
 ])
 def test_bad_values_name_key_value_and_rule(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match) as err:

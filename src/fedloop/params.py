@@ -29,7 +29,7 @@ def load_into(model: nn.Module, params: Params) -> None:
 
 def check_compatible(a: Params, b: Params, what: str = "update") -> None:
     """Raise AggregationError unless a and b hold the same names with the same shapes."""
-    if set(a) != set(b):
+    if a.keys() != b.keys():
         raise AggregationError(
             f"{what} names differ: missing {sorted(set(a) - set(b))}, unexpected {sorted(set(b) - set(a))}"
         )

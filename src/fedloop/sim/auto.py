@@ -8,6 +8,7 @@ step per worker, all workers at once) and vectorized (one batched step over many
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -25,7 +26,7 @@ from .vectorized import train_group
 log = logging.getLogger(__name__)
 
 PREFERENCE = ("vectorized", "sequential", "processes")
-MARGIN = 1.25
+MARGIN = 1.1
 """Near-ties go to the earlier executor in PREFERENCE: only a rate MARGIN times higher wins, so repeated runs
 on one machine choose alike (different executors agree only within float tolerance)."""
 
@@ -42,13 +43,22 @@ def _seconds_per_call(fn: Callable[[], object], budget: float = 0.15, max_reps: 
     return (time.perf_counter() - start) / reps
 
 
+def client_steps(program: SGDProgram, sizes: Sequence[int]) -> list[int]:
+    """SGD steps each client takes in this program."""
+    if program.returns == "gradient":
+        return [1] * len(sizes)
+    return [program.epochs * math.ceil(n / (program.batch_size or n)) for n in sizes]
+
+
 def calibrate(app: ClientApp, task: Task, program: SGDProgram, workers: int, vectorizable: bool,
-              clients: int) -> dict[str, float]:
-    """Client-steps per second of each executor on this workload (one step on the client's first batch)."""
+              steps: Sequence[int]) -> dict[str, float]:
+    """Predicted client-steps per second of each executor for a round whose clients take `steps` steps,
+    from timing single SGD steps on the client's first batch."""
     batch = program.batch_size or len(app.train)
     data = Examples(app.train.x, app.train.y, app.train.index[:batch])
     model = app.model_fn()
     ctx = ClientContext(model, data, app.loss_fn)
+    clients = len(steps)
 
     def step() -> None:
         local_sgd(ctx, task.params, epochs=1, batch_size=None, lr=program.lr, momentum=program.momentum,
@@ -64,10 +74,19 @@ def calibrate(app: ClientApp, task: Task, program: SGDProgram, workers: int, vec
             torch.set_num_threads(threads)
         rates["processes"] = 0.9 * min(workers, clients) / single  # 10% for the pool's traffic
     if vectorizable:
-        k = max(1, min(VECTOR_CLIENTS, clients))
         one = replace(program, epochs=1, batch_size=None)
-        tasks = [replace(task, client_id=i) for i in range(k)]
-        rates["vectorized"] = k / _seconds_per_call(lambda: train_group(model, one, app.loss_fn, tasks, [data] * k))
+
+        def batched(k: int) -> float:
+            tasks = [replace(task, client_id=i) for i in range(k)]
+            return _seconds_per_call(lambda: train_group(model, one, app.loss_fn, tasks, [data] * k))
+
+        # a batched step costs t0 + a * t1 with a clients still training; they finish at different steps
+        k = max(2, min(VECTOR_CLIENTS, clients))
+        t_1, t_k = batched(1), batched(k)
+        t1 = max(0.0, (t_k - t_1) / (k - 1))
+        t0 = max(0.0, t_1 - t1)
+        total = sum(steps)
+        rates["vectorized"] = total / (max(steps) * t0 + total * t1)
     return rates
 
 
@@ -83,7 +102,7 @@ class Auto:
         self.processes = Processes(resolve, self.workers)
         self.choices: dict[tuple, str] = {}
 
-    def choose(self, app: ClientApp, task: Task, program: SGDProgram | None, clients: int) -> Executor:
+    def choose(self, app: ClientApp, task: Task, program: SGDProgram | None, sizes: Sequence[int]) -> Executor:
         key = (app.model_fn, app.loss_fn, program)
         if key not in self.choices:
             if program is None:
@@ -92,7 +111,8 @@ class Auto:
             else:
                 vectorizable = self.vectorized.reason(app, program) is None
                 try:
-                    rates = calibrate(app, task, program, self.workers, vectorizable, clients)
+                    rates = calibrate(app, task, program, self.workers, vectorizable,
+                                      client_steps(program, sizes))
                 except Exception as exc:  # noqa: BLE001 - client code failed; its task will report it
                     log.info("auto executor: sequential (calibration failed: %s: %s)", type(exc).__name__, exc)
                     self.choices[key] = "sequential"
@@ -112,10 +132,11 @@ class Auto:
         if not jobs:
             return []
         fits = [(app, task, fit_program(app, task)) for app, task in jobs if task.kind == "fit"]
-        app, task, program = fits[0] if fits else (jobs[0][0], jobs[0][1], None)
-        if not fits:  # evaluation: no calibration, sequential reference path
+        if not fits:  # evaluation: no calibration, the sequential reference path
             return self.sequential.run(jobs)
-        return self.choose(app, task, program, len(fits)).run(jobs)
+        programs = [f for f in fits if f[2] is not None] or fits
+        app, task, program = programs[0]
+        return self.choose(app, task, program, [len(a.train) for a, _, _ in programs]).run(jobs)
 
     def close(self) -> None:
         self.processes.close()

@@ -90,10 +90,12 @@ class Vectorized:
         alone: list[int] = []
         for i, (app, task) in enumerate(jobs):
             program = fit_program(app, task)
-            if program is None or self.reason(app, program) is not None:
+            if program is None:
                 alone.append(i)
             else:
                 groups.setdefault((program, id(task.params), app.model_fn, app.loss_fn), []).append(i)
+        for key in [k for k in groups if self.reason(jobs[groups[k][0]][0], k[0]) is not None]:
+            alone += groups.pop(key)
         for (program, _, _, _), members in groups.items():
             app = jobs[members[0]][0]
             try:
