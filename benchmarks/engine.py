@@ -1,6 +1,7 @@
 """Simulation speed of fedloop's executors against a raw PyTorch floor, on workloads W1-W4 (issue 3).
 
-For each workload it prints, per executor and for the floor: seconds per round, client updates per second,
+For each workload it prints, per executor and for the floor: seconds per round (median of the timed rounds),
+client updates per second,
 peak RSS, and the ratio to the floor (below 1 is faster than the floor). The floor is the faster of
   (a) a plain PyTorch loop (same model, same batches, same SGD steps, client after client, in-process
       averaging, all cores inside each step) and
@@ -10,7 +11,7 @@ largest peak of any child process (process pools). Each run does one warm-up rou
 rounds with no evaluation. The last column is the largest difference between its final params and the
 floor's (a sanity check that the same work was done).
 
-    python benchmarks/engine.py                    # W1-W4, 3 timed rounds each
+    python benchmarks/engine.py                    # W1-W4, 5 timed rounds each
     python benchmarks/engine.py --workloads W3 W4 --rounds 5
 """
 
@@ -21,6 +22,7 @@ import multiprocessing as mp
 import os
 import platform
 import resource
+import statistics
 import time
 from dataclasses import dataclass
 
@@ -168,7 +170,7 @@ def report(name: str, per_round: int | None, executors: list[str], rounds: int, 
     print(f"  {'run':<12}{'s/round':>10}{'updates/s':>11}{'vs floor':>10}{'RSS MB':>9}{'workers MB':>12}"
           f"{'max |dW|':>11}")
     runs = {kind: run_one(name, per_round, kind, rounds, seed) for kind in ("floor-a", "floor-b", *executors)}
-    spr = {kind: sum(r["times"]) / len(r["times"]) for kind, r in runs.items()}
+    spr = {kind: statistics.median(r["times"]) for kind, r in runs.items()}
     best = min(("floor-a", "floor-b"), key=spr.__getitem__)
     ref = runs["floor-a"]["params"]
     for kind, r in runs.items():
@@ -186,7 +188,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workloads", nargs="+", default=["W1", "W2", "W3", "W4"])
     ap.add_argument("--executors", nargs="+", default=list(EXECUTORS), choices=EXECUTORS)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
