@@ -13,6 +13,7 @@ floor's (a sanity check that the same work was done).
 
     python benchmarks/engine.py                    # W1-W4, 5 timed rounds each
     python benchmarks/engine.py --workloads W3 W4 --rounds 5
+    python benchmarks/engine.py --interleave W1 --rounds 6   # sequential vs floor (a), alternating rounds
 """
 
 from __future__ import annotations
@@ -138,6 +139,28 @@ def fedloop_run(w: Workload, rounds: int, seed: int, executor: str) -> tuple[lis
     return [r.seconds for r in result.records[1:]], result.state.params
 
 
+def interleaved(name: str, rounds: int, seed: int) -> None:
+    """fedloop's sequential fleet and floor (a) in one process, round by round, so machine noise hits both."""
+    w = make_workload(name, None, seed)
+    fleet = build_fleet(w.data, w.part, w.strategy, w.model_fn, F.cross_entropy, executor="sequential")
+    state = w.strategy.init(initial_params(w.model_fn, seed), seed)
+    glob, model = dict(state.params), w.model_fn()
+    clients = [ClientInfo(c, len(w.part.train[c])) for c in range(w.part.num_clients)]
+    ours, plain = [], []
+    for r in range(1, rounds + 2):
+        start = time.perf_counter()
+        state = run_loop(w.strategy, fleet, state, StopRule(r)).state
+        ours.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        chosen = w.strategy.select(clients, round_rng(seed, r))
+        delta = _plain_clients(w, glob, chosen, r, seed, sum(c.num_examples for c in chosen), model)
+        glob = {k: glob[k] - delta[k] for k in glob}
+        plain.append(time.perf_counter() - start)
+    diff = max(float((state.params[k] - glob[k]).abs().max()) for k in glob)
+    print(f"\n{name} interleaved in one process, rounds 2-{rounds + 1}: fedloop sequential {sum(ours[1:]):.3f} s, "
+          f"floor (a) {sum(plain[1:]):.3f} s, ratio {sum(ours[1:]) / sum(plain[1:]):.3f}; max |dW| {diff:.2e}")
+
+
 def measure(name: str, per_round: int | None, kind: str, rounds: int, seed: int, queue: mp.Queue) -> None:
     """One measurement in a fresh process: its seconds per round, final params and peak RSS."""
     w = make_workload(name, per_round, seed)
@@ -190,7 +213,12 @@ def main() -> None:
     ap.add_argument("--executors", nargs="+", default=list(EXECUTORS), choices=EXECUTORS)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--interleave", metavar="W", help="only: time fedloop sequential and floor (a) round by round "
+                                                      "in one process on workload W")
     args = ap.parse_args()
+    if args.interleave:
+        interleaved(args.interleave, args.rounds, args.seed)
+        return
     print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, python {platform.python_version()}")
     start = time.perf_counter()
