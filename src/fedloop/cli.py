@@ -19,7 +19,7 @@ from rich.progress import (
 )
 
 from .config import Config, load_config
-from .errors import FedloopError
+from .errors import ConfigError, FedloopError
 from .types import RoundRecord, ServerState
 
 console = Console(stderr=True)
@@ -104,6 +104,48 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_server(args: argparse.Namespace) -> int:
+    from .net.serve import serve
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out) if args.out else _default_out(cfg)
+    result = serve(cfg, out, cert_dir=args.certs, tokens=args.tokens, insecure=args.insecure,
+                   mutual_tls=args.mtls, address=args.address,
+                   on_listen=lambda port: print(f"listening on port {port}; waiting for "
+                                                f"{cfg.server.min_clients} clients", flush=True),
+                   on_round=lambda rec, st: print(f"round {rec.round}: {rec.clients} updates, {rec.failures} "
+                                                  f"failures, {rec.seconds:.2f} s", flush=True))
+    s = result.summary
+    acc = f"{s['accuracy']:.4f}" if s.get("accuracy") is not None else "n/a"
+    print(f"rounds {s['rounds']}  stop {s['stop_reason']}  accuracy {acc}  -> {out}", flush=True)
+    return 0
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from .net.client_process import run_client
+
+    token = None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{args.token_file}: cannot read the token ({exc.strerror})") from None
+    answered = run_client(args.server, args.data, token=token, ca_cert=args.ca_cert, cert=args.cert, key=args.key,
+                          insecure=args.insecure, state_dir=args.state_dir, expect_id=args.id)
+    print(f"the run is over; answered {answered} tasks", flush=True)
+    return 0
+
+
+def cmd_certs(args: argparse.Namespace) -> int:
+    from .net.certs import make_certs
+
+    clients = [str(i) for i in range(args.clients)]
+    out = make_certs(args.dir, clients, args.host)
+    print(f"wrote ca.pem, server.pem/.key, client-<id>.pem/.key/.token for clients 0..{args.clients - 1} and "
+          f"tokens.txt -> {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedloop", description="Federated learning: simulate, inspect, report.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -130,6 +172,36 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="print a run's round table and redraw its plots")
     rep.add_argument("run_dir")
     rep.set_defaults(func=cmd_report)
+
+    srv = sub.add_parser("server", help="run the rounds for clients that connect over gRPC")
+    config_args(srv)
+    srv.add_argument("--out", help="run directory (default: runs/<data>-<strategy>-<time>)")
+    srv.add_argument("--address", help="HOST:PORT to listen on (default: server.address of the config)")
+    srv.add_argument("--certs", metavar="DIR", help="TLS files from `fedloop certs DIR` (server.pem/.key, ca.pem)")
+    srv.add_argument("--tokens", metavar="FILE", help="client tokens, '<id> <token>' per line (default: "
+                                                      "DIR/tokens.txt of --certs)")
+    srv.add_argument("--mtls", action="store_true", help="authenticate clients by certificate instead of token")
+    srv.add_argument("--insecure", action="store_true", help="plaintext, loopback only")
+    srv.set_defaults(func=cmd_server)
+
+    cli = sub.add_parser("client", help="serve one client's local data to a fedloop server")
+    cli.add_argument("--server", required=True, metavar="HOST:PORT")
+    cli.add_argument("--data", required=True, metavar="PATH", help="this client's data, in the reader the "
+                                                                     "server's config names (data.name)")
+    cli.add_argument("--id", type=int, help="the client id this client expects its credential to carry")
+    cli.add_argument("--token-file", metavar="F")
+    cli.add_argument("--ca-cert", metavar="F", help="the CA that signed the server certificate (ca.pem)")
+    cli.add_argument("--cert", metavar="F", help="client certificate (mutual TLS)")
+    cli.add_argument("--key", metavar="F", help="client key (mutual TLS)")
+    cli.add_argument("--insecure", action="store_true", help="plaintext, loopback only")
+    cli.add_argument("--state-dir", metavar="DIR", help="where this client keeps its state across restarts")
+    cli.set_defaults(func=cmd_client)
+
+    cert = sub.add_parser("certs", help="create a development CA, server certificate and client credentials")
+    cert.add_argument("dir")
+    cert.add_argument("--clients", type=int, default=10, help="credentials for clients 0..N-1")
+    cert.add_argument("--host", action="append", default=[], help="extra server host name or IP (repeatable)")
+    cert.set_defaults(func=cmd_certs)
     return p
 
 
@@ -137,6 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("fedloop.sim").setLevel(logging.INFO)  # the executor choice and any fallback
+    logging.getLogger("fedloop.net").setLevel(logging.INFO)  # joins, rejected uploads, reconnects
     try:
         return args.func(args)
     except FedloopError as exc:

@@ -93,6 +93,13 @@ class SimConfig(_Section):
     state_dir: str | None = None
 
 
+class ServerConfig(_Section):
+    address: str = "127.0.0.1:50051"
+    min_clients: int = Field(2, ge=1)
+    join_timeout: float = Field(600.0, gt=0)
+    round_deadline: float = Field(120.0, gt=0)
+
+
 class CheckpointConfig(_Section):
     every: int = Field(10, ge=1)
 
@@ -109,6 +116,7 @@ class Config(_Section):
     stop: StopConfig = Field(default_factory=StopConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     sim: SimConfig = Field(default_factory=SimConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
 
 
 def _describe(err: dict, source: str) -> str:

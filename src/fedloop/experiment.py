@@ -19,7 +19,7 @@ from .data.partition import Partition, make_partition
 from .data.registry import load_dataset
 from .errors import CheckpointError, ConfigError
 from .local import LossFn, evaluate
-from .loop import StopRule, run_loop
+from .loop import Fleet, StopRule, run_loop
 from .models import model_factory
 from .params import from_model, load_into
 from .report import plot_curves
@@ -90,29 +90,35 @@ def simulate(model_fn: Callable[[], nn.Module], data: Dataset, partition: Partit
     fleet = build_fleet(data, partition, strategy, model_fn, loss_fn, executor=executor, engine=engine,
                         ray_address=ray_address, workers=workers, state_dir=state_dir)
     try:
-        return _run(fleet, model_fn, data, partition, strategy, rounds=rounds, seed=seed, loss_fn=loss_fn,
-                    eval_every=eval_every, federated_eval=federated_eval, target_accuracy=target_accuracy,
-                    patience=patience, out=out, checkpoint_every=checkpoint_every, on_round=on_round,
-                    model_meta=model_meta, config_toml=config_toml, t0=t0)
+        return train(fleet, model_fn, strategy, test=Examples.all(data.x_test, data.y_test),
+                     partition_json=partition.to_json(), rounds=rounds, seed=seed, loss_fn=loss_fn,
+                     eval_every=eval_every, federated_eval=federated_eval, target_accuracy=target_accuracy,
+                     patience=patience, out=out, checkpoint_every=checkpoint_every, on_round=on_round,
+                     model_meta=model_meta, config_toml=config_toml, t0=t0)
     finally:
         fleet.close()
 
 
-def _run(fleet: LocalFleet | RayFleet, model_fn: Callable[[], nn.Module], data: Dataset, partition: Partition,
-         strategy: Strategy, *, rounds: int, seed: int, loss_fn: LossFn, eval_every: int, federated_eval: bool,
-         target_accuracy: float | None, patience: int | None, out: str | Path | None, checkpoint_every: int,
-         on_round: Callable[[RoundRecord, ServerState], None] | None, model_meta: dict[str, Any] | None,
-         config_toml: str | None, t0: float) -> RunResult:
+def train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, *, test: Examples | None,
+          partition_json: dict | None, rounds: int, seed: int, loss_fn: LossFn = F.cross_entropy,
+          eval_every: int = 1, federated_eval: bool = True, target_accuracy: float | None = None,
+          patience: int | None = None, out: str | Path | None = None, checkpoint_every: int = 10,
+          on_round: Callable[[RoundRecord, ServerState], None] | None = None,
+          model_meta: dict[str, Any] | None = None, config_toml: str | None = None,
+          t0: float | None = None) -> RunResult:
+    """The round loop over any fleet (simulated or networked) with the run directory and summary."""
+    t0 = time.perf_counter() if t0 is None else t0
     workspace = model_fn()
-    test = Examples.all(data.x_test, data.y_test)
-    evaluator = (lambda params: evaluate(workspace, params, test, loss_fn)) if len(test) else None
+    evaluator = (lambda params: evaluate(workspace, params, test, loss_fn)) if test is not None and len(test) \
+        else None
     state = strategy.init(initial_params(model_fn, seed), seed)
     run = RunDir(out) if out is not None else None
     meta = {"strategy": strategy.name, **(model_meta or {})}
     if run is not None:
         if config_toml is not None:
             run.write_text("config.toml", config_toml)
-        run.write_json("partition.json", partition.to_json())
+        if partition_json is not None:
+            run.write_json("partition.json", partition_json)
         save_checkpoint(run.checkpoint_path(0), state, meta)
 
     def record(rec: RoundRecord, st: ServerState) -> None:
@@ -133,7 +139,7 @@ def _run(fleet: LocalFleet | RayFleet, model_fn: Callable[[], nn.Module], data: 
     summary = {"rounds": final.round, "stop_reason": result.stop_reason,
                "accuracy": result.final_metrics.get("accuracy"), "loss": result.final_metrics.get("loss"),
                **{k: v for k, v in result.final_metrics.items() if k not in ("accuracy", "loss")},
-               "seconds": round(seconds, 3), "executor": fleet.describe()}
+               "seconds": round(seconds, 3), "executor": getattr(fleet, "describe", lambda: "custom")()}
     history = [r.to_json() for r in result.records]
     if run is not None:
         save_checkpoint(run.checkpoint_path(final.round), final, meta)

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Regenerate the checked-in gRPC code from src/fedloop/net/fedloop.proto (tests check it is up to date).
+set -euo pipefail
+cd "$(dirname "$0")/../src"
+python -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. fedloop/net/fedloop.proto

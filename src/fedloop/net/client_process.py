@@ -1,0 +1,132 @@
+"""`fedloop client`: one client process on its own local data. It joins the server, pulls tasks, runs them
+through the same ClientApp.handle as the simulator, and pushes the replies; it reconnects with backoff and
+keeps its persistent state on its own disk."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+from torch.nn import functional as F
+
+from ..client import ClientApp
+from ..config import validate
+from ..data.examples import Examples
+from ..data.registry import load_dataset
+from ..errors import ConfigError, TransportError
+from ..models import model_factory
+from ..sim.states import DiskStates
+from ..types import Evaluation, Failure, Reply, Task, Update
+from . import fedloop_pb2 as pb
+from . import fedloop_pb2_grpc as pb_grpc
+from .codec import chunks, decode, encode
+from .server import MESSAGE_BYTES, POLL_SECONDS
+
+log = logging.getLogger(__name__)
+
+FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
+         grpc.StatusCode.FAILED_PRECONDITION)
+
+
+def _read(path: str | Path | None, what: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror})") from None
+
+
+def open_channel(server: str, *, ca_cert: str | None, cert: str | None, key: str | None,
+                 insecure: bool) -> grpc.Channel:
+    options = [("grpc.max_receive_message_length", MESSAGE_BYTES), ("grpc.max_send_message_length", MESSAGE_BYTES)]
+    if insecure:
+        return grpc.insecure_channel(server, options=options)
+    if ca_cert is None:
+        raise ConfigError("TLS needs --ca-cert (the ca.pem of `fedloop certs`), or --insecure on loopback")
+    creds = grpc.ssl_channel_credentials(root_certificates=_read(ca_cert, "CA certificate"),
+                                         private_key=_read(key, "client key"),
+                                         certificate_chain=_read(cert, "client certificate"))
+    return grpc.secure_channel(server, creds, options=options)
+
+
+def reply_chunks(reply: Reply, seq: int) -> Iterator[pb.ReplyChunk]:
+    payload = b""
+    if isinstance(reply, Update):
+        payload = encode(reply.params)
+        header = pb.ReplyHeader(round=reply.round, kind="fit", num_examples=reply.num_examples,
+                                metrics=dict(reply.metrics), size=len(payload), seq=seq)
+    elif isinstance(reply, Evaluation):
+        header = pb.ReplyHeader(round=reply.round, kind="evaluate", num_examples=reply.num_examples,
+                                metrics=dict(reply.metrics), seq=seq)
+    else:
+        assert isinstance(reply, Failure)
+        header = pb.ReplyHeader(round=reply.round, kind="failure", reason=reply.reason, seq=seq)
+    yield pb.ReplyChunk(header=header)
+    for part in chunks(payload):
+        yield pb.ReplyChunk(data=part)
+
+
+def build_app(settings: dict, client_id: int, data_path: str) -> ClientApp:
+    """The client app the server's settings describe, on this client's own data."""
+    cfg = validate(settings["config"], "settings from the server")
+    from ..experiment import strategy_from_config
+
+    d = cfg.data
+    data = load_dataset(d.name, data_path, seed=cfg.seed, test_fraction=d.test_fraction, split=d.split,
+                        label_column=d.label_column)
+    model_fn = model_factory(cfg.model.name, settings["spec"])
+    return ClientApp(client_id, strategy_from_config(cfg), model_fn, F.cross_entropy,
+                     train=Examples.all(data.x_train, data.y_train), test=Examples.all(data.x_test, data.y_test))
+
+
+def run_client(server: str, data_path: str, *, token: str | None, ca_cert: str | None = None,
+               cert: str | None = None, key: str | None = None, insecure: bool = False,
+               state_dir: str | None = None, expect_id: int | None = None, max_backoff: float = 30.0) -> int:
+    """Serve tasks until the server says the run is over; returns the number of tasks answered."""
+    channel = open_channel(server, ca_cert=ca_cert, cert=cert, key=key, insecure=insecure)
+    stub = pb_grpc.FederationStub(channel)
+    meta = [("authorization", f"Bearer {token}")] if token else []
+    app: ClientApp | None = None
+    states: DiskStates | None = None
+    after, answered, backoff = 0, 0, 1.0
+    while True:
+        try:
+            if app is None:
+                hello = stub.Hello(pb.HelloRequest(), metadata=meta, timeout=30)
+                if expect_id is not None and hello.client_id != expect_id:
+                    raise ConfigError(f"--id {expect_id}: the credential belongs to client {hello.client_id}")
+                app = build_app(json.loads(hello.settings_json), int(hello.client_id), data_path)
+                joined = stub.Join(pb.JoinRequest(num_examples=len(app.train), num_test=len(app.test or [])),
+                                   metadata=meta, timeout=30)
+                states = DiskStates(Path(state_dir) / joined.run) if state_dir else None
+                if states is not None:
+                    app.state = states.get(app.client_id) or {}
+                log.info("joined run %s as client %d", joined.run, app.client_id)
+            stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=POLL_SECONDS + 60)
+            header = next(stream).header
+            if header.status == "done":
+                return answered
+            if header.status != "task":
+                continue
+            params = decode(b"".join(c.data for c in stream), f"task {header.seq}")
+            task = Task(app.client_id, int(header.round), header.kind, params, int(header.seed))
+            reply = app.handle(task)
+            if states is not None and app.state:
+                states.put(app.client_id, app.state)
+            ack = stub.PutReply(reply_chunks(reply, header.seq), metadata=meta, timeout=120)
+            if not ack.accepted:
+                log.warning("the server rejected the reply to task %d: %s", header.seq, ack.reason)
+            after, answered, backoff = header.seq, answered + 1, 1.0
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code in FATAL:
+                raise TransportError(f"{server}: {code.name}: {exc.details()}") from None
+            log.warning("lost the server (%s: %s); retrying in %.0f s", code.name, exc.details(), backoff)
+            time.sleep(backoff)
+            backoff = min(max_backoff, backoff * 2)
+

@@ -1,0 +1,219 @@
+"""The gRPC deployment with real server and client processes on loopback."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from conftest import blobs
+from safetensors.torch import load_file
+
+from fedloop import simulate
+from fedloop.config import load_config
+from fedloop.data.examples import Dataset
+from fedloop.data.partition import Partition
+from fedloop.experiment import strategy_from_config
+from fedloop.models import model_factory
+from fedloop.net import fedloop_pb2 as pb
+from fedloop.net import fedloop_pb2_grpc as pb_grpc
+from fedloop.net.certs import make_certs
+from fedloop.net.codec import chunks, decode, encode
+
+SIZES = [23, 31, 17, 40, 29]
+CONFIG = """
+seed = 3
+rounds = 3
+[data]
+name = "npz"
+path = "{server_data}"
+[model]
+name = "mlp"
+[strategy]
+clients_per_round = 4
+[client]
+epochs = 2
+batch_size = 8
+lr = 0.1
+[eval]
+every = 1
+federated = true
+[server]
+address = "127.0.0.1:0"
+min_clients = {min_clients}
+round_deadline = {deadline}
+"""
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fedloop.cli", *args]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Client data files, a server holdout, credentials: what a real deployment has on disk."""
+    root = tmp_path_factory.mktemp("net")
+    data = blobs(n_train=sum(SIZES), n_test=60, dim=6, classes=3, seed=4)
+    start = 0
+    for c, n in enumerate(SIZES):
+        rows = slice(start, start + n)
+        np.savez(root / f"client{c}.npz", x_train=data.x_train[rows].numpy(), y_train=data.y_train[rows].numpy(),
+                 x_test=data.x_test[c * 10:(c + 1) * 10].numpy(), y_test=data.y_test[c * 10:(c + 1) * 10].numpy())
+        start += n
+    np.savez(root / "server.npz", x_train=data.x_train[:5].numpy(), y_train=data.y_train[:5].numpy(),
+             x_test=data.x_test.numpy(), y_test=data.y_test.numpy())
+    make_certs(root / "certs", [str(c) for c in range(len(SIZES))])
+    return root, data
+
+
+def write_config(root: Path, name: str, min_clients: int = len(SIZES), deadline: float = 60) -> Path:
+    path = root / f"{name}.toml"
+    path.write_text(CONFIG.format(server_data=root / "server.npz", min_clients=min_clients, deadline=deadline))
+    return path
+
+
+def start_server(root: Path, config: Path, out: Path, *extra: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(cli("server", str(config), "--out", str(out), "--certs", str(root / "certs"), *extra),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = proc.stdout.readline()
+    match = re.search(r"listening on port (\d+)", line)
+    assert match, line + proc.stdout.read()
+    return proc, int(match.group(1))
+
+
+def start_client(root: Path, port: int, c: int, *extra: str) -> subprocess.Popen:
+    certs = root / "certs"
+    return subprocess.Popen(cli("client", "--server", f"127.0.0.1:{port}", "--data", str(root / f"client{c}.npz"),
+                                "--token-file", str(certs / f"client-{c}.token"), "--ca-cert", str(certs / "ca.pem"),
+                                "--id", str(c), *extra),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 120) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def test_server_and_five_client_processes_train_over_tls_like_the_simulator(site, tmp_path):
+    root, data = site
+    config = write_config(root, "e2e")
+    server, port = start_server(root, config, tmp_path / "run")
+    clients = [start_client(root, port, c) for c in range(len(SIZES))]
+    log = finish(server)
+    for c in clients:
+        assert "the run is over" in finish(c)
+    assert "rounds 3" in log and "accuracy" in log
+    for name in ("config.toml", "metrics.jsonl", "model.safetensors", "summary.json", "curves.png",
+                 "checkpoints/round_0003.safetensors"):
+        assert (tmp_path / "run" / name).exists(), name
+    deployed = load_file(tmp_path / "run" / "model.safetensors")
+
+    # the simulator on the same partition (each client's rows, in the same order) and the same seed
+    cfg = load_config(config)
+    held_out = Dataset("held-out", data.x_train, data.y_train, data.x_test, data.y_test, 3)
+    bounds = np.cumsum([0, *SIZES])
+    part = Partition("files", [np.arange(bounds[c], bounds[c + 1]) for c in range(len(SIZES))],
+                     [np.arange(c * 10, (c + 1) * 10) for c in range(len(SIZES))], "test")
+    sim = simulate(model_factory("mlp", held_out.spec()), held_out, part, strategy_from_config(cfg), rounds=3,
+                   seed=3, executor="sequential")
+    assert deployed.keys() == sim.state.params.keys()
+    for k in deployed:
+        assert torch.equal(deployed[k], sim.state.params[k]), k
+
+
+def test_a_client_with_an_unknown_token_is_rejected_before_it_sees_params(site, tmp_path):
+    root, _ = site
+    server, port = start_server(root, write_config(root, "auth", min_clients=1, deadline=5), tmp_path / "run")
+    bad = tmp_path / "bad.token"
+    bad.write_text("not-a-token\n")
+    proc = subprocess.run(cli("client", "--server", f"127.0.0.1:{port}", "--data", str(root / "client0.npz"),
+                              "--token-file", str(bad), "--ca-cert", str(root / "certs" / "ca.pem")),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "UNAUTHENTICATED: unknown or revoked client token" in proc.stderr
+    server.kill()
+    server.wait()
+
+
+def test_plaintext_is_refused_off_loopback(site, tmp_path):
+    root, _ = site
+    proc = subprocess.run(cli("server", str(write_config(root, "plain")), "--insecure", "--address", "0.0.0.0:0",
+                              "--tokens", str(root / "certs" / "tokens.txt"), "--out", str(tmp_path / "run")),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "loopback only" in proc.stderr
+
+
+def _stub(root: Path, port: int, c: int):
+    creds = grpc.ssl_channel_credentials(root_certificates=(root / "certs" / "ca.pem").read_bytes())
+    channel = grpc.secure_channel(f"127.0.0.1:{port}", creds)
+    token = (root / "certs" / f"client-{c}.token").read_text().strip()
+    return pb_grpc.FederationStub(channel), [("authorization", f"Bearer {token}")]
+
+
+def _upload(stub, meta, header: pb.ReplyHeader, params: dict | None):
+    payload = encode(params) if params is not None else b""
+    header.size = len(payload)
+    return stub.PutReply(iter([pb.ReplyChunk(header=header), *(pb.ReplyChunk(data=p) for p in chunks(payload))]),
+                         metadata=meta, timeout=30)
+
+
+def test_malformed_uploads_are_rejected_with_their_reason_and_the_round_goes_on(site, tmp_path):
+    root, _ = site
+    server, port = start_server(root, write_config(root, "bad", min_clients=1, deadline=20), tmp_path / "run")
+    stub, meta = _stub(root, port, 0)
+    stub.Join(pb.JoinRequest(num_examples=SIZES[0]), metadata=meta, timeout=30)
+    after = 0
+
+    def next_fit():
+        nonlocal after
+        while True:
+            stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=60)
+            header = next(stream).header
+            if header.status == "done":
+                return None, None
+            if header.status != "task":
+                continue
+            params = decode(b"".join(c.data for c in stream), "task")
+            after = header.seq
+            if header.kind == "fit":
+                return header, params
+            ack = _upload(stub, meta, pb.ReplyHeader(round=header.round, kind="evaluate", num_examples=10,
+                                                     metrics={"accuracy": 0.5}, seq=header.seq), None)
+            assert ack.accepted, ack.reason
+
+    def fit_reply(header, **kw):
+        return pb.ReplyHeader(**{**dict(round=header.round, kind="fit", num_examples=SIZES[0], seq=header.seq), **kw})
+
+    header, params = next_fit()  # round 1
+    ack = _upload(stub, meta, fit_reply(header, seq=header.seq + 100), params)
+    assert not ack.accepted and "not open for client 0" in ack.reason
+    ack = _upload(stub, meta, fit_reply(header, round=header.round + 1), params)
+    assert not ack.accepted and "does not match the task's round" in ack.reason
+    ack = _upload(stub, meta, fit_reply(header), params)  # that rejection answered the task and closed the round
+    assert not ack.accepted and "not open for client 0 (stale" in ack.reason
+
+    header, params = next_fit()  # round 2
+    ack = _upload(stub, meta, fit_reply(header), {k: torch.full_like(v, float("nan")) for k, v in params.items()})
+    assert not ack.accepted and "NaN" in ack.reason
+
+    header, params = next_fit()  # round 3
+    ack = _upload(stub, meta, fit_reply(header), {k: torch.zeros(v.shape[0] + 1, *v.shape[1:])
+                                                  for k, v in params.items()})
+    assert not ack.accepted and "has shape" in ack.reason
+    assert next_fit() == (None, None)  # the run is over
+    finish(server)
+    rounds = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["clients"], r["failures"]) for r in rounds] == [(0, 1), (0, 1), (0, 1)]
+
+
+def test_the_checked_in_grpc_code_is_what_the_proto_generates(tmp_path):
+    src = Path(__file__).parent.parent / "src"
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(src), f"--python_out={tmp_path}",
+                    f"--grpc_python_out={tmp_path}", str(src / "fedloop" / "net" / "fedloop.proto")], check=True)
+    for name in ("fedloop_pb2.py", "fedloop_pb2_grpc.py"):
+        assert (tmp_path / "fedloop" / "net" / name).read_text() == (src / "fedloop" / "net" / name).read_text(), name
