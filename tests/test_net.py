@@ -2,6 +2,8 @@
 
 import json
 import re
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +219,77 @@ def test_the_checked_in_grpc_code_is_what_the_proto_generates(tmp_path):
                     f"--grpc_python_out={tmp_path}", str(src / "fedloop" / "net" / "fedloop.proto")], check=True)
     for name in ("fedloop_pb2.py", "fedloop_pb2_grpc.py"):
         assert (tmp_path / "fedloop" / "net" / name).read_text() == (src / "fedloop" / "net" / name).read_text(), name
+
+
+def wait_for_line(proc: subprocess.Popen, text: str, seen: list[str]) -> None:
+    for line in proc.stdout:
+        seen.append(line)
+        if text in line:
+            return
+    raise AssertionError(f"{text!r} never printed:\n" + "".join(seen))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def simulated_params(data, config: Path, rounds: int):
+    cfg = load_config(config)
+    held_out = Dataset("held-out", data.x_train, data.y_train, data.x_test, data.y_test, 3)
+    bounds = np.cumsum([0, *SIZES])
+    part = Partition("files", [np.arange(bounds[c], bounds[c + 1]) for c in range(len(SIZES))],
+                     [np.arange(c * 10, (c + 1) * 10) for c in range(len(SIZES))], "test")
+    return simulate(model_factory("mlp", held_out.spec()), held_out, part, strategy_from_config(cfg), rounds=rounds,
+                    seed=cfg.seed, executor="sequential").state.params
+
+
+def test_a_killed_client_and_a_stalled_client_cost_their_rounds_and_the_run_goes_on(site, tmp_path):
+    root, _ = site
+    config = write_config(root, "faults", min_clients=4, deadline=3)
+    config.write_text(config.read_text().replace("rounds = 3", "rounds = 4").replace("federated = true",
+                                                                                     "federated = false")
+                      .replace("clients_per_round = 4", "clients_per_round = 5"))
+    server, port = start_server(root, config, tmp_path / "run")
+    clients = [start_client(root, port, c) for c in range(4)]
+    seen: list[str] = []
+    wait_for_line(server, "round 1:", seen)
+    clients[3].send_signal(signal.SIGKILL)  # dies mid-run
+    clients[2].send_signal(signal.SIGSTOP)  # stalls past round 2's deadline
+    wait_for_line(server, "round 2:", seen)
+    clients[2].send_signal(signal.SIGCONT)
+    log = "".join(seen) + finish(server)
+    rounds = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["clients"], r["failures"]) for r in rounds] == [(4, 0), (2, 2), (3, 1), (3, 1)]
+    assert "client 3 sent no reply before the 3 s deadline" in log
+    assert "discarded the upload of client 2 for round 2" in log and "stale" in log  # its late reply
+    for c in clients[:3]:
+        assert "the run is over" in finish(c)
+    clients[3].wait()
+
+
+def test_a_killed_and_resumed_server_ends_with_the_uninterrupted_model(site, tmp_path):
+    root, data = site
+    config = write_config(root, "resume", deadline=30)
+    address = f"127.0.0.1:{free_port()}"
+    server, _ = start_server(root, config, tmp_path / "run", "--address", address)
+    port = int(address.rsplit(":", 1)[1])
+    clients = [start_client(root, port, c) for c in range(len(SIZES))]
+    seen: list[str] = []
+    wait_for_line(server, "round 1:", seen)
+    server.send_signal(signal.SIGKILL)
+    server.wait()
+    assert (tmp_path / "run" / "checkpoints" / "round_0001.safetensors").exists()
+    resumed = subprocess.Popen(cli("server", str(config), "--resume", str(tmp_path / "run"), "--certs",
+                                   str(root / "certs"), "--address", address),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = finish(resumed)
+    assert "rounds 3" in log
+    for c in clients:
+        assert "the run is over" in finish(c)
+    rounds = [json.loads(line)["round"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rounds == [1, 2, 3]
+    final = load_file(tmp_path / "run" / "model.safetensors")
+    expected = simulated_params(data, config, 3)
+    assert all(torch.equal(final[k], expected[k]) for k in expected)

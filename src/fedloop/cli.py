@@ -108,9 +108,9 @@ def cmd_server(args: argparse.Namespace) -> int:
     from .net.serve import serve
 
     cfg = load_config(args.config, args.set)
-    out = Path(args.out) if args.out else _default_out(cfg)
+    out = Path(args.resume or args.out or _default_out(cfg))
     result = serve(cfg, out, cert_dir=args.certs, tokens=args.tokens, insecure=args.insecure,
-                   mutual_tls=args.mtls, address=args.address,
+                   mutual_tls=args.mtls, address=args.address, resume=args.resume is not None,
                    on_listen=lambda port: print(f"listening on port {port}; waiting for "
                                                 f"{cfg.server.min_clients} clients", flush=True),
                    on_round=lambda rec, st: print(f"round {rec.round}: {rec.clients} updates, {rec.failures} "
@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                       "DIR/tokens.txt of --certs)")
     srv.add_argument("--mtls", action="store_true", help="authenticate clients by certificate instead of token")
     srv.add_argument("--insecure", action="store_true", help="plaintext, loopback only")
+    srv.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     srv.set_defaults(func=cmd_server)
 
     cli = sub.add_parser("client", help="serve one client's local data to a fedloop server")

@@ -98,6 +98,8 @@ class ServerConfig(_Section):
     min_clients: int = Field(2, ge=1)
     join_timeout: float = Field(600.0, gt=0)
     round_deadline: float = Field(120.0, gt=0)
+    min_updates: int = Field(1, ge=1)
+    retries: int = Field(3, ge=0)
 
 
 class CheckpointConfig(_Section):

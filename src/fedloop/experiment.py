@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,9 +26,11 @@ from .params import from_model, load_into
 from .report import plot_curves
 from .sim import AppList, LocalFleet, make_fleet
 from .sim.ray_fleet import RayFleet
-from .store import RunDir, load_model_file, save_checkpoint, save_model
+from .store import RunDir, load_checkpoint, load_model_file, save_checkpoint, save_model
 from .strategies import LocalSGD, Strategy, make_strategy
 from .types import RoundRecord, ServerState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -105,8 +108,13 @@ def train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, *
           patience: int | None = None, out: str | Path | None = None, checkpoint_every: int = 10,
           on_round: Callable[[RoundRecord, ServerState], None] | None = None,
           model_meta: dict[str, Any] | None = None, config_toml: str | None = None,
-          t0: float | None = None) -> RunResult:
-    """The round loop over any fleet (simulated or networked) with the run directory and summary."""
+          t0: float | None = None, resume: bool = False, min_updates: int = 0, retries: int = 0,
+          deadline: float | None = None) -> RunResult:
+    """The round loop over any fleet (simulated or networked) with the run directory and summary.
+
+    With `resume`, the run continues in `out` from its latest checkpoint (its metrics history is kept up to
+    that round), which gives the same final model as an uninterrupted run when the same clients reply.
+    """
     t0 = time.perf_counter() if t0 is None else t0
     workspace = model_fn()
     evaluator = (lambda params: evaluate(workspace, params, test, loss_fn)) if test is not None and len(test) \
@@ -114,7 +122,13 @@ def train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, *
     state = strategy.init(initial_params(model_fn, seed), seed)
     run = RunDir(out) if out is not None else None
     meta = {"strategy": strategy.name, **(model_meta or {})}
-    if run is not None:
+    if resume:
+        if run is None:
+            raise CheckpointError("resuming needs the run directory (out)")
+        state, _ = load_checkpoint(run.latest_checkpoint())
+        run.continue_from(state.round)
+        log.info("resuming %s from round %d", run.path, state.round)
+    elif run is not None:
         if config_toml is not None:
             run.write_text("config.toml", config_toml)
         if partition_json is not None:
@@ -124,14 +138,15 @@ def train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, *
     def record(rec: RoundRecord, st: ServerState) -> None:
         if run is not None:
             run.append_record(rec)
-            if st.round % checkpoint_every == 0:
+            if st.round % checkpoint_every == 0 and not rec.failed:
                 save_checkpoint(run.checkpoint_path(st.round), st, meta)
         if on_round is not None:
             on_round(rec, st)
 
     stop = StopRule(rounds, target_accuracy, patience)
     result = run_loop(strategy, fleet, state, stop, evaluate=evaluator, eval_every=eval_every,
-                      federated_eval=federated_eval, on_round=record)
+                      federated_eval=federated_eval, on_round=record, deadline=deadline, min_updates=min_updates,
+                      retries=retries)
     final = result.state
     model = model_fn()
     load_into(model, final.params)
@@ -140,7 +155,7 @@ def train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, *
                "accuracy": result.final_metrics.get("accuracy"), "loss": result.final_metrics.get("loss"),
                **{k: v for k, v in result.final_metrics.items() if k not in ("accuracy", "loss")},
                "seconds": round(seconds, 3), "executor": getattr(fleet, "describe", lambda: "custom")()}
-    history = [r.to_json() for r in result.records]
+    history = list(run.records) if run is not None else [r.to_json() for r in result.records]
     if run is not None:
         save_checkpoint(run.checkpoint_path(final.round), final, meta)
         save_model(run.path / "model.safetensors", final.params, meta)

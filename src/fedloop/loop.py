@@ -10,7 +10,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .errors import AggregationError
+from .errors import AggregationError, TransportError
 from .params import num_bytes
 from .strategies.base import Strategy, task_seeds
 from .types import (
@@ -118,10 +118,15 @@ def evaluate_round(state: ServerState, fleet: Fleet, evaluate: Evaluator | None,
 def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stop: StopRule, *,
              evaluate: Evaluator | None = None, eval_every: int = 1, federated_eval: bool = False,
              on_round: Callable[[RoundRecord, ServerState], None] | None = None,
-             deadline: float | None = None) -> LoopResult:
-    """Run rounds from `state` until a stop condition holds (see DESIGN.md, "One round")."""
+             deadline: float | None = None, min_updates: int = 0, retries: int = 0) -> LoopResult:
+    """Run rounds from `state` until a stop condition holds (see DESIGN.md, "One round").
+
+    A round with fewer than `min_updates` updates is recorded as failed (the model does not move) and run
+    again, up to `retries` times; then the run stops with a TransportError (its last good state is saved).
+    """
     result = LoopResult(state)
     patience = _Patience(stop.patience)
+    attempts = 0
     while state.round < stop.rounds:
         start = time.perf_counter()
         tasks = strategy.configure(state, fleet.clients())
@@ -129,6 +134,22 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stop: StopRul
         updates, _, failures = split(replies)
         for f in failures:
             log.warning("round %d: client %d failed: %s", f.round, f.client_id, f.reason)
+        if len(updates) < min_updates:
+            attempts += 1
+            log.warning("round %d failed: %d of the %d updates it needs arrived (attempt %d of %d)",
+                        state.round + 1, len(updates), min_updates, attempts, retries + 1)
+            record = RoundRecord(round=state.round + 1, clients=len(updates), failures=len(failures),
+                                 train_loss=None, bytes_up=sum(num_bytes(u.params) for u in updates),
+                                 bytes_down=num_bytes(state.params) * len(tasks),
+                                 seconds=time.perf_counter() - start, failed=True)
+            result.records.append(record)
+            if on_round is not None:
+                on_round(record, state)
+            if attempts > retries:
+                raise TransportError(f"round {state.round + 1} failed {attempts} times: fewer than "
+                                     f"min_updates = {min_updates} updates arrived")
+            continue
+        attempts = 0
         if updates:
             agg = reduce(updates, strategy)
             state = strategy.apply(state, agg)

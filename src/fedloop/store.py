@@ -107,6 +107,23 @@ class RunDir:
     def checkpoint_path(self, round_: int) -> Path:
         return self.path / "checkpoints" / f"round_{round_:04d}.safetensors"
 
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        return list(self._records)
+
+    def continue_from(self, round_: int) -> None:
+        """Keep the records of rounds up to `round_` (resuming after a stop); later ones are dropped."""
+        path = self.path / "metrics.jsonl"
+        rows = read_metrics(self.path) if path.is_file() else []
+        self._records = [r for r in rows if r["round"] <= round_]
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self._records))
+
+    def latest_checkpoint(self) -> Path:
+        found = sorted(self.path.glob("checkpoints/round_*.safetensors"))
+        if not found:
+            raise CheckpointError(f"{self.path}: no checkpoints/round_NNNN.safetensors to resume from")
+        return found[-1]
+
     def append_record(self, record: RoundRecord) -> None:
         """metrics.jsonl is rewritten whole (atomically) so a crash never leaves a torn line."""
         self._records.append(record.to_json())

@@ -110,6 +110,7 @@ class RoundRecord:
     bytes_down: int
     seconds: float
     metrics: Mapping[str, float] = field(default_factory=dict)
+    failed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -120,4 +121,6 @@ class RoundRecord:
         }
         out.update(self.metrics)
         out.update(bytes_up=self.bytes_up, bytes_down=self.bytes_down, seconds=round(self.seconds, 6))
+        if self.failed:
+            out["failed"] = True
         return out

@@ -28,8 +28,9 @@ from .server import MESSAGE_BYTES, POLL_SECONDS
 
 log = logging.getLogger(__name__)
 
-FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT,
-         grpc.StatusCode.FAILED_PRECONDITION)
+FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+REJOIN = grpc.StatusCode.FAILED_PRECONDITION
+"""The server does not know this client (it restarted): join again."""
 
 
 def _read(path: str | Path | None, what: str) -> bytes | None:
@@ -106,6 +107,7 @@ def run_client(server: str, data_path: str, *, token: str | None, ca_cert: str |
                 states = DiskStates(Path(state_dir) / joined.run) if state_dir else None
                 if states is not None:
                     app.state = states.get(app.client_id) or {}
+                after = 0  # task numbers belong to one server process
                 log.info("joined run %s as client %d", joined.run, app.client_id)
             stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=POLL_SECONDS + 60)
             header = next(stream).header
@@ -126,6 +128,10 @@ def run_client(server: str, data_path: str, *, token: str | None, ca_cert: str |
             code = exc.code()
             if code in FATAL:
                 raise TransportError(f"{server}: {code.name}: {exc.details()}") from None
+            if code == REJOIN:
+                log.warning("the server does not know this client (%s); joining again", exc.details())
+                app = None
+                continue
             log.warning("lost the server (%s: %s); retrying in %.0f s", code.name, exc.details(), backoff)
             time.sleep(backoff)
             backoff = min(max_backoff, backoff * 2)

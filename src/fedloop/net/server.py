@@ -93,7 +93,7 @@ class GrpcFleet:
         self._clients: dict[int, ClientInfo] = {}
         self._pending: dict[int, _Pending] = {}
         self._replies: dict[int, Reply] = {}
-        self._seq = 0
+        self._seq = time.time_ns() // 1000  # distinct from any earlier server process's task numbers
         self._done = False
 
     # --- the Fleet protocol (called by the round loop) ---
@@ -176,10 +176,15 @@ class GrpcFleet:
         with self._cond:
             p = self._pending.get(client_id)
             if p is None or p.seq != header.seq:
-                return f"task {header.seq} is not open for client {client_id} (stale, late or unknown)"
-            if client_id in self._replies:
-                return f"client {client_id} already replied to task {header.seq}"
-            task = p.task
+                reason = f"task {header.seq} is not open for client {client_id} (stale, late or unknown)"
+            elif client_id in self._replies:
+                reason = f"client {client_id} already replied to task {header.seq}"
+            else:
+                reason = None
+                task = p.task
+        if reason is not None:
+            log.warning("discarded the upload of client %d for round %d: %s", client_id, header.round, reason)
+            return reason
         reply, reason = self._build(client_id, task, header, data)
         with self._cond:
             if self._pending.get(client_id) is not p or client_id in self._replies:
