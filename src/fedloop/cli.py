@@ -131,7 +131,8 @@ def cmd_client(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ConfigError(f"{args.token_file}: cannot read the token ({exc.strerror})") from None
     answered = run_client(args.server, args.data, token=token, ca_cert=args.ca_cert, cert=args.cert, key=args.key,
-                          insecure=args.insecure, state_dir=args.state_dir, expect_id=args.id)
+                          insecure=args.insecure, state_dir=args.state_dir, expect_id=args.id,
+                          give_up_after=args.give_up_after)
     print(f"the run is over; answered {answered} tasks", flush=True)
     return 0
 
@@ -196,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_argument("--key", metavar="F", help="client key (mutual TLS)")
     cli.add_argument("--insecure", action="store_true", help="plaintext, loopback only")
     cli.add_argument("--state-dir", metavar="DIR", help="where this client keeps its state across restarts")
+    cli.add_argument("--give-up-after", type=float, default=600.0, metavar="S",
+                     help="stop after this many seconds without reaching the server (default 600)")
     cli.set_defaults(func=cmd_client)
 
     cert = sub.add_parser("certs", help="create a development CA, server certificate and client credentials")

@@ -150,6 +150,7 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stop: StopRul
                                      f"min_updates = {min_updates} updates arrived")
             continue
         attempts = 0
+        up = sum(num_bytes(u.params) for u in updates)  # before evaluation, which starts the fleet's next call
         if updates:
             agg = reduce(updates, strategy)
             state = strategy.apply(state, agg)
@@ -166,7 +167,7 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stop: StopRul
         record = RoundRecord(
             round=state.round, clients=len(updates), failures=len(failures),
             train_loss=agg.metrics.get("train_loss") if agg else None,
-            bytes_up=sum(num_bytes(u.params) for u in updates), bytes_down=down,
+            bytes_up=up, bytes_down=down,
             seconds=time.perf_counter() - start, metrics=metrics)
         result.records.append(record)
         result.state = state

@@ -87,14 +87,20 @@ def build_app(settings: dict, client_id: int, data_path: str) -> ClientApp:
 
 def run_client(server: str, data_path: str, *, token: str | None, ca_cert: str | None = None,
                cert: str | None = None, key: str | None = None, insecure: bool = False,
-               state_dir: str | None = None, expect_id: int | None = None, max_backoff: float = 30.0) -> int:
-    """Serve tasks until the server says the run is over; returns the number of tasks answered."""
+               state_dir: str | None = None, expect_id: int | None = None, max_backoff: float = 30.0,
+               give_up_after: float = 600.0) -> int:
+    """Serve tasks until the server says the run is over; returns the number of tasks answered.
+
+    A lost connection is retried with exponential backoff; after `give_up_after` seconds without any
+    successful call (a server that is gone, or a TLS handshake it refuses) the client stops with an error.
+    """
     channel = open_channel(server, ca_cert=ca_cert, cert=cert, key=key, insecure=insecure)
     stub = pb_grpc.FederationStub(channel)
     meta = [("authorization", f"Bearer {token}")] if token else []
     app: ClientApp | None = None
     states: DiskStates | None = None
     after, answered, backoff = 0, 0, 1.0
+    last_contact = time.monotonic()
     while True:
         try:
             if app is None:
@@ -111,6 +117,7 @@ def run_client(server: str, data_path: str, *, token: str | None, ca_cert: str |
                 log.info("joined run %s as client %d", joined.run, app.client_id)
             stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=POLL_SECONDS + 60)
             header = next(stream).header
+            last_contact, backoff = time.monotonic(), 1.0
             if header.status == "done":
                 return answered
             if header.status != "task":
@@ -132,6 +139,9 @@ def run_client(server: str, data_path: str, *, token: str | None, ca_cert: str |
                 log.warning("the server does not know this client (%s); joining again", exc.details())
                 app = None
                 continue
+            if time.monotonic() - last_contact > give_up_after:
+                raise TransportError(f"{server}: no successful call for {give_up_after:.0f} s; last error "
+                                     f"{code.name}: {exc.details()}") from None
             log.warning("lost the server (%s: %s); retrying in %.0f s", code.name, exc.details(), backoff)
             time.sleep(backoff)
             backoff = min(max_backoff, backoff * 2)

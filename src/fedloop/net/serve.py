@@ -52,5 +52,5 @@ def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: 
                      config_toml=to_toml(cfg), resume=resume, min_updates=cfg.server.min_updates,
                      retries=cfg.server.retries)
     finally:
-        fleet.finish()
+        fleet.finish(drain=min(cfg.server.round_deadline, 30.0))
         server.stop(grace=5).wait()

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import grpc
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TransportError
 from ..params import num_bytes
 from ..types import ClientInfo, Evaluation, Failure, Reply, Task, Update
 from . import fedloop_pb2 as pb
 from . import fedloop_pb2_grpc as pb_grpc
-from .codec import check_update, chunks, decode, encode
+from .codec import chunks, encode
+from .spool import Spool, check_spooled, write_stream
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,10 @@ class GrpcFleet:
         self._clients: dict[int, ClientInfo] = {}
         self._pending: dict[int, _Pending] = {}
         self._replies: dict[int, Reply] = {}
+        self._seen: dict[int, float] = {}  # client id -> when it last called
+        self._told_done: set[int] = set()
         self._seq = time.time_ns() // 1000  # distinct from any earlier server process's task numbers
+        self.spool = Spool()
         self._done = False
 
     # --- the Fleet protocol (called by the round loop) ---
@@ -118,6 +122,7 @@ class GrpcFleet:
         with self._cond:
             self._replies = {}
             self._pending = {}
+            self.spool.clear()  # the previous round's uploads have been aggregated
             for t in tasks:
                 self._seq += 1
                 payload = encoded.setdefault(id(t.params), encode(t.params))
@@ -138,11 +143,14 @@ class GrpcFleet:
             out.append(reply)
         return out
 
-    def finish(self) -> None:
+    def finish(self, drain: float = 0.0) -> None:
+        """End the run: every poll now answers "done"; wait up to `drain` s for live clients to hear it."""
         with self._cond:
             self._done = True
             self._pending = {}
             self._cond.notify_all()
+        self.drain(drain)
+        self.spool.remove()
 
     def close(self) -> None:
         self.finish()
@@ -157,11 +165,25 @@ class GrpcFleet:
             self._cond.notify_all()
         log.info("client %d joined with %d examples", client_id, num_examples)
 
+    def drain(self, timeout: float) -> None:
+        """After finish: wait (at most `timeout`) until every client heard from recently has been told the run
+        is over, so live clients exit cleanly instead of retrying a server that is gone."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while (left := end - time.monotonic()) > 0:
+                recent = {c for c, t in self._seen.items() if time.monotonic() - t < timeout}
+                if recent <= self._told_done:
+                    return
+                self._cond.wait(min(left, 0.5))
+
     def next_task(self, client_id: int, after_seq: int, wait: float) -> _Pending | str:
         end = time.monotonic() + wait
         with self._cond:
+            self._seen[client_id] = time.monotonic()
             while True:
                 if self._done:
+                    self._told_done.add(client_id)
+                    self._cond.notify_all()
                     return "done"
                 p = self._pending.get(client_id)
                 if p is not None and p.seq > after_seq and client_id not in self._replies:
@@ -171,9 +193,10 @@ class GrpcFleet:
                     return "wait"
                 self._cond.wait(left)
 
-    def accept(self, client_id: int, header: pb.ReplyHeader, data: bytes) -> str | None:
+    def accept(self, client_id: int, header: pb.ReplyHeader, path: Path) -> str | None:
         """Record a client's reply; the reason it is rejected, or None."""
         with self._cond:
+            self._seen[client_id] = time.monotonic()
             p = self._pending.get(client_id)
             if p is None or p.seq != header.seq:
                 reason = f"task {header.seq} is not open for client {client_id} (stale, late or unknown)"
@@ -185,7 +208,7 @@ class GrpcFleet:
         if reason is not None:
             log.warning("discarded the upload of client %d for round %d: %s", client_id, header.round, reason)
             return reason
-        reply, reason = self._build(client_id, task, header, data)
+        reply, reason = self._build(client_id, task, header, path)
         with self._cond:
             if self._pending.get(client_id) is not p or client_id in self._replies:
                 return f"task {header.seq} closed while the reply was checked"
@@ -195,7 +218,7 @@ class GrpcFleet:
             log.warning("round %d: rejected the upload of client %d: %s", task.round, client_id, reason)
         return reason
 
-    def _build(self, client_id: int, task: Task, header: pb.ReplyHeader, data: bytes) -> tuple[Reply, str | None]:
+    def _build(self, client_id: int, task: Task, header: pb.ReplyHeader, path: Path) -> tuple[Reply, str | None]:
         def reject(reason: str) -> tuple[Reply, str]:
             return Failure(client_id, task.round, f"upload rejected: {reason}"), reason
 
@@ -210,15 +233,10 @@ class GrpcFleet:
         registered = self._clients[client_id].num_examples
         if header.num_examples != registered:
             return reject(f"num_examples {header.num_examples} differs from the {registered} it joined with")
-        try:
-            params = decode(data, f"update of client {client_id}")
-        except Exception as exc:  # noqa: BLE001 - any undecodable upload is a rejection, never a crash
-            return reject(str(exc))
-        problem = check_update(params, task.params)
-        if problem is not None:
-            return reject(problem)
-        ordered = {k: params[k] for k in task.params}
-        return Update(client_id, task.round, ordered, registered, dict(header.metrics)), None
+        params, problem = check_spooled(path, task.params)
+        if params is None:
+            return reject(problem or "unreadable upload")
+        return Update(client_id, task.round, params, registered, dict(header.metrics)), None
 
     def max_upload_bytes(self) -> int:
         with self._cond:
@@ -260,20 +278,19 @@ class Servicer(pb_grpc.FederationServicer):
     def PutReply(self, request_iterator: Iterator[pb.ReplyChunk], context: grpc.ServicerContext) -> pb.PutAck:  # noqa: N802
         cid = self.fleet.auth.client_id(context)
         limit = self.fleet.max_upload_bytes()
-        header, parts, size = None, [], 0
-        for chunk in request_iterator:
-            if chunk.HasField("header"):
-                header = chunk.header
-                if header.size > limit:
-                    return pb.PutAck(accepted=False, reason=f"upload of {header.size} bytes exceeds {limit}")
-            else:
-                size += len(chunk.data)
-                if size > limit:
-                    return pb.PutAck(accepted=False, reason=f"upload exceeds {limit} bytes")
-                parts.append(chunk.data)
-        if header is None:
-            return pb.PutAck(accepted=False, reason="the upload has no header")
-        reason = self.fleet.accept(cid, header, b"".join(parts))
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("header"):
+            return pb.PutAck(accepted=False, reason="the upload must start with its header")
+        header = first.header
+        if header.size > limit:
+            return pb.PutAck(accepted=False, reason=f"upload of {header.size} bytes exceeds {limit}")
+        path = self.fleet.spool.new_file()
+        try:
+            write_stream(path, (c.data for c in request_iterator), limit)
+        except TransportError as exc:
+            path.unlink(missing_ok=True)
+            return pb.PutAck(accepted=False, reason=str(exc))
+        reason = self.fleet.accept(cid, header, path)
         return pb.PutAck(accepted=reason is None, reason=reason or "")
 
 

@@ -1,0 +1,91 @@
+"""Uploaded updates spooled to disk as they stream in, and read back one tensor at a time.
+
+The server then holds at most one chunk per upload in flight and one tensor per update while it checks and
+aggregates (the aggregator streams over updates in client-id order), so its memory does not grow with the
+number of clients and the result does not depend on arrival order.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ..errors import TransportError
+from ..types import Params
+
+
+class SpooledParams(Mapping[str, torch.Tensor]):
+    """A safetensors file on disk as a read-only name -> tensor mapping; each lookup reads that tensor."""
+
+    def __init__(self, path: Path, names: list[str]):
+        self.path = path
+        self._names = names
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._names:
+            raise KeyError(name)
+        with safe_open(self.path, framework="pt") as f:
+            return f.get_tensor(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
+def check_spooled(path: Path, reference: Params) -> tuple[SpooledParams | None, str | None]:
+    """Open an uploaded file and check it against the global params, one tensor at a time."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            names = set(f.keys())
+            if names != set(reference):
+                missing, extra = sorted(set(reference) - names), sorted(names - set(reference))
+                return None, f"tensor names differ from the global params: missing {missing}, unexpected {extra}"
+            for name, ref in reference.items():
+                t = f.get_tensor(name)
+                if t.shape != ref.shape:
+                    return None, f"tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(ref.shape)}"
+                if t.dtype != ref.dtype:
+                    return None, f"tensor {name!r} has dtype {t.dtype}, expected {ref.dtype}"
+                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                    return None, f"tensor {name!r} holds NaN or infinite values"
+    except Exception as exc:  # noqa: BLE001 - any unreadable upload is a rejection, never a crash
+        return None, f"not valid safetensors bytes ({exc})"
+    return SpooledParams(path, list(reference)), None
+
+
+class Spool:
+    """A directory of this round's uploads; cleared when the next round starts and when the server stops."""
+
+    def __init__(self, root: str | Path | None = None):
+        self.dir = Path(tempfile.mkdtemp(prefix="fedloop-spool-", dir=root))
+        self._n = 0
+
+    def new_file(self) -> Path:
+        self._n += 1
+        return self.dir / f"upload_{self._n}.safetensors"
+
+    def clear(self) -> None:
+        for f in self.dir.glob("upload_*"):
+            f.unlink(missing_ok=True)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def write_stream(path: Path, parts: Iterator[bytes], limit: int) -> int:
+    """Write chunks to `path` as they arrive; TransportError past `limit` bytes."""
+    size = 0
+    with open(path, "wb") as out:
+        for part in parts:
+            size += len(part)
+            if size > limit:
+                raise TransportError(f"upload exceeds {limit} bytes")
+            out.write(part)
+    return size
