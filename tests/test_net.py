@@ -25,6 +25,7 @@ from fedloop.net import fedloop_pb2 as pb
 from fedloop.net import fedloop_pb2_grpc as pb_grpc
 from fedloop.net.certs import make_certs
 from fedloop.net.codec import chunks, decode, encode
+from fedloop.store import load_checkpoint
 
 SIZES = [23, 31, 17, 40, 29]
 CONFIG = """
@@ -310,3 +311,44 @@ def test_mutual_tls_authenticates_clients_by_certificate(site, tmp_path):
     assert "rounds 3" in finish(server)
     for c in clients:
         assert "the run is over" in finish(c)
+
+
+def test_a_model_over_100_mb_travels_in_chunks(tmp_path):
+    features = 2_600_000  # logistic regression to 10 classes: 26M float32 params, 104 MB
+    g = np.random.default_rng(0)
+    x = g.normal(size=(4, features)).astype(np.float32)
+    y = np.array([0, 9, 3, 5])
+    for name in ("client0", "server"):
+        np.savez(tmp_path / f"{name}.npz", x_train=x, y_train=y, x_test=x[:2], y_test=y[:2])
+    make_certs(tmp_path / "certs", ["0"])
+    config = tmp_path / "big.toml"
+    config.write_text(f"""
+rounds = 1
+[data]
+name = "npz"
+path = "{tmp_path / 'server.npz'}"
+[model]
+name = "logreg"
+[strategy]
+clients_per_round = 1
+[client]
+epochs = 1
+batch_size = "full"
+lr = 0.1
+[eval]
+federated = false
+[server]
+address = "127.0.0.1:0"
+min_clients = 1
+round_deadline = 120
+""")
+    server, port = start_server(tmp_path, config, tmp_path / "run")
+    client = start_client(tmp_path, port, 0)
+    log = finish(server, timeout=300)
+    finish(client, timeout=300)
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert record["clients"] == 1 and record["bytes_up"] == record["bytes_down"] > 100_000_000, log
+    initial, _ = load_checkpoint(tmp_path / "run" / "checkpoints" / "round_0000.safetensors")
+    final = load_file(tmp_path / "run" / "model.safetensors")
+    assert final["linear.weight"].numel() * 4 > 100_000_000
+    assert not torch.equal(final["linear.weight"], initial.params["linear.weight"])
