@@ -33,6 +33,9 @@ POLL_SECONDS = 5.0
 
 MESSAGE_BYTES = 8 << 20
 
+SENDERS = 8
+"""Task downloads streamed at once; more clients wait their turn (their polls hold no params)."""
+
 
 def read_tokens(path: str | Path) -> dict[str, int]:
     """token -> client id, from lines "<client id> <token>" (the file `fedloop certs` writes)."""
@@ -98,6 +101,8 @@ class GrpcFleet:
         self._told_done: set[int] = set()
         self._seq = time.time_ns() // 1000  # distinct from any earlier server process's task numbers
         self.spool = Spool()
+        self._checking = threading.Lock()
+        self.sending = threading.BoundedSemaphore(SENDERS)
         self._done = False
 
     # --- the Fleet protocol (called by the round loop) ---
@@ -233,7 +238,8 @@ class GrpcFleet:
         registered = self._clients[client_id].num_examples
         if header.num_examples != registered:
             return reject(f"num_examples {header.num_examples} differs from the {registered} it joined with")
-        params, problem = check_spooled(path, task.params)
+        with self._checking:  # one upload's tensor in memory at a time, whatever the number of clients
+            params, problem = check_spooled(path, task.params)
         if params is None:
             return reject(problem or "unreadable upload")
         return Update(client_id, task.round, params, registered, dict(header.metrics)), None
@@ -270,10 +276,11 @@ class Servicer(pb_grpc.FederationServicer):
             yield pb.TaskChunk(header=pb.TaskHeader(status=got))
             return
         t = got.task
-        yield pb.TaskChunk(header=pb.TaskHeader(status="task", round=t.round, kind=t.kind, seed=t.seed,
-                                                size=len(got.payload), seq=got.seq))
-        for part in chunks(got.payload):
-            yield pb.TaskChunk(data=part)
+        with self.fleet.sending:  # bounded downloads in flight: server memory does not grow with clients
+            yield pb.TaskChunk(header=pb.TaskHeader(status="task", round=t.round, kind=t.kind, seed=t.seed,
+                                                    size=len(got.payload), seq=got.seq))
+            for part in chunks(got.payload):
+                yield pb.TaskChunk(data=part)
 
     def PutReply(self, request_iterator: Iterator[pb.ReplyChunk], context: grpc.ServicerContext) -> pb.PutAck:  # noqa: N802
         cid = self.fleet.auth.client_id(context)
@@ -297,9 +304,11 @@ class Servicer(pb_grpc.FederationServicer):
 def start_server(fleet: GrpcFleet, address: str, *, cert_dir: str | Path | None, insecure: bool,
                  mutual_tls: bool = False) -> tuple[grpc.Server, int]:
     """Serve `fleet` on `address` (TLS from cert_dir, or plaintext on loopback with insecure)."""
+    # no BDP probing: each stream keeps gRPC's 64 KiB flow-control window, so uploads that wait for a handler
+    # thread buffer 64 KiB each in the transport, not a whole update
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=64),
                          options=[("grpc.max_receive_message_length", MESSAGE_BYTES),
-                                  ("grpc.max_send_message_length", MESSAGE_BYTES)])
+                                  ("grpc.max_send_message_length", MESSAGE_BYTES), ("grpc.http2.bdp_probe", 0)])
     pb_grpc.add_FederationServicer_to_server(Servicer(fleet), server)
     if insecure:
         host = address.rsplit(":", 1)[0].strip("[]")

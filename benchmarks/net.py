@@ -1,0 +1,163 @@
+"""The gRPC deployment on loopback: one server process and N lightweight clients, a 1M-parameter model.
+
+Clients are threads in a few processes that import only grpc, NumPy and safetensors (no torch): each joins
+with its own token over TLS, pulls its task, decodes the params and pushes back a same-shaped update (zeros;
+the server checks and aggregates it like any other). So the figures are the server's and the protocol's
+costs, not training. Per N it prints seconds per round (median), the server's peak RSS, and the bytes that
+crossed the loopback interface per round (TLS and gRPC framing included) against the raw size of the params
+moved (N x params down + N x params up).
+
+    python benchmarks/net.py                      # N = 10, 50, 200; 4 rounds each
+    python benchmarks/net.py --clients 10 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import types
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+FEATURES = 100_000  # logistic regression to 10 classes: 1,000,010 params
+CLIENT_PROCESSES = 4
+
+
+def _import_protocol():
+    """The generated gRPC modules without importing the fedloop package (and so torch)."""
+    for name, path in (("fedloop", SRC / "fedloop"), ("fedloop.net", SRC / "fedloop" / "net")):
+        if name not in sys.modules:
+            module = types.ModuleType(name)
+            module.__path__ = [str(path)]
+            sys.modules[name] = module
+    from fedloop.net import fedloop_pb2, fedloop_pb2_grpc
+
+    return fedloop_pb2, fedloop_pb2_grpc
+
+
+def _client(port: int, certs: Path, cid: int) -> None:
+    import grpc
+    from safetensors.numpy import load, save
+
+    pb, pb_grpc = _import_protocol()
+    creds = grpc.ssl_channel_credentials(root_certificates=(certs / "ca.pem").read_bytes())
+    options = [("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)]
+    stub = pb_grpc.FederationStub(grpc.secure_channel(f"127.0.0.1:{port}", creds, options=options))
+    meta = [("authorization", f"Bearer {(certs / f'client-{cid}.token').read_text().strip()}")]
+    stub.Join(pb.JoinRequest(num_examples=10), metadata=meta, timeout=120)
+    after = 0
+    while True:
+        stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=300)
+        header = next(stream).header
+        if header.status == "done":
+            return
+        if header.status != "task":
+            continue
+        params = load(b"".join(c.data for c in stream))
+        payload = save({k: v * 0 for k, v in params.items()})
+        parts = [pb.ReplyChunk(header=pb.ReplyHeader(round=header.round, kind="fit", num_examples=10,
+                                                     size=len(payload), seq=header.seq))]
+        parts += [pb.ReplyChunk(data=payload[i:i + (1 << 20)]) for i in range(0, len(payload), 1 << 20)]
+        stub.PutReply(iter(parts), metadata=meta, timeout=300)
+        after = header.seq
+
+
+def _client_process(port: int, certs: str, ids: list[int]) -> None:
+    threads = [threading.Thread(target=_client, args=(port, Path(certs), c)) for c in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _server(config: str, out: str, certs: str, queue: mp.Queue) -> None:
+    import resource
+
+    from fedloop.config import load_config
+    from fedloop.net.serve import serve
+
+    result = serve(load_config(config), out, cert_dir=certs, tokens=None, on_listen=queue.put)
+    queue.put({"seconds": [r["seconds"] for r in result.history],
+               "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def loopback_bytes() -> int:
+    for line in Path("/proc/net/dev").read_text().splitlines():
+        if line.strip().startswith("lo:"):
+            return int(line.split(":", 1)[1].split()[0])  # bytes received on lo = bytes sent on lo
+    return 0
+
+
+def run(n: int, rounds: int, root: Path) -> None:
+    import numpy as np
+
+    from fedloop.net.certs import make_certs
+
+    g = np.random.default_rng(0)
+    x = g.normal(size=(2, FEATURES)).astype(np.float32)
+    np.savez(root / "server.npz", x_train=x, y_train=np.array([0, 9]), x_test=x, y_test=np.array([0, 9]))
+    certs = root / f"certs{n}"
+    make_certs(certs, [str(c) for c in range(n)])
+    config = root / f"net{n}.toml"
+    config.write_text(f"""
+rounds = {rounds + 1}
+[data]
+name = "npz"
+path = "{root / 'server.npz'}"
+[model]
+name = "logreg"
+[strategy]
+clients_per_round = {n}
+[eval]
+federated = false
+every = 1000
+[server]
+address = "127.0.0.1:0"
+min_clients = {n}
+round_deadline = 600
+""")
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    server = ctx.Process(target=_server, args=(str(config), str(root / f"run{n}"), str(certs), queue))
+    server.start()
+    port = queue.get()
+    before = loopback_bytes()
+    groups = [list(range(n))[i::CLIENT_PROCESSES] for i in range(CLIENT_PROCESSES)]
+    clients = [ctx.Process(target=_client_process, args=(port, str(certs), ids)) for ids in groups if ids]
+    for c in clients:
+        c.start()
+    out = queue.get()
+    wire = loopback_bytes() - before
+    server.join()
+    for c in clients:
+        c.join()
+    per_round = statistics.median(out["seconds"][1:])  # round 1 includes the clients' first connections
+    raw = 2 * n * (FEATURES * 10 + 10) * 4
+    print(f"  N={n:<4} {per_round:>9.3f} s/round  server peak RSS {out['rss']:>6.0f} MB  "
+          f"loopback {wire / (rounds + 1) / 1e6:>8.1f} MB/round vs raw params {raw / 1e6:>7.1f} MB/round "
+          f"({wire / (rounds + 1) / raw:.3f}x)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, nargs="+", default=[10, 50, 200])
+    ap.add_argument("--rounds", type=int, default=4)
+    args = ap.parse_args()
+    print(f"{os.cpu_count()} cores; model: logistic regression, {FEATURES * 10 + 10:,} params "
+          f"({(FEATURES * 10 + 10) * 4 / 1e6:.1f} MB); TLS with tokens; clients as threads in "
+          f"{CLIENT_PROCESSES} processes")
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in args.clients:
+            run(n, args.rounds, Path(tmp))
+    print(f"wall time {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
