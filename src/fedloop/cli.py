@@ -19,7 +19,7 @@ from rich.progress import (
 )
 
 from .config import Config, load_config
-from .errors import ConfigError, FedloopError
+from .errors import FedloopError
 from .types import RoundRecord, ServerState
 
 console = Console(stderr=True)
@@ -124,13 +124,8 @@ def cmd_server(args: argparse.Namespace) -> int:
 def cmd_client(args: argparse.Namespace) -> int:
     from .net.client_process import run_client
 
-    token = None
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"{args.token_file}: cannot read the token ({exc.strerror})") from None
-    answered = run_client(args.server, args.data, token=token, ca_cert=args.ca_cert, cert=args.cert, key=args.key,
+    answered = run_client(args.server, args.data, token_file=args.token_file, ca_cert=args.ca_cert, cert=args.cert,
+                          key=args.key,
                           insecure=args.insecure, state_dir=args.state_dir, expect_id=args.id,
                           give_up_after=args.give_up_after)
     print(f"the run is over; answered {answered} tasks", flush=True)

@@ -119,7 +119,6 @@ def train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, *
     workspace = model_fn()
     evaluator = (lambda params: evaluate(workspace, params, test, loss_fn)) if test is not None and len(test) \
         else None
-    state = strategy.init(initial_params(model_fn, seed), seed)
     run = RunDir(out) if out is not None else None
     meta = {"strategy": strategy.name, **(model_meta or {})}
     if resume:
@@ -128,12 +127,14 @@ def train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, *
         state, _ = load_checkpoint(run.latest_checkpoint())
         run.continue_from(state.round)
         log.info("resuming %s from round %d", run.path, state.round)
-    elif run is not None:
-        if config_toml is not None:
-            run.write_text("config.toml", config_toml)
-        if partition_json is not None:
-            run.write_json("partition.json", partition_json)
-        save_checkpoint(run.checkpoint_path(0), state, meta)
+    else:
+        state = strategy.init(initial_params(model_fn, seed), seed)
+        if run is not None:
+            if config_toml is not None:
+                run.write_text("config.toml", config_toml)
+            if partition_json is not None:
+                run.write_json("partition.json", partition_json)
+            save_checkpoint(run.checkpoint_path(0), state, meta)
 
     def record(rec: RoundRecord, st: ServerState) -> None:
         if run is not None:

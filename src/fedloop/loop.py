@@ -134,13 +134,14 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stop: StopRul
         updates, _, failures = split(replies)
         for f in failures:
             log.warning("round %d: client %d failed: %s", f.round, f.client_id, f.reason)
+        up = sum(num_bytes(u.params) for u in updates)  # before evaluation, which starts the fleet's next call
+        down = num_bytes(state.params) * len(tasks)
         if len(updates) < min_updates:
             attempts += 1
             log.warning("round %d failed: %d of the %d updates it needs arrived (attempt %d of %d)",
                         state.round + 1, len(updates), min_updates, attempts, retries + 1)
             record = RoundRecord(round=state.round + 1, clients=len(updates), failures=len(failures),
-                                 train_loss=None, bytes_up=sum(num_bytes(u.params) for u in updates),
-                                 bytes_down=num_bytes(state.params) * len(tasks),
+                                 train_loss=None, bytes_up=up, bytes_down=down,
                                  seconds=time.perf_counter() - start, failed=True)
             result.records.append(record)
             if on_round is not None:
@@ -150,7 +151,6 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stop: StopRul
                                      f"min_updates = {min_updates} updates arrived")
             continue
         attempts = 0
-        up = sum(num_bytes(u.params) for u in updates)  # before evaluation, which starts the fleet's next call
         if updates:
             agg = reduce(updates, strategy)
             state = strategy.apply(state, agg)
@@ -163,7 +163,6 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stop: StopRul
         if state.round % eval_every == 0 or last:
             metrics = evaluate_round(state, fleet, evaluate, federated_eval)
             result.final_metrics = metrics
-        down = num_bytes(state.params) * len(tasks)
         record = RoundRecord(
             round=state.round, clients=len(updates), failures=len(failures),
             train_loss=agg.metrics.get("train_loss") if agg else None,

@@ -116,7 +116,7 @@ class RunDir:
         path = self.path / "metrics.jsonl"
         rows = read_metrics(self.path) if path.is_file() else []
         self._records = [r for r in rows if r["round"] <= round_]
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in self._records))
+        self._write_records()
 
     def latest_checkpoint(self) -> Path:
         found = sorted(self.path.glob("checkpoints/round_*.safetensors"))
@@ -127,6 +127,9 @@ class RunDir:
     def append_record(self, record: RoundRecord) -> None:
         """metrics.jsonl is rewritten whole (atomically) so a crash never leaves a torn line."""
         self._records.append(record.to_json())
+        self._write_records()
+
+    def _write_records(self) -> None:
         atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self._records))
 
     def write_json(self, name: str, obj: Any) -> None:

@@ -85,7 +85,7 @@ def build_app(settings: dict, client_id: int, data_path: str) -> ClientApp:
                      train=Examples.all(data.x_train, data.y_train), test=Examples.all(data.x_test, data.y_test))
 
 
-def run_client(server: str, data_path: str, *, token: str | None, ca_cert: str | None = None,
+def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: str | None = None,
                cert: str | None = None, key: str | None = None, insecure: bool = False,
                state_dir: str | None = None, expect_id: int | None = None, max_backoff: float = 30.0,
                give_up_after: float = 600.0) -> int:
@@ -96,7 +96,8 @@ def run_client(server: str, data_path: str, *, token: str | None, ca_cert: str |
     """
     channel = open_channel(server, ca_cert=ca_cert, cert=cert, key=key, insecure=insecure)
     stub = pb_grpc.FederationStub(channel)
-    meta = [("authorization", f"Bearer {token}")] if token else []
+    token = _read(token_file, "token")
+    meta = [("authorization", f"Bearer {token.decode().strip()}")] if token else []
     app: ClientApp | None = None
     states: DiskStates | None = None
     after, answered, backoff = 0, 0, 1.0

@@ -111,13 +111,8 @@ class GrpcFleet:
             return sorted(self._clients.values(), key=lambda c: c.client_id)
 
     def wait_for_clients(self, count: int, timeout: float | None = None) -> int:
-        end = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while len(self._clients) < count:
-                left = None if end is None else end - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                self._cond.wait(left)
+            self._cond.wait_for(lambda: len(self._clients) >= count, timeout)
             return len(self._clients)
 
     def run(self, tasks: Sequence[Task], deadline: float | None = None) -> list[Reply]:
@@ -133,9 +128,7 @@ class GrpcFleet:
                 payload = encoded.setdefault(id(t.params), encode(t.params))
                 self._pending[t.client_id] = _Pending(t, self._seq, payload)
             self._cond.notify_all()
-            end = time.monotonic() + limit
-            while len(self._replies) < len(tasks) and (left := end - time.monotonic()) > 0:
-                self._cond.wait(left)
+            self._cond.wait_for(lambda: len(self._replies) >= len(tasks), limit)
             replies = dict(self._replies)
             self._pending = {}  # from now on a reply to these tasks is stale
         out: list[Reply] = []
@@ -179,24 +172,21 @@ class GrpcFleet:
                 recent = {c for c, t in self._seen.items() if time.monotonic() - t < timeout}
                 if recent <= self._told_done:
                     return
-                self._cond.wait(min(left, 0.5))
+                self._cond.wait(min(left, 0.5))  # "recent" also changes with time, not only on notify
 
     def next_task(self, client_id: int, after_seq: int, wait: float) -> _Pending | str:
-        end = time.monotonic() + wait
+        def ready() -> _Pending | None:
+            p = self._pending.get(client_id)
+            return p if p is not None and p.seq > after_seq and client_id not in self._replies else None
+
         with self._cond:
             self._seen[client_id] = time.monotonic()
-            while True:
-                if self._done:
-                    self._told_done.add(client_id)
-                    self._cond.notify_all()
-                    return "done"
-                p = self._pending.get(client_id)
-                if p is not None and p.seq > after_seq and client_id not in self._replies:
-                    return p
-                left = end - time.monotonic()
-                if left <= 0:
-                    return "wait"
-                self._cond.wait(left)
+            self._cond.wait_for(lambda: self._done or ready() is not None, wait)
+            if self._done:
+                self._told_done.add(client_id)
+                self._cond.notify_all()
+                return "done"
+            return ready() or "wait"
 
     def accept(self, client_id: int, header: pb.ReplyHeader, path: Path) -> str | None:
         """Record a client's reply; the reason it is rejected, or None."""

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..client import ClientApp
 from ..local import SGDProgram
-from ..types import Failure, Reply, Task
+from ..types import Reply, Task
 from .vectorized import train_group, unbatchable_reason
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class Vectorized:
         return self._reasons[key]
 
     def run(self, jobs: Sequence[Job]) -> list[Reply]:
-        replies: list[Reply | None] = [None] * len(jobs)
+        replies: list[Reply] = [None] * len(jobs)  # type: ignore[list-item] - every slot is filled below
         groups: dict[tuple, list[int]] = {}
         alone: list[int] = []
         for i, (app, task) in enumerate(jobs):
@@ -110,8 +110,7 @@ class Vectorized:
                 replies[i] = reply
         for i, reply in zip(alone, self.sequential.run([jobs[i] for i in alone]), strict=True):
             replies[i] = reply
-        return [r if r is not None else Failure(jobs[i][1].client_id, jobs[i][1].round, "no reply")
-                for i, r in enumerate(replies)]
+        return replies
 
     def close(self) -> None:
         pass

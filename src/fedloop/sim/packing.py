@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -13,6 +14,8 @@ from ..client import ClientApp
 from ..types import Reply, Task, Update
 
 Arrays = dict[str, np.ndarray]
+P = TypeVar("P")
+H = TypeVar("H")
 
 
 def to_numpy(tensors: Mapping[str, torch.Tensor]) -> Arrays:
@@ -43,6 +46,25 @@ def plan_shares(tasks: Sequence[Task], weights: Sequence[int], workers: int) -> 
 def pack_tasks(tasks: Sequence[Task]) -> list[Task]:
     """Tasks without their params (these travel once per share) and with NumPy extras."""
     return [replace(t, params={}, extras=to_numpy(t.extras)) for t in tasks]
+
+
+def dispatch(tasks: Sequence[Task], weights: Sequence[int], workers: int, states: Callable[[int], Arrays],
+             pack_params: Callable[[Arrays], P], submit: Callable[[int, P, list[Task], list[Arrays]], H]
+             ) -> list[tuple[list[int], H]]:
+    """Send each share of a round: `submit(share number, packed params, packed tasks, client states)`.
+
+    The global params are packed (`pack_params` of their NumPy form) once per params object, not per share.
+    Returns each share's task positions with what `submit` returned for it.
+    """
+    packed: dict[int, P] = {}
+    sent = []
+    for n, members in enumerate(plan_shares(tasks, weights, workers)):
+        first = tasks[members[0]].params
+        if id(first) not in packed:
+            packed[id(first)] = pack_params(to_numpy(first))
+        sent.append((members, submit(n, packed[id(first)], pack_tasks([tasks[i] for i in members]),
+                                     [states(i) for i in members])))
+    return sent
 
 
 def unpack_reply(reply: Reply) -> Reply:

@@ -11,6 +11,7 @@ from torch import nn
 from ..client import ClientApp
 from ..data.examples import Examples
 from ..data.gaussian import GaussianTeacher
+from ..errors import ConfigError
 from ..local import LossFn
 from ..strategies.base import Strategy
 from ..types import ClientInfo
@@ -28,7 +29,7 @@ class AppList:
     def __init__(self, apps: Sequence[ClientApp]):
         self._apps = {a.client_id: a for a in apps}
         if len(self._apps) != len(apps):
-            raise ValueError("client ids in a fleet must be unique")
+            raise ConfigError("client ids in a fleet must be unique")
         self._infos = [a.info() for a in apps]
 
     def clients(self) -> list[ClientInfo]:
@@ -81,5 +82,3 @@ def gaussian_population(num_clients: int, samples: int | tuple[int, int], strate
         return ClientApp(cid, strategy, model_fn, loss_fn, train=Examples.all(x, y))
 
     return LazyPopulation(sizes, make_app)
-
-

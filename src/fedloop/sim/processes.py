@@ -21,7 +21,7 @@ import torch
 from ..client import ClientApp
 from ..types import Failure, Reply, Task
 from .executors import Executor, Job, Sequential, Vectorized
-from .packing import Arrays, pack_tasks, plan_shares, run_packed, to_numpy, to_torch, unpack_reply
+from .packing import Arrays, dispatch, run_packed, to_numpy, to_torch, unpack_reply
 
 log = logging.getLogger(__name__)
 
@@ -67,14 +67,10 @@ class Processes:
             return []
         pool = self._ensure_pool()
         tasks = [t for _, t in jobs]
-        packed: dict[int, Arrays] = {}
-        submitted = []
-        for members in plan_shares(tasks, [len(app.train) for app, _ in jobs], self.workers):
-            first = tasks[members[0]].params
-            params = packed.setdefault(id(first), to_numpy(first))
-            submitted.append((members, pool.submit(_run_share, self.inner, params,
-                                                   pack_tasks([tasks[i] for i in members]),
-                                                   [to_numpy(jobs[i][0].state) for i in members])))
+        submitted = dispatch(tasks, [len(app.train) for app, _ in jobs], self.workers,
+                             states=lambda i: to_numpy(jobs[i][0].state), pack_params=lambda params: params,
+                             submit=lambda _, params, light, states: pool.submit(_run_share, self.inner, params,
+                                                                                  light, states))
         replies: list[Reply | None] = [None] * len(jobs)
         broken = False
         for members, fut in submitted:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from ..errors import ConfigError
 from ..types import ClientInfo, Reply, Task
-from .packing import pack_tasks, plan_shares, run_packed, to_numpy, to_torch, unpack_reply
+from .packing import dispatch, run_packed, to_numpy, to_torch, unpack_reply
 from .population import Population
 from .states import MemoryStates, StateStore
 
@@ -71,17 +71,11 @@ class RayFleet:
         if not tasks:
             return []
         ray = self._ray
-        refs = {}
-        pending = []
-        weights = [self._sizes.get(t.client_id, 1) for t in tasks]
-        for n, members in enumerate(plan_shares(tasks, weights, len(self.actors))):
-            first = tasks[members[0]].params
-            if id(first) not in refs:
-                refs[id(first)] = ray.put(to_numpy(first))
-            states = [to_numpy(self.states.get(tasks[i].client_id) or {}) for i in members]
-            actor = self.actors[n % len(self.actors)]
-            pending.append((members, actor.run.remote(refs[id(first)], pack_tasks([tasks[i] for i in members]),
-                                                      states)))
+        pending = dispatch(tasks, [self._sizes.get(t.client_id, 1) for t in tasks], len(self.actors),
+                           states=lambda i: to_numpy(self.states.get(tasks[i].client_id) or {}),
+                           pack_params=ray.put,  # once per round into the object store, shared by every actor
+                           submit=lambda n, params, light, states:
+                               self.actors[n % len(self.actors)].run.remote(params, light, states))
         replies: list[Reply | None] = [None] * len(tasks)
         for members, ref in pending:
             for i, (reply, state) in zip(members, ray.get(ref), strict=True):
