@@ -9,7 +9,7 @@ from conftest import blobs, manual_partition
 from torch import nn
 from torch.nn import functional as F
 
-from fedloop import FedAvg, FedProx, FedSGD, LocalSGD, simulate
+from fedloop import ConfigError, FedAvg, FedProx, FedSGD, LocalSGD, simulate
 from fedloop.client import ClientApp
 from fedloop.data.examples import Examples
 from fedloop.data.gaussian import GaussianTeacher
@@ -222,3 +222,10 @@ def test_an_unknown_client_in_a_task_is_a_clear_error():
     fleet = build_fleet(blobs(n_train=sum(SIZES)), manual_partition(SIZES), FedAvg(), model_fn, F.cross_entropy)
     with pytest.raises(Exception, match="client 99, which is not in this fleet"):
         fleet.run([Task(99, 1, "fit", initial_params(model_fn, 0), 0)])
+
+
+def test_a_fleet_refuses_two_apps_with_one_client_id():
+    data = blobs(n_train=10)
+    apps = [ClientApp(3, FedAvg(), model_fn, F.cross_entropy, train=Examples.all(data.x_train, data.y_train))] * 2
+    with pytest.raises(ConfigError, match="client ids in a fleet must be unique"):
+        LocalFleet(apps)
