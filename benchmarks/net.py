@@ -27,6 +27,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parent.parent / "src"
 FEATURES = 100_000  # logistic regression to 10 classes: 1,000,010 params
 CLIENT_PROCESSES = 4
+CHUNK = 128 << 10  # bytes per upload message, as fedloop.net.codec.CHUNK_BYTES
 
 
 def _import_protocol():
@@ -63,7 +64,7 @@ def _client(port: int, certs: Path, cid: int) -> None:
         payload = save({k: v * 0 for k, v in params.items()})
         parts = [pb.ReplyChunk(header=pb.ReplyHeader(round=header.round, kind="fit", num_examples=10,
                                                      size=len(payload), seq=header.seq))]
-        parts += [pb.ReplyChunk(data=payload[i:i + (1 << 20)]) for i in range(0, len(payload), 1 << 20)]
+        parts += [pb.ReplyChunk(data=payload[i:i + CHUNK]) for i in range(0, len(payload), CHUNK)]
         stub.PutReply(iter(parts), metadata=meta, timeout=300)
         after = header.seq
 

@@ -92,7 +92,7 @@ def start_client(root: Path, port: int, c: int, *extra: str) -> subprocess.Popen
     certs = root / "certs"
     return subprocess.Popen(cli("client", "--server", f"127.0.0.1:{port}", "--data", str(root / f"client{c}.npz"),
                                 "--token-file", str(certs / f"client-{c}.token"), "--ca-cert", str(certs / "ca.pem"),
-                                "--id", str(c), *extra),
+                                "--id", str(c), "--threads", "1", *extra),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -116,17 +116,10 @@ def test_server_and_five_client_processes_train_over_tls_like_the_simulator(site
         assert (tmp_path / "run" / name).exists(), name
     deployed = load_file(tmp_path / "run" / "model.safetensors")
 
-    # the simulator on the same partition (each client's rows, in the same order) and the same seed
-    cfg = load_config(config)
-    held_out = Dataset("held-out", data.x_train, data.y_train, data.x_test, data.y_test, 3)
-    bounds = np.cumsum([0, *SIZES])
-    part = Partition("files", [np.arange(bounds[c], bounds[c + 1]) for c in range(len(SIZES))],
-                     [np.arange(c * 10, (c + 1) * 10) for c in range(len(SIZES))], "test")
-    sim = simulate(model_factory("mlp", held_out.spec()), held_out, part, strategy_from_config(cfg), rounds=3,
-                   seed=3, executor="sequential")
-    assert deployed.keys() == sim.state.params.keys()
+    sim = simulated_params(data, config, rounds=3)
+    assert deployed.keys() == sim.keys()
     for k in deployed:
-        assert torch.equal(deployed[k], sim.state.params[k]), k
+        assert torch.equal(deployed[k], sim[k]), k
 
 
 def test_a_client_with_an_unknown_token_is_rejected_before_it_sees_params(site, tmp_path):
@@ -235,13 +228,20 @@ def free_port() -> int:
 
 
 def simulated_params(data, config: Path, rounds: int):
+    """The simulator on the clients' partition (each client's rows, in order) and seed, single-threaded like the
+    client processes (`--threads 1`), so the float summation order and hence every bit match."""
     cfg = load_config(config)
     held_out = Dataset("held-out", data.x_train, data.y_train, data.x_test, data.y_test, 3)
     bounds = np.cumsum([0, *SIZES])
     part = Partition("files", [np.arange(bounds[c], bounds[c + 1]) for c in range(len(SIZES))],
                      [np.arange(c * 10, (c + 1) * 10) for c in range(len(SIZES))], "test")
-    return simulate(model_factory("mlp", held_out.spec()), held_out, part, strategy_from_config(cfg), rounds=rounds,
-                    seed=cfg.seed, executor="sequential").state.params
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return simulate(model_factory("mlp", held_out.spec()), held_out, part, strategy_from_config(cfg),
+                        rounds=rounds, seed=cfg.seed, executor="sequential").state.params
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_a_killed_client_and_a_stalled_client_cost_their_rounds_and_the_run_goes_on(site, tmp_path):
@@ -301,7 +301,7 @@ def test_mutual_tls_authenticates_clients_by_certificate(site, tmp_path):
                                 "--mtls")
     clients = [subprocess.Popen(cli("client", "--server", f"127.0.0.1:{port}", "--data", str(root / f"client{c}.npz"),
                                     "--ca-cert", str(certs / "ca.pem"), "--cert", str(certs / f"client-{c}.pem"),
-                                    "--key", str(certs / f"client-{c}.key")),
+                                    "--key", str(certs / f"client-{c}.key"), "--threads", "1"),
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in (0, 1)]
     # a client without a certificate cannot even complete the TLS handshake
     stranger = subprocess.run(cli("client", "--server", f"127.0.0.1:{port}", "--data", str(root / "client2.npz"),

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import torch
 from torch.nn import functional as F
 
 from ..client import ClientApp
@@ -88,12 +89,17 @@ def build_app(settings: dict, client_id: int, data_path: str) -> ClientApp:
 def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: str | None = None,
                cert: str | None = None, key: str | None = None, insecure: bool = False,
                state_dir: str | None = None, expect_id: int | None = None, max_backoff: float = 30.0,
-               give_up_after: float = 600.0) -> int:
+               give_up_after: float = 600.0, threads: int | None = None) -> int:
     """Serve tasks until the server says the run is over; returns the number of tasks answered.
 
     A lost connection is retried with exponential backoff; after `give_up_after` seconds without any
     successful call (a server that is gone, or a TLS handshake it refuses) the client stops with an error.
+    `threads` sets PyTorch's intra-op threads (several clients sharing cores must not oversubscribe them).
     """
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads {threads}: expected at least 1")
+        torch.set_num_threads(threads)
     channel = open_channel(server, ca_cert=ca_cert, cert=cert, key=key, insecure=insecure)
     stub = pb_grpc.FederationStub(channel)
     token = _read(token_file, "token")

@@ -11,8 +11,9 @@ from safetensors.torch import load, save
 from ..errors import TransportError
 from ..types import Params
 
-CHUNK_BYTES = 1 << 20
-"""1 MiB per message: far under gRPC's 4 MiB default, so any model size streams."""
+CHUNK_BYTES = 128 << 10
+"""128 KiB per message: any model size streams under gRPC's message limit, and the server's memory stays flat
+in the number of clients (with 1 MiB messages, TLS receive buffers fragmented the heap: benchmarks/RESULTS.md)."""
 
 
 def encode(params: Params) -> bytes:

@@ -17,7 +17,9 @@ from ..experiment import RunResult, load_data, strategy_from_config, train
 from ..models import model_factory
 from ..store import atomic_write_text
 from ..types import RoundRecord, ServerState
-from .server import Authenticator, GrpcFleet, read_tokens, start_server
+from .auth import Authenticator, read_tokens
+from .fleet import GrpcFleet
+from .server import start_server
 
 
 def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: str | Path | None,
@@ -35,11 +37,11 @@ def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: 
     run_id = run_id_file.read_text().strip() if resume and run_id_file.exists() else uuid.uuid4().hex[:12]
     atomic_write_text(run_id_file, run_id + "\n")  # a resumed run keeps its id (clients' state is kept per run)
     fleet = GrpcFleet(auth, settings, run_id, cfg.server.round_deadline)
-    server, port = start_server(fleet, address or cfg.server.address, cert_dir=cert_dir, insecure=insecure,
+    server = start_server(fleet, address or cfg.server.address, cert_dir=cert_dir, insecure=insecure,
                                 mutual_tls=mutual_tls)
     try:
         if on_listen is not None:
-            on_listen(port)
+            on_listen(server.port)
         joined = fleet.wait_for_clients(cfg.server.min_clients, cfg.server.join_timeout)
         if joined < cfg.server.min_clients:
             raise TransportError(f"only {joined} of server.min_clients = {cfg.server.min_clients} clients joined "
@@ -53,4 +55,4 @@ def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: 
                      retries=cfg.server.retries)
     finally:
         fleet.finish(drain=min(cfg.server.round_deadline, 30.0))
-        server.stop(grace=5).wait()
+        server.stop(grace=5)

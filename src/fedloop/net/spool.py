@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -79,11 +79,11 @@ class Spool:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def write_stream(path: Path, parts: Iterator[bytes], limit: int) -> int:
+async def write_stream(path: Path, parts: AsyncIterator[bytes], limit: int) -> int:
     """Write chunks to `path` as they arrive; TransportError past `limit` bytes."""
     size = 0
     with open(path, "wb") as out:
-        for part in parts:
+        async for part in parts:
             size += len(part)
             if size > limit:
                 raise TransportError(f"upload exceeds {limit} bytes")
