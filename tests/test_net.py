@@ -15,7 +15,7 @@ import torch
 from conftest import blobs
 from safetensors.torch import load_file
 
-from fedloop import simulate
+from fedloop import FedAvg, Scaffold, simulate
 from fedloop.config import load_config
 from fedloop.data.examples import Dataset
 from fedloop.data.partition import Partition
@@ -24,8 +24,10 @@ from fedloop.models import model_factory
 from fedloop.net import fedloop_pb2 as pb
 from fedloop.net import fedloop_pb2_grpc as pb_grpc
 from fedloop.net.certs import make_certs
-from fedloop.net.codec import chunks, decode, encode
+from fedloop.net.client_process import build_app, reply_chunks
+from fedloop.net.codec import chunks, decode, encode, split_extras
 from fedloop.store import load_checkpoint
+from fedloop.types import ClientInfo, Failure, Task
 
 SIZES = [23, 31, 17, 40, 29]
 CONFIG = """
@@ -360,3 +362,77 @@ def test_the_checked_in_grpc_code_is_what_the_proto_generates(tmp_path):
                     f"--grpc_python_out={tmp_path}", str(src / "fedloop" / "net" / "fedloop.proto")], check=True)
     for name in ("fedloop_pb2.py", "fedloop_pb2_grpc.py"):
         assert (tmp_path / "fedloop" / "net" / name).read_text() == (src / "fedloop" / "net" / name).read_text(), name
+
+
+def test_scaffold_clients_keep_their_control_variates_across_a_retried_round_and_a_restart(site, tmp_path):
+    """SCAFFOLD over gRPC, each client's control variate on its own disk (--state-dir). Client 2 is driven from
+    here with the real ClientApp: it fails round 1's first attempt, so round 1 (min_updates = 5) is retried and
+    the four clients that answered must start it again from their state before round 1; and it holds round 2
+    open while client 4 is killed and restarted, so rounds 2-3 of client 4 need its state read back from disk.
+    The final model must equal the simulator's, bit for bit."""
+    root, data = site
+    config = write_config(root, "scaffold", deadline=60)
+    config.write_text(config.read_text().replace("[strategy]\n", '[strategy]\nname = "scaffold"\n')
+                      .replace("clients_per_round = 4", "clients_per_round = 5").replace("federated = true",
+                                                                                         "federated = false")
+                      + "min_updates = 5\nretries = 2\n")
+    server, port = start_server(root, config, tmp_path / "run")
+    state = [str(tmp_path / f"state{c}") for c in range(len(SIZES))]
+    clients = {c: start_client(root, port, c, "--state-dir", state[c]) for c in (0, 1, 3, 4)}
+
+    stub, meta = _stub(root, port, 2)
+    hello = stub.Hello(pb.HelloRequest(), metadata=meta, timeout=30)
+    app = build_app(json.loads(hello.settings_json), 2, str(root / "client2.npz"))
+    stub.Join(pb.JoinRequest(num_examples=len(app.train)), metadata=meta, timeout=30)
+    seen: list[str] = []
+    after, fits = 0, 0
+    while True:
+        stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=60)
+        header = next(stream).header
+        if header.status == "done":
+            break
+        if header.status != "task":
+            continue
+        params, extras = split_extras(decode(b"".join(c.data for c in stream), "task"))
+        after, fits = header.seq, fits + 1
+        if fits == 1:  # round 1, first attempt: a failure, so the round is retried
+            failure = Failure(2, header.round, "held back by the test")
+            stub.PutReply(reply_chunks(failure, header.seq), metadata=meta, timeout=30)
+            continue
+        if header.round == 2:  # while round 2 waits for this reply: client 4 dies and comes back
+            clients[4].send_signal(signal.SIGKILL)
+            clients[4].wait()
+            clients[4] = start_client(root, port, 4, "--state-dir", state[4])
+            wait_for_line(server, "client 4 joined", seen)  # the first join (and the second)
+            wait_for_line(server, "client 4 joined", seen)
+        reply = app.handle(Task(2, header.round, header.kind, params, header.seed, extras))
+        ack = stub.PutReply(reply_chunks(reply, header.seq), metadata=meta, timeout=30)
+        assert ack.accepted, ack.reason
+    finish(server)
+    for c in clients.values():
+        assert "the run is over" in finish(c)
+    rounds = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["clients"], r.get("failed", False)) for r in rounds] == [
+        (1, 4, True), (1, 5, False), (2, 5, False), (3, 5, False)]
+    assert all((Path(s) / (tmp_path / "run" / "run_id").read_text().strip()).is_dir() for s in state if s[-1] != "2")
+    final = load_file(tmp_path / "run" / "model.safetensors")
+    expected = simulated_params(data, config, 3)
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_a_round_encodes_the_params_its_tasks_share_once(monkeypatch):
+    """Whatever the number of clients, the server holds one encoded copy of a round's params (and extras)."""
+    from fedloop.net import fleet as fleet_module
+    from fedloop.net.auth import Authenticator
+
+    calls = []
+    monkeypatch.setattr(fleet_module, "encode", lambda params, extras: calls.append(1) or b"")
+    fleet = fleet_module.GrpcFleet(Authenticator({"t": 0}, False), "{}", "run", round_deadline=1)
+    params = {"w": torch.zeros(3)}
+    for strategy in (FedAvg(clients_per_round=None), Scaffold(clients_per_round=None)):
+        calls.clear()
+        state = strategy.init(params, 0)
+        tasks = strategy.configure(state, [ClientInfo(c, 5) for c in range(4)])
+        replies = fleet.run(tasks, deadline=0.01)
+        assert [type(r) for r in replies] == [Failure] * 4 and len(calls) == 1
+    fleet.finish()

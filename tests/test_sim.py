@@ -9,7 +9,7 @@ from conftest import blobs, manual_partition
 from torch import nn
 from torch.nn import functional as F
 
-from fedloop import ConfigError, FedAvg, FedProx, FedSGD, LocalSGD, simulate
+from fedloop import ConfigError, FedAvg, FedProx, FedSGD, LocalSGD, Scaffold, simulate
 from fedloop.client import ClientApp
 from fedloop.data.examples import Examples
 from fedloop.data.gaussian import GaussianTeacher
@@ -33,6 +33,7 @@ CONFORMANCE = {
     "fedsgd": FedSGD(clients_per_round=None, server_lr=0.5),
     "fedprox": FedProx(mu=0.5, clients_per_round=5, server_momentum=0.5,
                        local=LocalSGD(epochs=2, batch_size=5, lr=0.1)),
+    "scaffold": Scaffold(clients_per_round=4, local=LocalSGD(epochs=2, batch_size=4, lr=0.1)),
 }
 EXECUTORS = ["vectorized", "processes", "processes-vectorized", "auto"]
 
@@ -64,6 +65,7 @@ def test_every_executor_gives_the_sequential_result(reference, strategy, executo
     res = run(CONFORMANCE[strategy], executor)
     ref = reference[strategy]
     assert_close(res.state.params, ref.state.params)
+    assert_close(res.state.extras, ref.state.extras)  # SCAFFOLD's control variate: client state was kept
     assert res.history[-1]["train_loss"] == pytest.approx(ref.history[-1]["train_loss"], rel=1e-5)
 
 

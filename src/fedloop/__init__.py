@@ -23,13 +23,13 @@ from .errors import (
 from .experiment import RunResult, load_model, run_config, simulate
 from .models import build_model
 from .sim import LocalFleet, gaussian_population, make_fleet
-from .strategies import FedAvg, FedProx, FedSGD, LocalSGD, SGDProgram, Strategy, make_strategy
+from .strategies import FedAvg, FedProx, FedSGD, LocalSGD, Scaffold, SGDProgram, Strategy, make_strategy
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AggregationError", "CheckpointError", "Config", "ConfigError", "DataError", "Dataset", "Examples",
-    "FedAvg", "FedProx", "FedSGD", "FedloopError", "LocalFleet", "LocalSGD", "Partition",
+    "FedAvg", "FedProx", "FedSGD", "FedloopError", "LocalFleet", "LocalSGD", "Partition", "Scaffold",
     "PrivacyBudgetExhausted", "RunResult", "SGDProgram", "Strategy", "TransportError", "build_model",
     "gaussian_population", "load_config", "load_dataset", "load_model", "make_fleet", "make_partition",
     "make_strategy", "run_config", "simulate",

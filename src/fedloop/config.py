@@ -50,7 +50,7 @@ class ModelConfig(_Section):
 
 
 class StrategyConfig(_Section):
-    name: Literal["fedavg", "fedsgd", "fedprox"] = "fedavg"
+    name: Literal["fedavg", "fedsgd", "fedprox", "scaffold"] = "fedavg"
     clients_per_round: int | None = Field(10, ge=1)
     fraction: float | None = Field(None, gt=0, le=1)
     sampling: Literal["uniform", "samples"] = "uniform"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -42,12 +42,13 @@ def split(replies: Sequence[Reply]) -> tuple[list[Update], list[Evaluation], lis
     return updates, evals, failures
 
 
-def reduce(updates: Sequence[Update], strategy: Strategy) -> Aggregate:
-    """Aggregate updates in client-id order, so the result does not depend on arrival order."""
+def reduce(updates: Sequence[Update], strategy: Strategy, population: int = 0) -> Aggregate:
+    """Aggregate updates in client-id order, so the result does not depend on arrival order; `population` is
+    the number of clients the round was configured from."""
     ids = [u.client_id for u in updates]
     if len(set(ids)) != len(ids):
         raise AggregationError(f"more than one update from a client in one round: {sorted(ids)}")
-    return strategy.aggregate(sorted(updates, key=lambda u: u.client_id))
+    return replace(strategy.aggregate(sorted(updates, key=lambda u: u.client_id)), population=population)
 
 
 def federated_metrics(evals: Sequence[Evaluation]) -> dict[str, float]:
@@ -129,7 +130,8 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stop: StopRul
     attempts = 0
     while state.round < stop.rounds:
         start = time.perf_counter()
-        tasks = strategy.configure(state, fleet.clients())
+        available = fleet.clients()
+        tasks = strategy.configure(state, available)
         replies = fleet.run(tasks, deadline)
         updates, _, failures = split(replies)
         for f in failures:
@@ -152,7 +154,7 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stop: StopRul
             continue
         attempts = 0
         if updates:
-            agg = reduce(updates, strategy)
+            agg = reduce(updates, strategy, population=len(available))
             state = strategy.apply(state, agg)
         else:
             log.warning("round %d: no updates arrived; the global model is unchanged", state.round + 1)

@@ -81,6 +81,9 @@ class Aggregate:
     num_clients: int
     num_examples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
+    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    population: int = 0
+    """The clients available when the round was configured (0: unknown)."""
 
 
 @dataclass(frozen=True)

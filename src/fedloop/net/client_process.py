@@ -20,11 +20,12 @@ from ..data.examples import Examples
 from ..data.registry import load_dataset
 from ..errors import ConfigError, TransportError
 from ..models import model_factory
-from ..sim.states import DiskStates
+from ..sim.states import DiskStates, MemoryStates
 from ..types import Evaluation, Failure, Reply, Task, Update
 from . import fedloop_pb2 as pb
 from . import fedloop_pb2_grpc as pb_grpc
-from .codec import chunks, decode, encode
+from .client_state import RoundStates
+from .codec import chunks, decode, encode, split_extras
 from .server import MESSAGE_BYTES, POLL_SECONDS
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def open_channel(server: str, *, ca_cert: str | None, cert: str | None, key: str
 def reply_chunks(reply: Reply, seq: int) -> Iterator[pb.ReplyChunk]:
     payload = b""
     if isinstance(reply, Update):
-        payload = encode(reply.params)
+        payload = encode(reply.params, reply.extras)
         header = pb.ReplyHeader(round=reply.round, kind="fit", num_examples=reply.num_examples,
                                 metrics=dict(reply.metrics), size=len(payload), seq=seq)
     elif isinstance(reply, Evaluation):
@@ -105,7 +106,7 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
     token = _read(token_file, "token")
     meta = [("authorization", f"Bearer {token.decode().strip()}")] if token else []
     app: ClientApp | None = None
-    states: DiskStates | None = None
+    states, run = RoundStates(MemoryStates()), ""
     after, answered, backoff = 0, 0, 1.0
     last_contact = time.monotonic()
     while True:
@@ -117,9 +118,11 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
                 app = build_app(json.loads(hello.settings_json), int(hello.client_id), data_path)
                 joined = stub.Join(pb.JoinRequest(num_examples=len(app.train), num_test=len(app.test or [])),
                                    metadata=meta, timeout=30)
-                states = DiskStates(Path(state_dir) / joined.run) if state_dir else None
-                if states is not None:
-                    app.state = states.get(app.client_id) or {}
+                if state_dir:  # kept per run: a resumed server keeps its run id, a new run starts afresh
+                    states = RoundStates(DiskStates(Path(state_dir) / joined.run))
+                elif joined.run != run:
+                    states = RoundStates(MemoryStates())
+                run = joined.run
                 after = 0  # task numbers belong to one server process
                 log.info("joined run %s as client %d", joined.run, app.client_id)
             stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=POLL_SECONDS + 60)
@@ -129,11 +132,14 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
                 return answered
             if header.status != "task":
                 continue
-            params = decode(b"".join(c.data for c in stream), f"task {header.seq}")
-            task = Task(app.client_id, int(header.round), header.kind, params, int(header.seed))
+            params, extras = split_extras(decode(b"".join(c.data for c in stream), f"task {header.seq}"))
+            task = Task(app.client_id, int(header.round), header.kind, params, int(header.seed), extras)
+            if task.kind == "fit":
+                before = states.start(app.client_id, task.round)
+                app.state = {k: v.clone() for k, v in before.items()}  # handle updates it in place
             reply = app.handle(task)
-            if states is not None and app.state:
-                states.put(app.client_id, app.state)
+            if isinstance(reply, Update) and app.state:
+                states.commit(app.client_id, task.round, before, app.state)
             ack = stub.PutReply(reply_chunks(reply, header.seq), metadata=meta, timeout=120)
             if not ack.accepted:
                 log.warning("the server rejected the reply to task %d: %s", header.seq, ack.reason)

@@ -16,8 +16,21 @@ CHUNK_BYTES = 128 << 10
 in the number of clients (with 1 MiB messages, TLS receive buffers fragmented the heap: benchmarks/RESULTS.md)."""
 
 
-def encode(params: Params) -> bytes:
-    return save({k: v.detach().contiguous() for k, v in params.items()})
+EXTRAS = "extras/"
+"""Name prefix of a task's or update's strategy extras (e.g. SCAFFOLD's control variates) on the wire;
+model params are attribute paths ("net.0.weight") and never contain a slash."""
+
+
+def encode(params: Params, extras: Params | None = None) -> bytes:
+    tensors = {k: v.detach().contiguous() for k, v in params.items()}
+    tensors.update({EXTRAS + k: v.detach().contiguous() for k, v in (extras or {}).items()})
+    return save(tensors)
+
+
+def split_extras(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(params, extras) of decoded wire tensors."""
+    params = {k: v for k, v in tensors.items() if not k.startswith(EXTRAS)}
+    return params, {k[len(EXTRAS):]: v for k, v in tensors.items() if k.startswith(EXTRAS)}
 
 
 def chunks(data: bytes, size: int = CHUNK_BYTES) -> Iterator[bytes]:

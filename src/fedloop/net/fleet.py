@@ -86,10 +86,13 @@ class GrpcFleet:
 
     def run(self, tasks: Sequence[Task], deadline: float | None = None) -> list[Reply]:
         """Publish the tasks, wait for every reply or the deadline; late clients become Failures."""
-        encoded: dict[int, bytes] = {}
+        def key(t: Task) -> tuple[int, int]:  # tasks sharing params and extras share their bytes
+            return id(t.params), id(t.extras) if t.extras else 0
+
+        encoded: dict[tuple[int, int], bytes] = {}
         for t in tasks:
-            if id(t.params) not in encoded:
-                encoded[id(t.params)] = encode(t.params)
+            if key(t) not in encoded:
+                encoded[key(t)] = encode(t.params, t.extras)
         limit = self.round_deadline if deadline is None else deadline
         with self._cond:
             self._replies = {}
@@ -97,7 +100,7 @@ class GrpcFleet:
             self.spool.clear()  # the previous round's uploads have been aggregated
             for t in tasks:
                 self._seq += 1
-                self._pending[t.client_id] = Pending(t, self._seq, encoded[id(t.params)])
+                self._pending[t.client_id] = Pending(t, self._seq, encoded[key(t)])
             self._wake()
             self._cond.wait_for(lambda: len(self._replies) >= len(tasks), limit)
             replies = dict(self._replies)
@@ -210,12 +213,13 @@ class GrpcFleet:
             registered = self._clients[client_id].num_examples
         if header.num_examples != registered:
             return reject(f"num_examples {header.num_examples} differs from the {registered} it joined with")
-        params, problem = check_spooled(path, task.params)
-        if params is None:
+        checked, problem = check_spooled(path, task.params, task.extras)
+        if checked is None:
             return reject(problem or "unreadable upload")
-        return Update(client_id, task.round, params, registered, dict(header.metrics)), None
+        params, extras = checked
+        return Update(client_id, task.round, params, registered, dict(header.metrics), extras), None
 
     def max_upload_bytes(self) -> int:
         with self._cond:
-            sizes = [num_bytes(p.task.params) for p in self._pending.values()]
+            sizes = [num_bytes(p.task.params) + num_bytes(p.task.extras) for p in self._pending.values()]
         return 2 * max(sizes, default=0) + (1 << 20)

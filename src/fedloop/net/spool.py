@@ -17,20 +17,23 @@ from safetensors import safe_open
 
 from ..errors import TransportError
 from ..types import Params
+from .codec import EXTRAS
 
 
 class SpooledParams(Mapping[str, torch.Tensor]):
-    """A safetensors file on disk as a read-only name -> tensor mapping; each lookup reads that tensor."""
+    """A safetensors file on disk as a read-only name -> tensor mapping; each lookup reads that tensor
+    (stored under `prefix` + name)."""
 
-    def __init__(self, path: Path, names: list[str]):
+    def __init__(self, path: Path, names: list[str], prefix: str = ""):
         self.path = path
         self._names = names
+        self.prefix = prefix
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._names:
             raise KeyError(name)
         with safe_open(self.path, framework="pt") as f:
-            return f.get_tensor(name)
+            return f.get_tensor(self.prefix + name)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
@@ -39,15 +42,18 @@ class SpooledParams(Mapping[str, torch.Tensor]):
         return len(self._names)
 
 
-def check_spooled(path: Path, reference: Params) -> tuple[SpooledParams | None, str | None]:
-    """Open an uploaded file and check it against the global params, one tensor at a time."""
+def check_spooled(path: Path, reference: Params, extras: Params
+                  ) -> tuple[tuple[SpooledParams, SpooledParams] | None, str | None]:
+    """Open an uploaded file and check it, one tensor at a time, against the global params and the task's
+    extras (an update's extras answer its task's: same names, shapes and dtypes). (params, extras), or why not."""
+    expected = {**reference, **{EXTRAS + k: v for k, v in extras.items()}}
     try:
         with safe_open(path, framework="pt") as f:
             names = set(f.keys())
-            if names != set(reference):
-                missing, extra = sorted(set(reference) - names), sorted(names - set(reference))
-                return None, f"tensor names differ from the global params: missing {missing}, unexpected {extra}"
-            for name, ref in reference.items():
+            if names != set(expected):
+                missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
+                return None, f"tensor names differ from the task's: missing {missing}, unexpected {extra}"
+            for name, ref in expected.items():
                 t = f.get_tensor(name)
                 if t.shape != ref.shape:
                     return None, f"tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(ref.shape)}"
@@ -57,7 +63,7 @@ def check_spooled(path: Path, reference: Params) -> tuple[SpooledParams | None, 
                     return None, f"tensor {name!r} holds NaN or infinite values"
     except Exception as exc:  # noqa: BLE001 - any unreadable upload is a rejection, never a crash
         return None, f"not valid safetensors bytes ({exc})"
-    return SpooledParams(path, list(reference)), None
+    return (SpooledParams(path, list(reference)), SpooledParams(path, list(extras), EXTRAS)), None
 
 
 class Spool:

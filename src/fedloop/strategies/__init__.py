@@ -10,8 +10,9 @@ from .base import LocalSGD, Strategy
 from .fedavg import FedAvg
 from .fedprox import FedProx
 from .fedsgd import FedSGD
+from .scaffold import Scaffold
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedSGD, FedProx)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedSGD, FedProx, Scaffold)}
 
 
 def make_strategy(name: str, **hyperparams: Any) -> Strategy:
@@ -23,4 +24,5 @@ def make_strategy(name: str, **hyperparams: Any) -> Strategy:
     return cls(**hyperparams)
 
 
-__all__ = ["STRATEGIES", "FedAvg", "FedProx", "FedSGD", "LocalSGD", "SGDProgram", "Strategy", "make_strategy"]
+__all__ = ["STRATEGIES", "FedAvg", "FedProx", "FedSGD", "LocalSGD", "SGDProgram", "Scaffold", "Strategy",
+           "make_strategy"]
