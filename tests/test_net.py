@@ -153,6 +153,21 @@ def _stub(root: Path, port: int, c: int):
     return pb_grpc.FederationStub(channel), [("authorization", f"Bearer {token}")]
 
 
+def served_tasks(stub, meta):
+    """A client's tasks as (header, tensors), polled like the real client does, until the server says done."""
+    after = 0
+    while True:
+        stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=60)
+        header = next(stream).header
+        if header.status == "done":
+            return
+        if header.status != "task":
+            continue
+        tensors = decode(b"".join(c.data for c in stream), "task")
+        after = header.seq
+        yield header, tensors
+
+
 def _upload(stub, meta, header: pb.ReplyHeader, params: dict | None):
     payload = encode(params) if params is not None else b""
     header.size = len(payload)
@@ -165,24 +180,16 @@ def test_malformed_uploads_are_rejected_with_their_reason_and_the_round_goes_on(
     server, port = start_server(root, write_config(root, "bad", min_clients=1, deadline=20), tmp_path / "run")
     stub, meta = _stub(root, port, 0)
     stub.Join(pb.JoinRequest(num_examples=SIZES[0]), metadata=meta, timeout=30)
-    after = 0
+    tasks = served_tasks(stub, meta)
 
     def next_fit():
-        nonlocal after
-        while True:
-            stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=60)
-            header = next(stream).header
-            if header.status == "done":
-                return None, None
-            if header.status != "task":
-                continue
-            params = decode(b"".join(c.data for c in stream), "task")
-            after = header.seq
+        for header, params in tasks:
             if header.kind == "fit":
                 return header, params
             ack = _upload(stub, meta, pb.ReplyHeader(round=header.round, kind="evaluate", num_examples=10,
                                                      metrics={"accuracy": 0.5}, seq=header.seq), None)
             assert ack.accepted, ack.reason
+        return None, None
 
     def fit_reply(header, **kw):
         return pb.ReplyHeader(**{**dict(round=header.round, kind="fit", num_examples=SIZES[0], seq=header.seq), **kw})
@@ -385,16 +392,8 @@ def test_scaffold_clients_keep_their_control_variates_across_a_retried_round_and
     app = build_app(json.loads(hello.settings_json), 2, str(root / "client2.npz"))
     stub.Join(pb.JoinRequest(num_examples=len(app.train)), metadata=meta, timeout=30)
     seen: list[str] = []
-    after, fits = 0, 0
-    while True:
-        stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=60)
-        header = next(stream).header
-        if header.status == "done":
-            break
-        if header.status != "task":
-            continue
-        params, extras = split_extras(decode(b"".join(c.data for c in stream), "task"))
-        after, fits = header.seq, fits + 1
+    for fits, (header, tensors) in enumerate(served_tasks(stub, meta), 1):
+        params, extras = split_extras(tensors)
         if fits == 1:  # round 1, first attempt: a failure, so the round is retried
             failure = Failure(2, header.round, "held back by the test")
             stub.PutReply(reply_chunks(failure, header.seq), metadata=meta, timeout=30)

@@ -52,6 +52,7 @@ class GrpcFleet:
         self._told_done: set[int] = set()
         self._seq = time.time_ns() // 1000  # distinct from any earlier server process's task numbers
         self._done = False
+        self._upload_limit = _upload_limit(0)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
         self.spool = Spool()
@@ -90,9 +91,11 @@ class GrpcFleet:
             return id(t.params), id(t.extras) if t.extras else 0
 
         encoded: dict[tuple[int, int], bytes] = {}
+        largest = 0
         for t in tasks:
             if key(t) not in encoded:
                 encoded[key(t)] = encode(t.params, t.extras)
+                largest = max(largest, num_bytes(t.params) + num_bytes(t.extras))
         limit = self.round_deadline if deadline is None else deadline
         with self._cond:
             self._replies = {}
@@ -101,10 +104,12 @@ class GrpcFleet:
             for t in tasks:
                 self._seq += 1
                 self._pending[t.client_id] = Pending(t, self._seq, encoded[key(t)])
+            self._upload_limit = _upload_limit(largest)
             self._wake()
             self._cond.wait_for(lambda: len(self._replies) >= len(tasks), limit)
             replies = dict(self._replies)
             self._pending = {}  # from now on a reply to these tasks is stale
+            self._upload_limit = _upload_limit(0)
         out: list[Reply] = []
         for t in tasks:
             reply = replies.get(t.client_id)
@@ -120,6 +125,7 @@ class GrpcFleet:
         with self._cond:
             self._done = True
             self._pending = {}
+            self._upload_limit = _upload_limit(0)
             self._wake()
         self.drain(drain)
         self._checker.shutdown(wait=True)
@@ -220,6 +226,10 @@ class GrpcFleet:
         return Update(client_id, task.round, params, registered, dict(header.metrics), extras), None
 
     def max_upload_bytes(self) -> int:
+        """The size limit of an upload to this round's tasks (set once per round, not per upload)."""
         with self._cond:
-            sizes = [num_bytes(p.task.params) + num_bytes(p.task.extras) for p in self._pending.values()]
-        return 2 * max(sizes, default=0) + (1 << 20)
+            return self._upload_limit
+
+
+def _upload_limit(task_bytes: int) -> int:
+    return 2 * task_bytes + (1 << 20)

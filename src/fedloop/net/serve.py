@@ -38,7 +38,7 @@ def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: 
     atomic_write_text(run_id_file, run_id + "\n")  # a resumed run keeps its id (clients' state is kept per run)
     fleet = GrpcFleet(auth, settings, run_id, cfg.server.round_deadline)
     server = start_server(fleet, address or cfg.server.address, cert_dir=cert_dir, insecure=insecure,
-                                mutual_tls=mutual_tls)
+                          mutual_tls=mutual_tls)
     try:
         if on_listen is not None:
             on_listen(server.port)

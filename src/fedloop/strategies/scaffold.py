@@ -16,8 +16,8 @@ from typing import ClassVar
 
 import torch
 
-from ..errors import AggregationError
 from ..local import ClientContext, run_program
+from ..params import check_compatible
 from ..types import Aggregate, ClientInfo, Params, ServerState, Task, Update
 from .base import Strategy
 
@@ -58,9 +58,7 @@ class Scaffold(Strategy):
         agg = super().aggregate(updates)
         total = {k: torch.zeros_like(v) for k, v in updates[0].params.items()}
         for u in updates:
-            if set(u.extras) != set(total):
-                raise AggregationError(f"update of client {u.client_id}: SCAFFOLD needs a control-variate "
-                                       f"delta for every parameter")
+            check_compatible(total, u.extras, what=f"control-variate delta of client {u.client_id}")
             for k in total:
                 total[k].add_(u.extras[k])
         return replace(agg, extras=total)
