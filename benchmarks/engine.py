@@ -33,10 +33,13 @@ from torch.nn import functional as F
 
 import fedloop
 from fedloop.data.gaussian import GaussianTeacher
-from fedloop.experiment import build_fleet, initial_params
-from fedloop.loop import StopRule, run_loop
+from fedloop.experiment import build_fleet
+from fedloop.loop import run_loop
 from fedloop.models import model_factory
-from fedloop.strategies.base import round_rng, task_seed
+from fedloop.run import initial_params
+from fedloop.sampling import round_rng, task_seed
+from fedloop.sim import SimOptions
+from fedloop.stops import MaxRounds
 from fedloop.types import ClientInfo
 
 EXECUTORS = ("sequential", "vectorized", "processes", "processes-vectorized", "auto")
@@ -66,7 +69,7 @@ def make_workload(name: str, per_round: int | None = None, seed: int = 0) -> Wor
         model = "logreg"
         per_round = per_round or 100
         about = f"1000 clients x 50 Gaussian rows (60-dim, linear teacher), logreg, {per_round}/round"
-    strategy = fedloop.FedAvg(clients_per_round=per_round, local=local)
+    strategy = fedloop.FedAvg(sampler=fedloop.Sampler(per_round), local=local)
     return Workload(name, data, part, model_factory(model, data.spec()), strategy, about + ", E=1, B=10, lr 0.05")
 
 
@@ -75,6 +78,7 @@ def _plain_clients(w: Workload, glob: dict, chosen: list[ClientInfo], r: int, se
     """The floor's inner loop: plain SGD per client; returns the sample-weighted sum of W_global - W_client
     (the same arithmetic as FedAvg's pseudo-gradient mean, so the final params can be compared)."""
     o = w.strategy.local
+    assert isinstance(o, fedloop.LocalSGD)
     acc = {k: torch.zeros_like(v) for k, v in glob.items()}
     for c in chosen:
         rows = torch.as_tensor(w.part.train[c.client_id])
@@ -116,7 +120,7 @@ def floor(w: Workload, rounds: int, seed: int, cores: int) -> tuple[list[float],
     times = []
     for r in range(1, rounds + 2):
         start = time.perf_counter()
-        chosen = w.strategy.select(clients, round_rng(seed, r))
+        chosen = w.strategy.sampler.select(clients, round_rng(seed, r))
         total = sum(c.num_examples for c in chosen)
         if pool is None:
             delta = _plain_clients(w, glob, chosen, r, seed, total, model)
@@ -132,9 +136,9 @@ def floor(w: Workload, rounds: int, seed: int, cores: int) -> tuple[list[float],
 
 
 def fedloop_run(w: Workload, rounds: int, seed: int, executor: str) -> tuple[list[float], dict]:
-    fleet = build_fleet(w.data, w.part, w.strategy, w.model_fn, F.cross_entropy, executor=executor)
+    fleet = build_fleet(w.data, w.part, w.strategy, w.model_fn, F.cross_entropy, SimOptions(executor=executor))
     state = w.strategy.init(initial_params(w.model_fn, seed), seed)
-    result = run_loop(w.strategy, fleet, state, StopRule(rounds + 1))
+    result = run_loop(w.strategy, fleet, state, [MaxRounds(rounds + 1)], federated_eval=False)
     fleet.close()
     return [r.seconds for r in result.records[1:]], result.state.params
 
@@ -142,17 +146,17 @@ def fedloop_run(w: Workload, rounds: int, seed: int, executor: str) -> tuple[lis
 def interleaved(name: str, rounds: int, seed: int) -> None:
     """fedloop's sequential fleet and floor (a) in one process, round by round, so machine noise hits both."""
     w = make_workload(name, None, seed)
-    fleet = build_fleet(w.data, w.part, w.strategy, w.model_fn, F.cross_entropy, executor="sequential")
+    fleet = build_fleet(w.data, w.part, w.strategy, w.model_fn, F.cross_entropy, SimOptions(executor="sequential"))
     state = w.strategy.init(initial_params(w.model_fn, seed), seed)
     glob, model = dict(state.params), w.model_fn()
     clients = [ClientInfo(c, len(w.part.train[c])) for c in range(w.part.num_clients)]
     ours, plain = [], []
     for r in range(1, rounds + 2):
         start = time.perf_counter()
-        state = run_loop(w.strategy, fleet, state, StopRule(r)).state
+        state = run_loop(w.strategy, fleet, state, [MaxRounds(r)], federated_eval=False).state
         ours.append(time.perf_counter() - start)
         start = time.perf_counter()
-        chosen = w.strategy.select(clients, round_rng(seed, r))
+        chosen = w.strategy.sampler.select(clients, round_rng(seed, r))
         delta = _plain_clients(w, glob, chosen, r, seed, sum(c.num_examples for c in chosen), model)
         glob = {k: glob[k] - delta[k] for k in glob}
         plain.append(time.perf_counter() - start)
@@ -188,7 +192,7 @@ def run_one(name: str, per_round: int | None, kind: str, rounds: int, seed: int)
 
 def report(name: str, per_round: int | None, executors: list[str], rounds: int, seed: int) -> dict[str, float]:
     w = make_workload(name, per_round, seed)
-    k = w.strategy.clients_per_round
+    k = w.strategy.sampler.clients_per_round
     print(f"\n{name}: {w.about}; {rounds} timed rounds")
     print(f"  {'run':<12}{'s/round':>10}{'updates/s':>11}{'vs floor':>10}{'RSS MB':>9}{'workers MB':>12}"
           f"{'max |dW|':>11}")

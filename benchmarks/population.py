@@ -16,12 +16,13 @@ import time
 from torch.nn import functional as F
 
 import fedloop
+from fedloop.client import evaluate
 from fedloop.data.gaussian import GaussianTeacher
-from fedloop.experiment import initial_params
-from fedloop.local import evaluate
-from fedloop.loop import StopRule, run_loop
+from fedloop.loop import run_loop
 from fedloop.models import model_factory
+from fedloop.run import initial_params
 from fedloop.sim import LocalFleet, gaussian_population
+from fedloop.stops import MaxRounds
 
 
 def peak_rss_mb() -> float:
@@ -40,7 +41,7 @@ def main() -> None:
     teacher = GaussianTeacher(60, 10, args.seed)
     test = teacher.dataset(1, 5000)
     model_fn = model_factory("logreg", test.spec())
-    strategy = fedloop.FedAvg(clients_per_round=args.per_round, local=fedloop.LocalSGD(epochs=1, batch_size=10))
+    strategy = fedloop.FedAvg(sampler=fedloop.Sampler(args.per_round), local=fedloop.LocalSGD(epochs=1, batch_size=10))
     population = gaussian_population(args.clients, 50, strategy, model_fn, F.cross_entropy, teacher=teacher,
                                      seed=args.seed)
     fleet = LocalFleet(population, args.executor)
@@ -48,8 +49,8 @@ def main() -> None:
     held_out = fedloop.Examples.all(test.x_test, test.y_test)
     print(f"population of {args.clients:,} clients; peak RSS before training {peak_rss_mb():.0f} MB")
     state = strategy.init(initial_params(model_fn, args.seed), args.seed)
-    result = run_loop(strategy, fleet, state, StopRule(args.rounds),
-                      evaluate=lambda p: evaluate(workspace, p, held_out, F.cross_entropy), eval_every=args.rounds)
+    result = run_loop(strategy, fleet, state, [MaxRounds(args.rounds)], federated_eval=False,
+                      evaluator=lambda p: evaluate(workspace, p, held_out, F.cross_entropy), eval_every=args.rounds)
     fleet.close()
     per_round = [r.seconds for r in result.records]
     print(f"{args.rounds} rounds x {args.per_round} clients with the {fleet.describe()} executor: "

@@ -17,8 +17,10 @@ class Net(nn.Module):
 if __name__ == "__main__":
     data = fedloop.load_dataset("digits")
     partition = fedloop.make_partition(data, "dirichlet", num_clients=30, seed=0, alpha=0.5)
-    strategy = fedloop.FedAvg(clients_per_round=10, local=fedloop.LocalSGD(epochs=5, batch_size=10, lr=0.05))
-    result = fedloop.simulate(Net, data, partition, strategy, rounds=30, seed=0, out="runs/api-quickstart")
+    strategy = fedloop.FedAvg(sampler=fedloop.Sampler(clients_per_round=10),
+                              local=fedloop.LocalSGD(epochs=5, batch_size=10, lr=0.05))
+    result = fedloop.simulate(Net, data, partition, strategy, fedloop.RunOptions(rounds=30, seed=0,
+                                                                                  out="runs/api-quickstart"))
     print(f"accuracy {result.metrics['accuracy']:.4f} after {result.state.round} rounds "
           f"({result.stop_reason}); files in {result.out}")
     model = fedloop.load_model(result.out, Net)  # the trained nn.Module, read back from disk

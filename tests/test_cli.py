@@ -4,11 +4,14 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
 import fedloop
 from fedloop.store import load_checkpoint
+
+pytestmark = pytest.mark.slow
 
 FAST = ["--set", "rounds=4", "--set", "eval.every=2", "--set", "checkpoint.every=2", "--set", "client.epochs=1"]
 

@@ -2,9 +2,10 @@
 
 import pytest
 import torch
+from conftest import options
 from torch import nn
 
-from fedloop import ConfigError, FedAvg, LocalSGD, build_model, make_partition, simulate
+from fedloop import ConfigError, FedAvg, LocalSGD, Sampler, build_model, make_partition, simulate
 from fedloop.data.leaf import VOCAB_SIZE
 from fedloop.params import num_elements
 
@@ -49,7 +50,7 @@ def test_a_user_module_and_loss_train_through_the_api(data):
         return nn.functional.cross_entropy(out, y, label_smoothing=0.1)
 
     part = make_partition(data, "iid", 4, seed=0)
-    res = simulate(Net, data, part, FedAvg(clients_per_round=4, local=LocalSGD(lr=0.1)), rounds=5, loss_fn=loss)
+    res = simulate(Net, data, part, FedAvg(sampler=Sampler(4), local=LocalSGD(lr=0.1)), options(5), loss_fn=loss)
     assert calls and isinstance(res.model, Net)
     assert res.metrics["accuracy"] > 0.8
 
@@ -66,7 +67,7 @@ def test_char_lstm_trains_on_shakespeare_like_data(tmp_path):
     d = load_dataset("shakespeare", tmp_path)
     part = make_partition(d, "natural", 2, seed=0, local_test_fraction=0)
     model_fn = lambda: build_model("char-lstm", d.input_shape, d.num_classes, d.vocab_size)  # noqa: E731
-    res = simulate(model_fn, d, part, FedAvg(clients_per_round=2, local=LocalSGD(epochs=1, batch_size=8, lr=0.5)),
-                   rounds=4, federated_eval=False)
+    res = simulate(model_fn, d, part, FedAvg(sampler=Sampler(2), local=LocalSGD(epochs=1, batch_size=8, lr=0.5)),
+                   options(4))
     losses = [h["train_loss"] for h in res.history]
     assert losses[-1] < losses[0], losses

@@ -12,22 +12,25 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from conftest import blobs
+from conftest import blobs, options
 from safetensors.torch import load_file
 
-from fedloop import FedAvg, Scaffold, simulate
+from fedloop import FedAvg, Sampler, Scaffold, SimOptions, simulate
+from fedloop.build import strategy_from_config
 from fedloop.config import load_config
 from fedloop.data.examples import Dataset
 from fedloop.data.partition import Partition
-from fedloop.experiment import strategy_from_config
+from fedloop.fleet import run
 from fedloop.models import model_factory
 from fedloop.net import fedloop_pb2 as pb
 from fedloop.net import fedloop_pb2_grpc as pb_grpc
 from fedloop.net.certs import make_certs
-from fedloop.net.client_process import build_app, reply_chunks
-from fedloop.net.codec import chunks, decode, encode, split_extras
+from fedloop.net.client_process import build_app, receive_task, reply_chunks
+from fedloop.net.codec import chunks, decode, encode
 from fedloop.store import load_checkpoint
-from fedloop.types import ClientInfo, Failure, Task
+from fedloop.types import ClientInfo, Failure
+
+pytestmark = pytest.mark.slow
 
 SIZES = [23, 31, 17, 40, 29]
 CONFIG = """
@@ -75,9 +78,10 @@ def site(tmp_path_factory):
     return root, data
 
 
-def write_config(root: Path, name: str, min_clients: int = len(SIZES), deadline: float = 60) -> Path:
+def write_config(root: Path, name: str, min_clients: int = len(SIZES), deadline: float = 60, extra: str = "") -> Path:
     path = root / f"{name}.toml"
-    path.write_text(CONFIG.format(server_data=root / "server.npz", min_clients=min_clients, deadline=deadline))
+    path.write_text(CONFIG.format(server_data=root / "server.npz", min_clients=min_clients, deadline=deadline)
+                    + extra)
     return path
 
 
@@ -153,19 +157,20 @@ def _stub(root: Path, port: int, c: int):
     return pb_grpc.FederationStub(channel), [("authorization", f"Bearer {token}")]
 
 
-def served_tasks(stub, meta):
-    """A client's tasks as (header, tensors), polled like the real client does, until the server says done."""
+def served_tasks(stub, meta, raw=False):
+    """A client's tasks as (header, tensors) (or the raw bytes), polled like the real client does, until the server
+    says done."""
     after = 0
     while True:
         stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=60)
         header = next(stream).header
-        if header.status == "done":
+        if header.status == pb.POLL_DONE:
             return
-        if header.status != "task":
+        if header.status != pb.POLL_TASK:
             continue
-        tensors = decode(b"".join(c.data for c in stream), "task")
+        data = b"".join(c.data for c in stream)
         after = header.seq
-        yield header, tensors
+        yield header, data if raw else decode(data, "task")
 
 
 def _upload(stub, meta, header: pb.ReplyHeader, params: dict | None):
@@ -184,15 +189,16 @@ def test_malformed_uploads_are_rejected_with_their_reason_and_the_round_goes_on(
 
     def next_fit():
         for header, params in tasks:
-            if header.kind == "fit":
+            if header.kind == pb.TASK_FIT:
                 return header, params
-            ack = _upload(stub, meta, pb.ReplyHeader(round=header.round, kind="evaluate", num_examples=10,
+            ack = _upload(stub, meta, pb.ReplyHeader(round=header.round, kind=pb.REPLY_EVALUATE, num_examples=10,
                                                      metrics={"accuracy": 0.5}, seq=header.seq), None)
             assert ack.accepted, ack.reason
         return None, None
 
     def fit_reply(header, **kw):
-        return pb.ReplyHeader(**{**dict(round=header.round, kind="fit", num_examples=SIZES[0], seq=header.seq), **kw})
+        return pb.ReplyHeader(**{**dict(round=header.round, kind=pb.REPLY_FIT, num_examples=SIZES[0], seq=header.seq),
+                                 **kw})
 
     header, params = next_fit()  # round 1, attempt 1
     ack = _upload(stub, meta, fit_reply(header, seq=header.seq + 100), params)
@@ -248,7 +254,8 @@ def simulated_params(data, config: Path, rounds: int):
     torch.set_num_threads(1)
     try:
         return simulate(model_factory("mlp", held_out.spec()), held_out, part, strategy_from_config(cfg),
-                        rounds=rounds, seed=cfg.seed, executor="sequential").state.params
+                        options(rounds, cfg.seed, federated=cfg.eval.federated),
+                        sim=SimOptions(executor="sequential")).state.params
     finally:
         torch.set_num_threads(threads)
 
@@ -270,7 +277,7 @@ def test_a_killed_client_and_a_stalled_client_cost_their_rounds_and_the_run_goes
     log = "".join(seen) + finish(server)
     rounds = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["clients"], r["failures"]) for r in rounds] == [(4, 0), (2, 2), (3, 1), (3, 1)]
-    assert "client 3 sent no reply before the 8 s deadline" in log
+    assert "client 3 failed: no reply before the 8 s deadline" in log
     assert "discarded the upload of client 2 for round 2" in log and "stale" in log  # its late reply
     for c in clients[:3]:
         assert "the run is over" in finish(c)
@@ -392,8 +399,7 @@ def test_scaffold_clients_keep_their_control_variates_across_a_retried_round_and
     app = build_app(json.loads(hello.settings_json), 2, str(root / "client2.npz"))
     stub.Join(pb.JoinRequest(num_examples=len(app.train)), metadata=meta, timeout=30)
     seen: list[str] = []
-    for fits, (header, tensors) in enumerate(served_tasks(stub, meta), 1):
-        params, extras = split_extras(tensors)
+    for fits, (header, raw) in enumerate(served_tasks(stub, meta, raw=True), 1):
         if fits == 1:  # round 1, first attempt: a failure, so the round is retried
             failure = Failure(2, header.round, "held back by the test")
             stub.PutReply(reply_chunks(failure, header.seq), metadata=meta, timeout=30)
@@ -404,7 +410,7 @@ def test_scaffold_clients_keep_their_control_variates_across_a_retried_round_and
             clients[4] = start_client(root, port, 4, "--state-dir", state[4])
             wait_for_line(server, "client 4 joined", seen)  # the first join (and the second)
             wait_for_line(server, "client 4 joined", seen)
-        reply = app.handle(Task(2, header.round, header.kind, params, header.seed, extras))
+        reply = app.handle(receive_task(2, header, raw))
         ack = stub.PutReply(reply_chunks(reply, header.seq), metadata=meta, timeout=30)
         assert ack.accepted, ack.reason
     finish(server)
@@ -426,12 +432,12 @@ def test_a_round_encodes_the_params_its_tasks_share_once(monkeypatch):
 
     calls = []
     monkeypatch.setattr(fleet_module, "encode", lambda params, extras: calls.append(1) or b"")
-    fleet = fleet_module.GrpcFleet(Authenticator({"t": 0}, False), "{}", "run", round_deadline=1)
+    fleet = fleet_module.GrpcFleet(Authenticator({"t": 0}, False), "{}", "run")
     params = {"w": torch.zeros(3)}
-    for strategy in (FedAvg(clients_per_round=None), Scaffold(clients_per_round=None)):
+    for strategy in (FedAvg(sampler=Sampler(None)), Scaffold(sampler=Sampler(None))):
         calls.clear()
         state = strategy.init(params, 0)
         tasks = strategy.configure(state, [ClientInfo(c, 5) for c in range(4)])
-        replies = fleet.run(tasks, deadline=0.01)
+        replies = run(fleet, tasks, deadline=0.01)
         assert [type(r) for r in replies] == [Failure] * 4 and len(calls) == 1
     fleet.finish()

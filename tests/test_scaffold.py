@@ -1,30 +1,27 @@
 """SCAFFOLD against a hand computation in plain PyTorch: corrected local steps, the clients' control
 variates kept between rounds, and the server's control variate averaged over the whole population."""
 
+import pytest
 import torch
-from conftest import blobs, manual_partition
-from torch import nn
+from conftest import blobs, manual_partition, options
+from conftest import small_model as model_fn
 from torch.nn import functional as F
 
-from fedloop import LocalSGD, Scaffold, simulate
-from fedloop.experiment import initial_params
+from fedloop import SGD, LocalSGD, Sampler, Scaffold, SimOptions, simulate
 from fedloop.params import allclose
-from fedloop.strategies.base import round_rng, task_seed
+from fedloop.run import initial_params
+from fedloop.sampling import round_rng, task_seed
 from fedloop.types import ClientInfo
 
 SIZES = [7, 13, 22, 38, 11]
 
 
-def model_fn() -> nn.Module:
-    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
-
-
-def test_scaffold_matches_the_paper_with_partial_participation():
+@pytest.mark.parametrize("executor", ["sequential", "vectorized"])
+def test_scaffold_matches_the_paper_with_partial_participation(executor):
     seed, rounds, epochs, bsz, lr, eta = 4, 3, 2, 4, 0.1, 0.8
-    strategy = Scaffold(clients_per_round=3, server_lr=eta, local=LocalSGD(epochs=epochs, batch_size=bsz, lr=lr))
+    strategy = Scaffold(sampler=Sampler(3), server_opt=SGD(eta), local=LocalSGD(epochs=epochs, batch_size=bsz, lr=lr))
     data, part = blobs(n_train=sum(SIZES)), manual_partition(SIZES)
-    res = simulate(model_fn, data, part, strategy, rounds=rounds, seed=seed, federated_eval=False,
-                   executor="sequential")
+    res = simulate(model_fn, data, part, strategy, options(rounds, seed), sim=SimOptions(executor=executor))
 
     x = initial_params(model_fn, seed)
     zeros = {k: torch.zeros_like(v) for k, v in x.items()}
@@ -32,7 +29,7 @@ def test_scaffold_matches_the_paper_with_partial_participation():
     clients = [ClientInfo(i, n) for i, n in enumerate(SIZES)]
     chosen_by_round = []
     for r in range(1, rounds + 1):
-        chosen = [ci_.client_id for ci_ in strategy.select(clients, round_rng(seed, r))]
+        chosen = [ci_.client_id for ci_ in strategy.sampler.select(clients, round_rng(seed, r))]
         chosen_by_round.append(set(chosen))
         deltas, dcs = {}, {}
         for i in chosen:

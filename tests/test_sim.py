@@ -1,57 +1,102 @@
-"""Executors and populations: every executor gives the sequential reference's result for every strategy."""
+"""Executors and populations: every executor gives the sequential reference's result for every strategy, and
+everything after training goes through the client app whatever the executor."""
 
 import logging
 import os
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
-from conftest import blobs, manual_partition
+from conftest import assert_close, assert_equal, blobs, manual_partition, run_sizes, small_model
 from torch import nn
 from torch.nn import functional as F
 
-from fedloop import ConfigError, FedAvg, FedProx, FedSGD, LocalSGD, Scaffold, simulate
-from fedloop.client import ClientApp
+from fedloop import (
+    SGD,
+    Adam,
+    ClientApp,
+    Clip,
+    ConfigError,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedProx,
+    FedSGD,
+    FedYogi,
+    LocalSGD,
+    PowerOfChoice,
+    Sampler,
+    Scaffold,
+    SimOptions,
+    WeightedMean,
+)
+from fedloop.client import DiskStates, RoundStates, Trained, train_program
 from fedloop.data.examples import Examples
 from fedloop.data.gaussian import GaussianTeacher
-from fedloop.experiment import build_fleet, initial_params
-from fedloop.local import ClientContext
-from fedloop.loop import StopRule, run_loop
-from fedloop.sim import DiskStates, LazyPopulation, LocalFleet, gaussian_population
-from fedloop.sim.executors import Vectorized
-from fedloop.strategies.base import round_rng
-from fedloop.types import Task, Update
+from fedloop.experiment import build_fleet
+from fedloop.fleet import run as exchange
+from fedloop.loop import run_loop
+from fedloop.run import initial_params
+from fedloop.sampling import round_rng
+from fedloop.sim import LazyPopulation, LocalFleet, gaussian_population
+from fedloop.sim.executors import Job, Vectorized
+from fedloop.stops import MaxRounds
+from fedloop.types import Broadcast, Task, Update
 
 SIZES = [5, 13, 30, 2, 17, 9]  # unequal, and most are not multiples of the batch size
-RTOL, ATOL = 1e-5, 1e-6  # params near zero differ by float32 rounding of a different summation order
 
+
+class CountingFedAvg(FedAvg):
+    """FedAvg whose clients count their participations in their persistent state and report the count."""
+
+    def client_finish(self, task, trained, state):
+        update, _ = super().client_finish(task, trained, state)
+        count = state.get("rounds", torch.zeros(())) + 1
+        return replace(update, metrics={**update.metrics, "participations": float(count)}), {"rounds": count}
+
+
+@dataclass(frozen=True)
+class OwnTrainingFedAvg(FedAvg):
+    """FedAvg whose clients train with their own loop (plain torch.optim.SGD, full batch): not batchable."""
+
+    def client_train(self, task, ctx):
+        ctx.model.load_state_dict(dict(task.params))
+        opt = torch.optim.SGD(ctx.model.parameters(), lr=0.1)
+        x, y = ctx.train.x[ctx.train.index], ctx.train.y[ctx.train.index]
+        opt.zero_grad()
+        ctx.loss_fn(ctx.model(x), y).backward()
+        opt.step()
+        local = dict(ctx.model.state_dict())
+        return Trained({k: task.params[k] - local[k] for k in task.params}, len(y), 1, {})
+
+
+LOCAL = LocalSGD(epochs=2, batch_size=4, lr=0.1)
 CONFORMANCE = {
-    "fedavg": FedAvg(clients_per_round=4, local=LocalSGD(epochs=2, batch_size=4, lr=0.1)),
-    "fedavg-momentum-wd": FedAvg(clients_per_round=None, local=LocalSGD(epochs=3, batch_size=3, lr=0.05,
-                                                                        momentum=0.9, weight_decay=1e-3)),
-    "fedavg-full-batch": FedAvg(clients_per_round=None, weighting="uniform",
-                                local=LocalSGD(epochs=2, batch_size=None, lr=0.2)),
-    "fedsgd": FedSGD(clients_per_round=None, server_lr=0.5),
-    "fedprox": FedProx(mu=0.5, clients_per_round=5, server_momentum=0.5,
+    "fedavg": FedAvg(sampler=Sampler(4), local=LOCAL),
+    "fedavg-momentum-wd": FedAvg(sampler=Sampler(None), local=LocalSGD(epochs=3, batch_size=3, lr=0.05,
+                                                                       momentum=0.9, weight_decay=1e-3)),
+    "fedavg-full-batch": FedAvg(sampler=Sampler(None), aggregator=WeightedMean("uniform"),
+                                local=LocalSGD(epochs=2, batch_size="full", lr=0.2)),
+    "fedsgd": FedSGD(sampler=Sampler(None), server_opt=SGD(0.5)),
+    "fedprox": FedProx(mu=0.5, sampler=Sampler(5), server_opt=SGD(momentum=0.5),
                        local=LocalSGD(epochs=2, batch_size=5, lr=0.1)),
-    "scaffold": Scaffold(clients_per_round=4, local=LocalSGD(epochs=2, batch_size=4, lr=0.1)),
+    "scaffold": Scaffold(sampler=Sampler(4), local=LOCAL),
+    "fedavgm": FedAvgM(sampler=Sampler(4), local=LOCAL),
+    "fedadam": FedAdam(sampler=Sampler(4), local=LOCAL),
+    "fedyogi": FedYogi(sampler=Sampler(4), local=LOCAL),
+    "fedadagrad": FedAdagrad(sampler=Sampler(4), local=LOCAL),
+    "power_of_choice": PowerOfChoice(sampler=Sampler(3), candidates=5, local=LOCAL),
+    "clip-client": FedAvg(sampler=Sampler(4), local=LOCAL, transforms=(Clip(0.05, "client"),)),
+    "clip-server": FedAvg(sampler=Sampler(4), local=LOCAL, transforms=(Clip(0.05, "server"),)),
+    "custom-client-half": CountingFedAvg(sampler=Sampler(4), local=LOCAL, transforms=(Clip(0.05),)),
+    "own-training": OwnTrainingFedAvg(sampler=Sampler(4)),
 }
 EXECUTORS = ["vectorized", "processes", "processes-vectorized", "auto"]
 
 
-def model_fn() -> nn.Module:
-    return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
-
-
-def run(strategy, executor, rounds=3, model=model_fn, loss=F.cross_entropy, engine="local", data=None, **kw):
-    data = data if data is not None else blobs(n_train=sum(SIZES))
-    return simulate(model, data, manual_partition(SIZES), strategy, rounds=rounds, seed=5, loss_fn=loss,
-                    federated_eval=False, executor=executor, engine=engine, **kw)
-
-
-def assert_close(a, b):
-    assert list(a) == list(b)
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=RTOL, atol=ATOL)
+def run(strategy, executor, **kw):
+    return run_sizes(strategy, SIZES, executor, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -66,24 +111,105 @@ def test_every_executor_gives_the_sequential_result(reference, strategy, executo
     ref = reference[strategy]
     assert_close(res.state.params, ref.state.params)
     assert_close(res.state.extras, ref.state.extras)  # SCAFFOLD's control variate: client state was kept
-    assert res.history[-1]["train_loss"] == pytest.approx(ref.history[-1]["train_loss"], rel=1e-5)
+    assert_close(res.state.opt_state, ref.state.opt_state)
+    for got, want in zip(res.history, ref.history, strict=True):
+        assert got["selected"] == want["selected"]
+        for key in ("train_loss", "update_norm", "clipped", "participations"):
+            assert got.get(key) == pytest.approx(want.get(key), rel=1e-5), key
+
+
+def client_apps(strategy, data=None):
+    data = data if data is not None else blobs(n_train=sum(SIZES))
+    part = manual_partition(SIZES)
+    return [ClientApp(c, strategy, small_model, F.cross_entropy,
+                      train=Examples(data.x_train, data.y_train, torch.as_tensor(part.train[c])))
+            for c in range(len(SIZES))]
+
+
+@pytest.mark.parametrize("executor", ["sequential", *EXECUTORS])
+def test_a_custom_client_half_and_a_client_transform_give_the_same_updates_and_state_everywhere(executor):
+    """The client half runs through ClientApp.finish under every executor: the strategy's own client_finish (a
+    participation count kept as client state) and client-side clipping apply to every update, and a retried round
+    starts from the state the client had before it."""
+    strategy = CONFORMANCE["custom-client-half"]
+    fleet = LocalFleet(client_apps(strategy), executor)
+    state = strategy.init(initial_params(small_model, 0), 0)
+    tasks = strategy.configure(state, fleet.clients())
+    first = exchange(fleet, tasks)
+    again = exchange(fleet, tasks)  # the same round again (a retry): the clients start from their state before it
+    later = exchange(fleet, strategy.configure(replace(state, round=1), fleet.clients()))
+    fleet.close()
+    fresh = client_apps(strategy)
+    reference = [fresh[t.client_id].handle(t) for t in tasks]  # one client at a time, without any executor
+    for got, retry, want in zip(first, again, reference, strict=True):
+        assert isinstance(got, Update) and isinstance(want, Update)
+        assert got.metrics["participations"] == retry.metrics["participations"] == 1.0
+        assert got.metrics["clipped"] == want.metrics["clipped"] == 1.0  # the clip transform ran
+        assert sum(float(v.square().sum()) for v in got.params.values()) == pytest.approx(0.05 ** 2, rel=1e-4)
+        assert_close(got.params, want.params)
+        assert_equal(got.params, retry.params)
+    twice = {u.client_id for u in later} & {t.client_id for t in tasks}
+    assert all(u.metrics["participations"] == (2.0 if u.client_id in twice else 1.0) for u in later)
+    for c in {t.client_id for t in tasks}:
+        assert int(fleet.states.latest(c)["rounds"]) == (2 if c in twice else 1)
+
+
+def test_a_strategy_with_its_own_client_training_runs_sequentially_under_vectorized_with_one_log_line(caplog):
+    strategy = CONFORMANCE["own-training"]
+    with caplog.at_level(logging.INFO, logger="fedloop.sim"):
+        res = run(strategy, "vectorized")
+    lines = [r.message for r in caplog.records if "running these clients sequentially" in r.message]
+    assert len(lines) == 1 and "trains its clients with its own client_train" in lines[0]
+    assert_equal(res.state.params, run(strategy, "sequential").state.params)
 
 
 def test_vectorized_trains_the_group_as_one_batch_and_reports_train_accuracy():
     """The vectorized path must really batch (not fall back) and report the same metrics."""
     strategy = CONFORMANCE["fedavg"]
-    fleet = build_fleet(blobs(n_train=sum(SIZES)), manual_partition(SIZES), strategy, model_fn, F.cross_entropy,
-                        executor="vectorized")
-    state = strategy.init(initial_params(model_fn, 0), 0)
+    fleet = build_fleet(blobs(n_train=sum(SIZES)), manual_partition(SIZES), strategy, small_model,
+                        sim=SimOptions(executor="vectorized"))
+    state = strategy.init(initial_params(small_model, 0), 0)
     tasks = strategy.configure(state, fleet.clients())
-    replies = fleet.run(tasks)
+    replies = exchange(fleet, tasks)
     assert list(fleet.executor._reasons.values()) == [None]
-    seq = build_fleet(blobs(n_train=sum(SIZES)), manual_partition(SIZES), strategy, model_fn, F.cross_entropy)
-    for v, s in zip(replies, seq.run(tasks), strict=True):
+    seq = build_fleet(blobs(n_train=sum(SIZES)), manual_partition(SIZES), strategy, small_model)
+    for v, s in zip(replies, exchange(seq, tasks), strict=True):
         assert isinstance(v, Update) and v.client_id == s.client_id and v.num_examples == s.num_examples
         assert v.metrics.keys() == s.metrics.keys() == {"train_loss", "train_accuracy"}
         assert v.metrics["train_accuracy"] == pytest.approx(s.metrics["train_accuracy"])
         assert_close(v.params, s.params)
+
+
+def test_scaffold_trains_as_one_batch():
+    strategy = CONFORMANCE["scaffold"]
+    fleet = build_fleet(blobs(n_train=sum(SIZES)), manual_partition(SIZES), strategy, small_model,
+                        sim=SimOptions(executor="vectorized"))
+    state = strategy.init(initial_params(small_model, 0), 0)
+    exchange(fleet, strategy.configure(state, fleet.clients()))
+    assert list(fleet.executor._reasons.values()) == [None]
+
+
+def test_the_one_sgd_step_is_torch_optim_sgd():
+    """The functional SGD both paths use gives torch.optim.SGD's bits (momentum, weight decay)."""
+    data = blobs(n_train=30)
+    app = ClientApp(0, FedAvg(), small_model, F.cross_entropy, train=Examples.all(data.x_train, data.y_train))
+    params = initial_params(small_model, 3)
+    program = LocalSGD(epochs=2, batch_size=7, lr=0.1, momentum=0.9, weight_decay=0.01).program()
+    task = Task(0, 1, "fit", Broadcast(0, params), seed=11)
+    from fedloop.client import ClientContext
+
+    trained = train_program(program, task, ClientContext(small_model(), app.train, F.cross_entropy))
+    model = small_model()
+    model.load_state_dict(params)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    gen = torch.Generator().manual_seed(11)
+    for _ in range(2):
+        for xb, yb in app.train.batches(7, gen):
+            opt.zero_grad()
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+    assert trained.steps == 10
+    assert_equal(trained.update, {k: params[k] - v.detach() for k, v in model.state_dict().items()})
 
 
 class WithBatchNorm(nn.Module):
@@ -106,16 +232,16 @@ def class_weighted(out, y):  # a weighted mean is not the mean of per-example lo
 @pytest.mark.parametrize("model,loss,why", [
     (WithBatchNorm, F.cross_entropy, "buffers"),
     (lambda: nn.Sequential(nn.Linear(5, 8), nn.Dropout(0.2), nn.Linear(8, 3)), F.cross_entropy, "dropout"),
-    (model_fn, class_weighted, "not the mean of per-example losses"),
+    (small_model, class_weighted, "not the mean of per-example losses"),
 ])
 def test_unbatchable_models_and_losses_fall_back_to_sequential_with_one_log_line(caplog, model, loss, why):
-    strategy = FedAvg(clients_per_round=None, local=LocalSGD(epochs=1, batch_size=4))
+    strategy = FedAvg(sampler=Sampler(None), local=LocalSGD(epochs=1, batch_size=4))
     with caplog.at_level(logging.INFO, logger="fedloop.sim"):
         res = run(strategy, "vectorized", rounds=2, model=model, loss=loss)
     lines = [r.message for r in caplog.records if "running these clients sequentially" in r.message]
     assert len(lines) == 1 and why in lines[0]
     ref = run(strategy, "sequential", rounds=2, model=model, loss=loss)
-    assert all(torch.equal(res.state.params[k], ref.state.params[k]) for k in ref.state.params)
+    assert_equal(res.state.params, ref.state.params)
 
 
 def test_a_per_example_loss_other_than_cross_entropy_is_batched_exactly():
@@ -137,67 +263,86 @@ def test_a_client_whose_code_fails_is_a_failure_under_every_executor():
 
     data = blobs(n_train=sum(SIZES))
     data.x_train[48:50] = 99.0
-    strategy = FedAvg(clients_per_round=None, local=LocalSGD(epochs=1, batch_size=None))
+    strategy = FedAvg(sampler=Sampler(None), local=LocalSGD(epochs=1, batch_size="full"))
     for executor in ("sequential", *EXECUTORS):
         res = run(strategy, executor, rounds=2, model=Fragile, data=data)
         assert [(h["clients"], h["failures"]) for h in res.history] == [(5, 1), (5, 1)], executor
-
-
-def test_a_worker_process_that_dies_becomes_failures_and_the_next_round_runs():
-    class Killer(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.lin = nn.Linear(5, 3)
-
-        def forward(self, x):
-            if x.shape[0] == 2 and torch.get_num_threads() == 1 and os.getpid() != PARENT:
-                os._exit(3)  # the worker process dies mid-round (only in a worker, only for one client)
-            return self.lin(x)
-
-    strategy = FedAvg(clients_per_round=None, local=LocalSGD(epochs=1, batch_size=None))
-    res = run(strategy, "processes", rounds=2, model=Killer)
-    assert res.state.round == 2
-    for h in res.history:
-        assert h["failures"] >= 1 and h["clients"] + h["failures"] == len(SIZES)
+        assert "simulated client crash" in res.history[0]["failed_clients"][0]["reason"]
 
 
 PARENT = os.getpid()
 
 
-class CountingFedAvg(FedAvg):
-    """FedAvg whose clients count their own participations in their persistent state."""
+class Killer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(5, 3)
 
-    def local_update(self, task: Task, ctx: ClientContext) -> Update:
-        ctx.state["rounds"] = ctx.state.get("rounds", torch.zeros(())) + 1
-        return super().local_update(task, ctx)
+    def forward(self, x):
+        if x.shape[0] == 2 and torch.get_num_threads() == 1 and os.getpid() != PARENT:
+            os._exit(3)  # the worker process dies mid-round (only in a worker, only for one client)
+        return self.lin(x)
 
 
-@pytest.mark.parametrize("executor", ["sequential", "processes"])
+def test_a_worker_process_that_dies_becomes_failures_and_the_next_round_runs():
+    strategy = FedAvg(sampler=Sampler(None), local=LocalSGD(epochs=1, batch_size="full"))
+    res = run(strategy, "processes", rounds=2, model=Killer)
+    assert res.state.round == 2
+    for h in res.history:
+        assert h["failures"] >= 1 and h["clients"] + h["failures"] == len(SIZES)
+        assert all("worker process died" in f["reason"] for f in h["failed_clients"])
+
+
+class Sleepy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(5, 3)
+
+    def forward(self, x):
+        if x.shape[0] == 2 and os.getpid() != PARENT:
+            import time
+
+            time.sleep(30)  # one client's worker hangs
+        return self.lin(x)
+
+
+def test_a_share_that_misses_the_round_deadline_becomes_failures_and_its_worker_is_stopped():
+    from fedloop import RoundPolicy
+
+    strategy = FedAvg(sampler=Sampler(None), local=LocalSGD(epochs=1, batch_size="full"))
+    res = run(strategy, "processes", rounds=2, model=Sleepy, policy=RoundPolicy(round_deadline=3.0))
+    assert res.state.round == 2 and res.history[-1]["seconds"] < 20
+    for h in res.history:
+        assert h["failures"] >= 1 and h["clients"] + h["failures"] == len(SIZES)
+        assert all("deadline" in f["reason"] for f in h["failed_clients"])
+
+
+@pytest.mark.parametrize("executor", ["sequential", "processes", "vectorized"])
 def test_client_state_persists_on_disk_for_a_lazy_population(tmp_path, executor):
-    strategy = CountingFedAvg(clients_per_round=3, local=LocalSGD(epochs=1, batch_size=5))
+    strategy = CountingFedAvg(sampler=Sampler(3), local=LocalSGD(epochs=1, batch_size=5))
     teacher = GaussianTeacher(dim=5, num_classes=3, seed=1)
-    pop = gaussian_population(20, (4, 12), strategy, model_fn, F.cross_entropy, teacher=teacher, seed=2)
+    pop = gaussian_population(20, (4, 12), strategy, small_model, F.cross_entropy, teacher=teacher, seed=2)
     fleet = LocalFleet(pop, executor, DiskStates(tmp_path))
-    state = strategy.init(initial_params(model_fn, 0), 0)
-    run_loop(strategy, fleet, state, StopRule(4))
+    state = strategy.init(initial_params(small_model, 0), 0)
+    run_loop(strategy, fleet, state, [MaxRounds(4)], federated_eval=False)
     fleet.close()
-    chosen = [c.client_id for r in range(1, 5) for c in strategy.select(pop.clients(), round_rng(0, r))]
+    chosen = [c.client_id for r in range(1, 5) for c in strategy.sampler.select(pop.clients(), round_rng(0, r))]
     files = sorted(tmp_path.glob("client_*.safetensors"))
     assert len(files) == len(set(chosen))
-    store = DiskStates(tmp_path)
+    store = RoundStates(DiskStates(tmp_path))
     for cid in set(chosen):
-        assert int(store.get(cid)["rounds"]) == chosen.count(cid)
+        assert int(store.latest(cid)["rounds"]) == chosen.count(cid)
 
 
 def test_a_lazy_population_builds_only_the_sampled_clients_and_regenerates_the_same_data():
     teacher = GaussianTeacher(dim=5, num_classes=3, seed=1)
-    strategy = FedAvg(clients_per_round=10, local=LocalSGD(epochs=1, batch_size=10))
-    pop = gaussian_population(1_000_000, 50, strategy, model_fn, F.cross_entropy, teacher=teacher, seed=0)
+    strategy = FedAvg(sampler=Sampler(10), local=LocalSGD(epochs=1, batch_size=10))
+    pop = gaussian_population(1_000_000, 50, strategy, small_model, F.cross_entropy, teacher=teacher, seed=0)
     built = []
     counting = LazyPopulation(pop.sizes, lambda cid: built.append(cid) or pop.make_app(cid))
     fleet = LocalFleet(counting, "vectorized")
-    state = strategy.init(initial_params(model_fn, 0), 0)
-    result = run_loop(strategy, fleet, state, StopRule(2))
+    state = strategy.init(initial_params(small_model, 0), 0)
+    result = run_loop(strategy, fleet, state, [MaxRounds(2)], federated_eval=False)
     assert len(built) == 20 and result.state.round == 2
     a, b = pop.app(123_456).train, pop.app(123_456).train
     assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and len(a) == 50
@@ -209,25 +354,32 @@ def test_vectorized_handles_clients_holding_separate_arrays():
     strategy = CONFORMANCE["fedavg-momentum-wd"]
     data = blobs(n_train=sum(SIZES))
     part = manual_partition(SIZES)
-    apps = [ClientApp(c, strategy, model_fn, F.cross_entropy,
+    apps = [ClientApp(c, strategy, small_model, F.cross_entropy,
                       train=Examples.all(data.x_train[part.train[c]].clone(), data.y_train[part.train[c]].clone()))
             for c in range(len(SIZES))]
-    state = strategy.init(initial_params(model_fn, 0), 0)
+    state = strategy.init(initial_params(small_model, 0), 0)
     tasks = strategy.configure(state, [a.info() for a in apps])
-    fast = Vectorized().run([(apps[t.client_id], t) for t in tasks])
-    slow = build_fleet(data, part, strategy, model_fn, F.cross_entropy).run(tasks)
+    fast = Vectorized().run([Job(apps[t.client_id], t, {}) for t in tasks])
+    slow = [apps[t.client_id].fit(t, {}) for t in tasks]
     for f, s in zip(fast, slow, strict=True):
-        assert_close(f.params, s.params)
+        assert_close(f.update, s.update)
 
 
 def test_an_unknown_client_in_a_task_is_a_clear_error():
-    fleet = build_fleet(blobs(n_train=sum(SIZES)), manual_partition(SIZES), FedAvg(), model_fn, F.cross_entropy)
-    with pytest.raises(Exception, match="client 99, which is not in this fleet"):
-        fleet.run([Task(99, 1, "fit", initial_params(model_fn, 0), 0)])
+    fleet = build_fleet(blobs(n_train=sum(SIZES)), manual_partition(SIZES), FedAvg(), small_model)
+    with pytest.raises(ConfigError, match="client 99, which is not in this fleet"):
+        exchange(fleet, [Task(99, 1, "fit", Broadcast(0, initial_params(small_model, 0)), 0)])
 
 
 def test_a_fleet_refuses_two_apps_with_one_client_id():
     data = blobs(n_train=10)
-    apps = [ClientApp(3, FedAvg(), model_fn, F.cross_entropy, train=Examples.all(data.x_train, data.y_train))] * 2
+    apps = [ClientApp(3, FedAvg(), small_model, F.cross_entropy,
+                      train=Examples.all(data.x_train, data.y_train))] * 2
     with pytest.raises(ConfigError, match="client ids in a fleet must be unique"):
         LocalFleet(apps)
+
+
+def test_run_options_and_adam_run_end_to_end_with_the_api():
+    res = run_sizes(FedAdam(sampler=Sampler(3), server_opt=Adam(lr=0.05)), SIZES, rounds=4)
+    assert res.state.round == 4 and res.history[-1]["accuracy"] > 0
+    assert {k.split("/")[0] for k in res.state.opt_state} == {"m", "v"}

@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from fedloop import CheckpointError, load_model
-from fedloop.store import RunDir, atomic_write_text, load_checkpoint, save_checkpoint, save_model
-from fedloop.types import RoundRecord, ServerState
+from fedloop.store import RunDir, atomic_write_text, load_checkpoint, read_metrics, save_checkpoint, save_model
+from fedloop.types import Failure, RoundRecord, ServerState
 
 
 def test_checkpoint_round_trip_is_exact_and_keeps_order(tmp_path):
     params = {"z.weight": torch.randn(3, 2), "a.bias": torch.randn(3).double(), "m": torch.randn(1)}
     state = ServerState(round=7, params=params, opt_state={"momentum/z.weight": torch.randn(3, 2)},
-                        extras={"c": torch.arange(4.0)}, seed=42)
+                        extras={"c": torch.arange(4.0)}, seed=42, agg_state={"center/m": torch.ones(1)},
+                        transform_state={"0/clip": torch.tensor(2.0), "1/count": torch.tensor(3)})
     save_checkpoint(tmp_path / "ck.safetensors", state, {"model": "mlp"})
     back, meta = load_checkpoint(tmp_path / "ck.safetensors")
     assert back.round == 7 and back.seed == 42 and meta == {"model": "mlp"}
@@ -22,6 +23,9 @@ def test_checkpoint_round_trip_is_exact_and_keeps_order(tmp_path):
         assert torch.equal(back.params[k], params[k]) and back.params[k].dtype == params[k].dtype
     assert torch.equal(back.opt_state["momentum/z.weight"], state.opt_state["momentum/z.weight"])
     assert torch.equal(back.extras["c"], state.extras["c"])
+    for part in ("agg_state", "transform_state"):
+        assert list(getattr(back, part)) == list(getattr(state, part))
+        assert all(torch.equal(getattr(back, part)[k], v) for k, v in getattr(state, part).items())
 
 
 def test_unreadable_checkpoint_is_a_clear_error(tmp_path):
@@ -46,13 +50,36 @@ def test_a_failed_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]  # no temp file left behind
 
 
-def test_metrics_jsonl_holds_one_object_per_round(tmp_path):
+def record(r: int) -> RoundRecord:
+    return RoundRecord(r, (0, 1, 2, 3), 3, (Failure(2, r, "no reply"),), 0.5, 10, 20, 0.1, {"accuracy": 0.9},
+                       {"exchange": 0.08})
+
+
+def test_metrics_jsonl_holds_one_object_per_round_appended(tmp_path, monkeypatch):
     run = RunDir(tmp_path)
+    run.start_records()
+    writes = []
+    monkeypatch.setattr("fedloop.store.atomic_write_text", lambda *a: writes.append(a))
     for r in (1, 2):
-        run.append_record(RoundRecord(r, 3, 0, 0.5, 10, 20, 0.1, {"accuracy": 0.9}))
+        run.append_record(record(r))
+    assert writes == []  # appended, not rewritten
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2]
-    assert set(rows[0]) >= {"round", "clients", "train_loss", "accuracy", "bytes_up", "bytes_down", "seconds"}
+    assert set(rows[0]) >= {"round", "clients", "train_loss", "accuracy", "bytes_up", "bytes_down", "seconds",
+                            "selected", "failed_clients", "timings"}
+    assert rows[0]["selected"] == [0, 1, 2, 3] and rows[0]["failed_clients"] == [{"client": 2, "reason": "no reply"}]
+
+
+def test_a_line_torn_by_a_crash_is_dropped_and_resuming_keeps_the_rounds_up_to_the_checkpoint(tmp_path):
+    run = RunDir(tmp_path)
+    run.start_records()
+    for r in (1, 2, 3):
+        run.append_record(record(r))
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"round": 4, "clien')
+    assert [r["round"] for r in read_metrics(tmp_path)] == [1, 2, 3]
+    RunDir(tmp_path).start_records(after_round=2)
+    assert [r["round"] for r in read_metrics(tmp_path)] == [1, 2]
 
 
 def test_load_model_needs_model_fn_for_custom_models(tmp_path):

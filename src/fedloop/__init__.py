@@ -5,32 +5,47 @@ The Python API in a few names:
     import fedloop
     data = fedloop.load_dataset("digits")
     part = fedloop.make_partition(data, "dirichlet", num_clients=20, seed=0, alpha=0.5)
-    result = fedloop.simulate(lambda: MyNet(), data, part, fedloop.FedAvg(clients_per_round=10), rounds=20)
+    strategy = fedloop.FedAvg(sampler=fedloop.Sampler(clients_per_round=10))
+    result = fedloop.simulate(lambda: MyNet(), data, part, strategy, fedloop.RunOptions(rounds=20))
     result.history, result.model
 """
 
+from .aggregators import WeightedMean
+from .client import ClientApp, FullGradient, LocalSGD, SGDProgram, Trained
 from .config import Config, load_config
 from .data import Dataset, Examples, Partition, load_dataset, make_partition
-from .errors import (
-    AggregationError,
-    CheckpointError,
-    ConfigError,
-    DataError,
-    FedloopError,
-    PrivacyBudgetExhausted,
-    TransportError,
-)
-from .experiment import RunResult, load_model, run_config, simulate
+from .errors import AggregationError, CheckpointError, ConfigError, DataError, FedloopError, TransportError
+from .experiment import load_model, run_config, simulate
+from .loop import RoundPolicy
 from .models import build_model
-from .sim import LocalFleet, gaussian_population, make_fleet
-from .strategies import FedAvg, FedProx, FedSGD, LocalSGD, Scaffold, SGDProgram, Strategy, make_strategy
+from .observers import Observer
+from .run import CheckpointOptions, EvalOptions, RunOptions, RunResult, StopOptions
+from .sampling import Sampler
+from .server_opt import SGD, Adagrad, Adam, Yogi
+from .sim import ChaosFleet, LocalFleet, MockFleet, SimOptions, gaussian_population, make_fleet
+from .strategies import (
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedAvgM,
+    FedProx,
+    FedSGD,
+    FedYogi,
+    PowerOfChoice,
+    Scaffold,
+    Strategy,
+    make_strategy,
+)
+from .transforms import Clip, Transform
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AggregationError", "CheckpointError", "Config", "ConfigError", "DataError", "Dataset", "Examples",
-    "FedAvg", "FedProx", "FedSGD", "FedloopError", "LocalFleet", "LocalSGD", "Partition", "Scaffold",
-    "PrivacyBudgetExhausted", "RunResult", "SGDProgram", "Strategy", "TransportError", "build_model",
-    "gaussian_population", "load_config", "load_dataset", "load_model", "make_fleet", "make_partition",
-    "make_strategy", "run_config", "simulate",
+    "SGD", "Adagrad", "Adam", "AggregationError", "ChaosFleet", "CheckpointError", "CheckpointOptions", "ClientApp",
+    "Clip", "Config", "ConfigError", "DataError", "Dataset", "EvalOptions", "Examples", "FedAdagrad", "FedAdam",
+    "FedAvg", "FedAvgM", "FedProx", "FedSGD", "FedYogi", "FedloopError", "FullGradient", "LocalFleet", "LocalSGD",
+    "MockFleet", "Observer", "Partition", "PowerOfChoice", "RoundPolicy", "RunOptions", "RunResult", "SGDProgram",
+    "Sampler", "Scaffold", "SimOptions", "StopOptions", "Strategy", "Trained", "Transform", "TransportError",
+    "WeightedMean", "Yogi", "build_model", "gaussian_population", "load_config", "load_dataset", "load_model",
+    "make_fleet", "make_partition", "make_strategy", "run_config", "simulate",
 ]

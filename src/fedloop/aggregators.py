@@ -1,34 +1,76 @@
-"""Aggregators: pure, deterministic reductions of a round's updates into one Aggregate.
-
-An aggregator receives the updates already sorted by client id (see loop.reduce), so its floating-point
-summation order, and therefore its result, does not depend on the order in which replies arrived.
+"""Aggregators (a strategy part): stateful (init, apply) pairs from a round's updates, sorted by client id, to the
+reduced update's tensors. They receive the updates in client-id order (loop.reduce), so the floating-point
+summation order, and therefore the result, does not depend on the order in which replies arrived; counts and
+metrics are built once by loop.reduce, not by each aggregator.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Literal, Protocol
 
 import torch
 
+from . import checks
 from .errors import AggregationError
 from .params import check_compatible
-from .types import Aggregate, Update
+from .types import Params, Update
 
 Weighting = Literal["samples", "uniform"]
-Aggregator = Callable[[Sequence[Update]], Aggregate]
+AggState = Mapping[str, torch.Tensor]
 
 
-def weights(updates: Sequence[Update], weighting: Weighting) -> list[float]:
-    """w_t = n_t / sum(n) for "samples", 1 / C for "uniform"."""
-    if weighting == "uniform":
-        return [1.0 / len(updates)] * len(updates)
-    if weighting == "samples":
-        total = sum(u.num_examples for u in updates)
+class Aggregator(Protocol):
+    name: ClassVar[str]
+
+    def init(self, params: Params) -> dict[str, torch.Tensor]: ...
+
+    def apply(self, updates: Sequence[Update], state: AggState
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]: ...
+
+
+@dataclass(frozen=True)
+class WeightedMean:
+    """sum_t w_t u_t / D, streamed one update at a time (one running sum per tensor, so an update read from disk
+    is read once and never held whole).
+
+    w_t = n_t (weighting "samples") or 1 ("uniform"). D is the sum of the round's weights, or `fixed_denominator`
+    when set: a denominator that does not depend on who replied, as DP-FedAvg needs (there, the expected total
+    weight q W of a round under Poisson sampling, which makes the estimate unbiased).
+    """
+
+    name: ClassVar[str] = "mean"
+    weighting: Weighting = "samples"
+    fixed_denominator: float | None = None
+
+    def __post_init__(self) -> None:
+        checks.one_of(self, "weighting", Weighting)
+        if self.fixed_denominator is not None:
+            checks.positive(self, "fixed_denominator")
+
+    def init(self, params: Params) -> dict[str, torch.Tensor]:
+        return {}
+
+    def weights(self, updates: Sequence[Update]) -> list[float]:
+        """w_t / D for each update."""
+        raw = [1.0] * len(updates) if self.weighting == "uniform" else [float(u.num_examples) for u in updates]
+        total = self.fixed_denominator if self.fixed_denominator is not None else sum(raw)
         if total <= 0:
             raise AggregationError("weighting 'samples' needs updates with num_examples > 0")
-        return [u.num_examples / total for u in updates]
-    raise AggregationError(f"unknown weighting {weighting!r}; allowed: 'samples', 'uniform'")
+        return [w / total for w in raw]
+
+    def apply(self, updates: Sequence[Update], state: AggState
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        if not updates:
+            raise AggregationError("cannot aggregate zero updates")
+        first = updates[0].params
+        acc = {k: torch.zeros_like(v) for k, v in first.items()}
+        for u, w in zip(updates, self.weights(updates), strict=True):
+            check_compatible(first, u.params, what=f"update of client {u.client_id}")
+            for k, v in u.params.items():
+                acc[k].add_(v, alpha=w)
+        return acc, {}
 
 
 def mean_metrics(updates: Sequence[Update]) -> dict[str, float]:
@@ -42,19 +84,4 @@ def mean_metrics(updates: Sequence[Update]) -> dict[str, float]:
     return {k: sums[k] / counts[k] for k in sums if counts[k] > 0}
 
 
-def weighted_mean(updates: Sequence[Update], weighting: Weighting = "samples") -> Aggregate:
-    """sum_t w_t * update_t, accumulated one update at a time (one running sum per tensor)."""
-    if not updates:
-        raise AggregationError("cannot aggregate zero updates")
-    first = updates[0].params
-    acc = {k: torch.zeros_like(v) for k, v in first.items()}
-    for u, w in zip(updates, weights(updates, weighting), strict=True):
-        check_compatible(first, u.params, what=f"update of client {u.client_id}")
-        for k, v in u.params.items():
-            acc[k].add_(v, alpha=w)
-    return Aggregate(
-        params=acc,
-        num_clients=len(updates),
-        num_examples=sum(u.num_examples for u in updates),
-        metrics=mean_metrics(updates),
-    )
+AGGREGATORS: dict[str, type] = {WeightedMean.name: WeightedMean}

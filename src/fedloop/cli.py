@@ -20,6 +20,7 @@ from rich.progress import (
 
 from .config import Config, load_config
 from .errors import FedloopError
+from .observers import Observer
 from .types import RoundRecord, ServerState
 
 console = Console(stderr=True)
@@ -36,6 +37,30 @@ def _default_out(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.data.name}-{cfg.strategy.name}-{stamp}"
 
 
+class ProgressBar(Observer):
+    """The live progress line of `fedloop run`: round, train loss, the latest test loss and accuracy, ETA."""
+
+    def __init__(self, progress: Progress, total: int):
+        self.progress = progress
+        self.bar = progress.add_task("rounds", total=total, status="")
+        self.latest: dict[str, float] = {}
+
+    def round(self, record: RoundRecord, state: ServerState) -> None:
+        self.latest.update({k: v for k, v in record.metrics.items() if k in ("accuracy", "loss")})
+        parts = [f"train_loss {record.train_loss:.4f}" if record.train_loss is not None else "no updates"]
+        parts += [f"{k} {v:.4f}" for k, v in self.latest.items()]
+        self.progress.update(self.bar, completed=state.round, status="  ".join(parts))
+
+
+class RoundLines(Observer):
+    """One printed line per round (the server's log)."""
+
+    def round(self, record: RoundRecord, state: ServerState) -> None:
+        status = " (failed; retried)" if record.failed else ""
+        print(f"round {record.round}: {record.updates} updates, {len(record.failures)} failures, "
+              f"{record.seconds:.2f} s{status}", flush=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .experiment import run_config
     from .report import round_table
@@ -47,16 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     columns = [TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, disable=args.quiet) as progress:
-        bar = progress.add_task("rounds", total=cfg.rounds, status="")
-        latest: dict[str, float] = {}
-
-        def on_round(rec: RoundRecord, state: ServerState) -> None:
-            latest.update({k: v for k, v in rec.metrics.items() if k in ("accuracy", "loss")})
-            parts = [f"train_loss {rec.train_loss:.4f}" if rec.train_loss is not None else "no updates"]
-            parts += [f"{k} {v:.4f}" for k, v in latest.items()]
-            progress.update(bar, completed=state.round, status="  ".join(parts))
-
-        result = run_config(cfg, out, on_round)
+        result = run_config(cfg, out, (ProgressBar(progress, cfg.rounds),))
     if args.table:
         _stdout().print(round_table(result.history))
     s = result.summary
@@ -72,8 +88,8 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
     import numpy as np
 
+    from .build import load_data, partition_from_config
     from .data.partition import label_counts
-    from .experiment import load_data, partition_from_config
     from .report import partition_table, plot_partition
 
     cfg = load_config(args.config, args.set)
@@ -113,8 +129,7 @@ def cmd_server(args: argparse.Namespace) -> int:
                    mutual_tls=args.mtls, address=args.address, resume=args.resume is not None,
                    on_listen=lambda port: print(f"listening on port {port}; waiting for "
                                                 f"{cfg.server.min_clients} clients", flush=True),
-                   on_round=lambda rec, st: print(f"round {rec.round}: {rec.clients} updates, {rec.failures} "
-                                                  f"failures, {rec.seconds:.2f} s", flush=True))
+                   observers=(RoundLines(),))
     s = result.summary
     acc = f"{s['accuracy']:.4f}" if s.get("accuracy") is not None else "n/a"
     print(f"rounds {s['rounds']}  stop {s['stop_reason']}  accuracy {acc}  -> {out}", flush=True)

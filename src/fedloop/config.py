@@ -1,20 +1,35 @@
 """Validated run configuration: TOML files and `--set section.key=value` overrides.
 
-Every problem becomes a ConfigError naming the key, the value and what is allowed.
+The sections that configure fedloop's parts are derived from the dataclasses that are those parts, so their
+defaults are the only defaults: [strategy] from the Sampler and the strategies' own fields, [client] from
+LocalSGD, [aggregator], [server_opt] and [[transforms]] from the aggregators, server optimizers and transforms,
+[eval], [stop] and [checkpoint] from the run options, [sim] from SimOptions and [server] from ServerOptions. This
+module checks types; the dataclasses check values (in __post_init__) when `validate` builds them. Every problem
+becomes one ConfigError naming the file, the key, the value and what is allowed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
+from .aggregators import AGGREGATORS
+from .client import LocalSGD
 from .data.partition import SCHEMES
 from .data.registry import DATASETS
 from .errors import ConfigError
 from .models import MODELS
+from .net.options import ServerOptions
+from .run import CheckpointOptions, EvalOptions, RunOptions, StopOptions
+from .sampling import Sampler
+from .server_opt import SERVER_OPTIMIZERS
+from .sim.engines import SimOptions
+from .strategies import STRATEGIES, Strategy
+from .transforms import TRANSFORMS
 
 DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
 SchemeName = Literal[SCHEMES]  # type: ignore[valid-type]
@@ -23,6 +38,62 @@ ModelName = Literal[MODELS]  # type: ignore[valid-type]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _fields(cls: type, optional: bool = False, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """A dataclass's fields as pydantic field definitions: its types and defaults (or None: unset)."""
+    hints = get_type_hints(cls)
+    out: dict[str, Any] = {}
+    own = list(cls.__dict__.get("__annotations__", {}))
+    for f in sorted(dataclasses.fields(cls), key=lambda f: own.index(f.name) if f.name in own else len(own)):
+        if f.name in skip or not f.init:
+            continue
+        if optional:
+            out[f.name] = (hints[f.name] | None, None)
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            out[f.name] = (hints[f.name], default)
+    return out
+
+
+def section(name: str, *classes: type, optional: bool = False, extra: dict[str, Any] | None = None) -> type:
+    """A config section with the fields of `classes` (the first to define a field wins)."""
+    fields: dict[str, Any] = dict(extra or {})
+    for cls in classes:
+        fields.update({k: v for k, v in _fields(cls, optional).items() if k not in fields})
+    return create_model(name, __base__=_Section, **fields)
+
+
+def choice_section(name: str, registry: dict[str, type], required: bool = False) -> type:
+    """A section for one of several classes: `name` picks the class (unset: the strategy's own), and the union of
+    their fields may be set (each checked against the chosen class when it is built)."""
+    names = Literal[tuple(registry)]  # type: ignore[valid-type]
+    return section(name, *registry.values(), optional=True,
+                   extra={"name": (names, ...) if required else (names | None, None)})
+
+
+_BASE_FIELDS = {f.name for f in dataclasses.fields(Strategy)}
+OWN_FIELDS: dict[str, set[str]] = {
+    name: {f.name for f in dataclasses.fields(cls)} - _BASE_FIELDS for name, cls in STRATEGIES.items()}
+"""Each strategy's own hyperparameters (e.g. FedProx's mu), which [strategy] holds next to the sampler's."""
+
+StrategySection = create_model(
+    "StrategySection", __base__=_Section, name=(Literal[tuple(STRATEGIES)], "fedavg"),  # type: ignore[valid-type]
+    **_fields(Sampler),
+    **{k: v for cls in STRATEGIES.values() for k, v in _fields(cls, optional=True, skip=_BASE_FIELDS).items()})
+ClientSection = section("ClientSection", LocalSGD)
+AggregatorSection = choice_section("AggregatorSection", AGGREGATORS)
+ServerOptSection = choice_section("ServerOptSection", SERVER_OPTIMIZERS)
+TransformSection = choice_section("TransformSection", TRANSFORMS, required=True)
+EvalSection = section("EvalSection", EvalOptions)
+StopSection = section("StopSection", StopOptions)
+CheckpointSection = section("CheckpointSection", CheckpointOptions)
+SimSection = section("SimSection", SimOptions)
+ServerSection = section("ServerSection", ServerOptions)
+
+MOVED = {"server_lr": ("server_opt", "lr"), "server_momentum": ("server_opt", "momentum"),
+         "weighting": ("aggregator", "weighting")}
+"""[strategy] keys of earlier versions and where they live now; configs that use them keep working."""
 
 
 class DataConfig(_Section):
@@ -49,93 +120,64 @@ class ModelConfig(_Section):
     name: ModelName = "mlp"
 
 
-class StrategyConfig(_Section):
-    name: Literal["fedavg", "fedsgd", "fedprox", "scaffold"] = "fedavg"
-    clients_per_round: int | None = Field(10, ge=1)
-    fraction: float | None = Field(None, gt=0, le=1)
-    sampling: Literal["uniform", "samples"] = "uniform"
-    server_lr: float = Field(1.0, gt=0)
-    server_momentum: float = Field(0.0, ge=0, lt=1)
-    weighting: Literal["samples", "uniform"] = "samples"
-    mu: float = Field(0.01, ge=0, description="FedProx's proximal weight (fedprox only)")
-
-
-class ClientConfig(_Section):
-    epochs: int = Field(5, ge=1)
-    batch_size: int | Literal["full"] = 10
-    lr: float = Field(0.05, gt=0)
-    momentum: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-
-    @field_validator("batch_size")
-    @classmethod
-    def _positive_batch(cls, v: int | str) -> int | str:
-        if isinstance(v, int) and v < 1:
-            raise ValueError('must be a positive integer or "full"')
-        return v
-
-
-class EvalConfig(_Section):
-    every: int = Field(1, ge=1)
-    federated: bool = True
-
-
-class StopConfig(_Section):
-    target_accuracy: float | None = Field(None, gt=0, le=1)
-    patience: int | None = Field(None, ge=1)
-
-
-class SimConfig(_Section):
-    executor: Literal["auto", "sequential", "vectorized", "processes", "processes-vectorized"] = "auto"
-    engine: Literal["local", "ray"] = "local"
-    ray_address: str | None = None
-    workers: int | None = Field(None, ge=1)
-    state_dir: str | None = None
-
-
-class ServerConfig(_Section):
-    address: str = "127.0.0.1:50051"
-    min_clients: int = Field(2, ge=1)
-    join_timeout: float = Field(600.0, gt=0)
-    round_deadline: float = Field(120.0, gt=0)
-    min_updates: int = Field(1, ge=1)
-    retries: int = Field(3, ge=0)
-
-
-class CheckpointConfig(_Section):
-    every: int = Field(10, ge=1)
+def _default(cls: type, name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
 
 
 class Config(_Section):
-    seed: int = 0
-    rounds: int = Field(40, ge=1)
+    seed: int = _default(RunOptions, "seed")
+    rounds: int = _default(RunOptions, "rounds")
     data: DataConfig = Field(default_factory=DataConfig)
     partition: PartitionConfig = Field(default_factory=PartitionConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
-    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
-    client: ClientConfig = Field(default_factory=ClientConfig)
-    eval: EvalConfig = Field(default_factory=EvalConfig)
-    stop: StopConfig = Field(default_factory=StopConfig)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
-    sim: SimConfig = Field(default_factory=SimConfig)
-    server: ServerConfig = Field(default_factory=ServerConfig)
+    strategy: StrategySection = Field(default_factory=StrategySection)  # type: ignore[valid-type]
+    client: ClientSection = Field(default_factory=ClientSection)  # type: ignore[valid-type]
+    aggregator: AggregatorSection = Field(default_factory=AggregatorSection)  # type: ignore[valid-type]
+    server_opt: ServerOptSection = Field(default_factory=ServerOptSection)  # type: ignore[valid-type]
+    transforms: list[TransformSection] = Field(default_factory=list)  # type: ignore[valid-type]
+    eval: EvalSection = Field(default_factory=EvalSection)  # type: ignore[valid-type]
+    stop: StopSection = Field(default_factory=StopSection)  # type: ignore[valid-type]
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)  # type: ignore[valid-type]
+    sim: SimSection = Field(default_factory=SimSection)  # type: ignore[valid-type]
+    server: ServerSection = Field(default_factory=ServerSection)  # type: ignore[valid-type]
 
 
 def _describe(err: dict, source: str) -> str:
-    key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("literal[", "int", "float")))
+    key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("literal[", "int", "float", "function-")))
     value = err.get("input")
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         return f"{source}: unknown key {key!r}"
     if err["type"] == "literal_error":
         return f"{source}: {key} = {value!r} is not allowed; {msg[0].lower() + msg[1:]}"
+    if err["type"] == "missing":
+        return f"{source}: {key} is required"
     return f"{source}: {key} = {value!r}: {msg}"
 
 
+def _move_keys(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """Move [strategy] keys of earlier versions (server_lr, server_momentum, weighting) to their sections."""
+    strategy = raw.get("strategy")
+    if not isinstance(strategy, dict) or not set(MOVED) & set(strategy):
+        return raw
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for old, (where, key) in MOVED.items():
+        if old in out["strategy"]:
+            target = out.setdefault(where, {})
+            if not isinstance(target, dict):
+                continue  # pydantic reports the section's type
+            if key in target:
+                raise ConfigError(f"{source}: strategy.{old} and {where}.{key} are one setting; keep {where}.{key}")
+            target[key] = out["strategy"].pop(old)
+    return out
+
+
 def validate(raw: dict[str, Any], source: str = "config") -> Config:
-    """Build a Config from plain data, turning every validation problem into one ConfigError."""
+    """Build a Config from plain data, turning every problem into one ConfigError; the result is resolved (the
+    chosen parts' values filled in, as the resolved config.toml of a run shows them)."""
+    raw = _move_keys(raw, source)
     try:
-        return Config.model_validate(raw)
+        cfg = Config.model_validate(raw)
     except ValidationError as exc:
         seen, lines = set(), []
         for err in exc.errors():
@@ -144,10 +186,13 @@ def validate(raw: dict[str, Any], source: str = "config") -> Config:
                 seen.add(line)
                 lines.append(line)
         raise ConfigError("\n".join(lines)) from None
+    from .build import resolve
+
+    return resolve(cfg, source)
 
 
 def parse_value(text: str) -> Any:
-    """A --set value as TOML (numbers, booleans, strings, arrays); bare words are strings."""
+    """A --set value as TOML (numbers, booleans, strings, arrays, inline tables); bare words are strings."""
     try:
         return tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -195,11 +240,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def to_toml(cfg: Config) -> str:
     """The resolved config as TOML (None values are left out: they mean "not set")."""
     data = cfg.model_dump(exclude_none=True)
-    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
-    for section, values in data.items():
+    lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict | list)]
+    for name, values in data.items():
         if isinstance(values, dict):
-            lines.append(f"\n[{section}]")
+            lines.append(f"\n[{name}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in values.items()]
+    for name, items in data.items():
+        if isinstance(items, list):
+            for item in items:
+                lines.append(f"\n[[{name}]]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in item.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -8,7 +8,15 @@ class FedloopError(Exception):
 
 
 class ConfigError(FedloopError):
-    """A configuration key or value is wrong; the message names the key, the value and what is allowed."""
+    """A configuration key or value is wrong; the message names the key, the value and what is allowed.
+
+    When it concerns one field of a dataclass, `key`, `value` and `rule` say which, so that the config layer can
+    name the field by its config section instead of its class.
+    """
+
+    def __init__(self, message: str, key: str | None = None, value: object = None, rule: str | None = None):
+        super().__init__(message)
+        self.key, self.value, self.rule = key, value, rule
 
 
 class DataError(FedloopError):
@@ -16,15 +24,11 @@ class DataError(FedloopError):
 
 
 class AggregationError(FedloopError):
-    """Updates cannot be reduced (no updates, mismatched names or shapes)."""
+    """Updates cannot be reduced (no updates, mismatched names or shapes), or rounds keep failing."""
 
 
 class TransportError(FedloopError):
     """A message between server and client could not be delivered or decoded."""
-
-
-class PrivacyBudgetExhausted(FedloopError):
-    """The privacy accountant reached the configured ε budget."""
 
 
 class CheckpointError(FedloopError):

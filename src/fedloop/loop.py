@@ -1,54 +1,54 @@
-"""The one round loop that serves every execution mode, and the reduction of a round's replies."""
+"""The one round loop that serves every execution mode (DESIGN.md, "One round")."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
 import numpy as np
+import torch
 
-from .errors import AggregationError, TransportError
-from .params import num_bytes
-from .strategies.base import Strategy, task_seeds
-from .types import (
-    Aggregate,
-    ClientInfo,
-    Evaluation,
-    Failure,
-    Params,
-    Reply,
-    RoundRecord,
-    ServerState,
-    Task,
-    Update,
-)
+from . import checks
+from .errors import AggregationError
+from .fleet import Fleet, check_capabilities, run
+from .observers import Observer
+from .reduction import reduce
+from .sampling import task_seeds
+from .stops import StopCondition
+from .strategies.base import Strategy
+from .types import Broadcast, Evaluation, Failure, Params, Reply, RoundRecord, ServerState, Task, Update
 
 log = logging.getLogger(__name__)
 
-
-class Fleet(Protocol):
-    def clients(self) -> list[ClientInfo]: ...
-
-    def run(self, tasks: Sequence[Task], deadline: float | None = None) -> list[Reply]: ...
+Evaluator = Callable[[Params], dict[str, float]]
 
 
-def split(replies: Sequence[Reply]) -> tuple[list[Update], list[Evaluation], list[Failure]]:
-    updates = [r for r in replies if isinstance(r, Update)]
-    evals = [r for r in replies if isinstance(r, Evaluation)]
-    failures = [r for r in replies if isinstance(r, Failure)]
-    return updates, evals, failures
+@dataclass(frozen=True)
+class RoundPolicy:
+    """How the loop treats a round that goes badly, with any fleet: replies are awaited for at most
+    `round_deadline` seconds (None: until every client answers); a round with fewer than `min_updates` updates, or
+    whose new params are not finite, is recorded as failed (the model does not move) and run again, up to
+    `retries` times, after which the run stops with an AggregationError (its last good state is saved)."""
+
+    round_deadline: float | None = None
+    min_updates: int = 1
+    retries: int = 3
+
+    def __post_init__(self) -> None:
+        if self.round_deadline is not None:
+            checks.positive(self, "round_deadline")
+        checks.at_least(self, "min_updates", 0)
+        checks.at_least(self, "retries", 0)
 
 
-def reduce(updates: Sequence[Update], strategy: Strategy, population: int = 0) -> Aggregate:
-    """Aggregate updates in client-id order, so the result does not depend on arrival order; `population` is
-    the number of clients the round was configured from."""
-    ids = [u.client_id for u in updates]
-    if len(set(ids)) != len(ids):
-        raise AggregationError(f"more than one update from a client in one round: {sorted(ids)}")
-    return replace(strategy.aggregate(sorted(updates, key=lambda u: u.client_id)), population=population)
+@dataclass
+class LoopResult:
+    state: ServerState
+    records: list[RoundRecord] = field(default_factory=list)
+    stop_reason: str = "rounds"
+    final_metrics: dict[str, float] = field(default_factory=dict)
 
 
 def federated_metrics(evals: Sequence[Evaluation]) -> dict[str, float]:
@@ -68,121 +68,115 @@ def federated_metrics(evals: Sequence[Evaluation]) -> dict[str, float]:
     return out
 
 
-@dataclass(frozen=True)
-class StopRule:
-    """Stop after `rounds`, or when an evaluation reaches `target_accuracy`, or when the evaluation loss
-    has not improved for `patience` evaluations, whichever comes first."""
-
-    rounds: int
-    target_accuracy: float | None = None
-    patience: int | None = None
-
-
-@dataclass
-class LoopResult:
-    state: ServerState
-    records: list[RoundRecord] = field(default_factory=list)
-    stop_reason: str = "rounds"
-    final_metrics: dict[str, float] = field(default_factory=dict)
-
-
-Evaluator = Callable[[Params], dict[str, float]]
-
-
-@dataclass
-class _Patience:
-    limit: int | None
-    best: float = float("inf")
-    stale: int = 0
-
-    def exhausted(self, loss: float) -> bool:
-        if loss < self.best:
-            self.best, self.stale = loss, 0
-        else:
-            self.stale += 1
-        return self.limit is not None and self.stale >= self.limit
-
-
-def evaluate_round(state: ServerState, fleet: Fleet, evaluate: Evaluator | None,
-                   federated: bool) -> dict[str, float]:
+def evaluate_round(state: ServerState, fleet: Fleet, evaluator: Evaluator | None, federated: bool,
+                   deadline: float | None = None) -> dict[str, float]:
     """Centralized metrics on the held-out test set and federated metrics on every client's local split."""
-    metrics = dict(evaluate(state.params)) if evaluate is not None else {}
+    metrics = dict(evaluator(state.params)) if evaluator is not None else {}
     if federated:
-        ids = sorted(c.client_id for c in fleet.clients())
+        ids = [c.client_id for c in fleet.clients()]
         seeds = task_seeds(state.seed, state.round, ids).tolist()
-        tasks = [Task(c, state.round, "evaluate", state.params, s) for c, s in zip(ids, seeds, strict=True)]
-        _, evals, _ = split(fleet.run(tasks))
-        metrics.update(federated_metrics(evals))
+        shared = Broadcast(state.round, state.params, {}, "evaluate")
+        tasks = [Task(c, state.round, "evaluate", shared, s) for c, s in zip(ids, seeds, strict=True)]
+        metrics.update(federated_metrics([r for r in run(fleet, tasks, deadline) if isinstance(r, Evaluation)]))
     return metrics
 
 
-def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stop: StopRule, *,
-             evaluate: Evaluator | None = None, eval_every: int = 1, federated_eval: bool = False,
-             on_round: Callable[[RoundRecord, ServerState], None] | None = None,
-             deadline: float | None = None, min_updates: int = 0, retries: int = 0) -> LoopResult:
+@dataclass
+class _Exchanges:
+    """What a round's exchanges produced."""
+
+    selected: tuple[int, ...]
+    updates: list[Update]
+    failures: list[Failure]
+    population: int
+
+
+def exchange(strategy: Strategy, fleet: Fleet, state: ServerState, deadline: float | None) -> _Exchanges:
+    """The round's exchanges: configure, then follow-ups until the strategy has its updates."""
+    available = fleet.clients()
+    tasks = strategy.configure(state, available)
+    failures: list[Failure] = []
+    while True:
+        replies: list[Reply] = run(fleet, tasks, deadline)
+        failures += [r for r in replies if isinstance(r, Failure)]
+        more = strategy.follow_up(state, available, tasks, replies)
+        if not more:
+            break
+        tasks = more
+    for f in failures:
+        log.warning("round %d: client %d failed: %s", f.round, f.client_id, f.reason)
+    updates = [r for r in replies if isinstance(r, Update)]
+    return _Exchanges(tuple(t.client_id for t in tasks), updates, failures, len(available))
+
+
+def _finite(params: Params) -> bool:
+    return all(bool(torch.isfinite(v).all()) for v in params.values() if v.is_floating_point())
+
+
+def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequence[StopCondition], *,
+             evaluator: Evaluator | None = None, eval_every: int = 1, federated_eval: bool = True,
+             policy: RoundPolicy = RoundPolicy(), observers: Sequence[Observer] = ()) -> LoopResult:
     """Run rounds from `state` until a stop condition holds (see DESIGN.md, "One round").
 
-    A round with fewer than `min_updates` updates is recorded as failed (the model does not move) and run
-    again, up to `retries` times; then the run stops with a TransportError (its last good state is saved).
+    Observers get every round record (failed attempts included) with the state after it.
     """
+    check_capabilities(strategy.requires, fleet, f"strategy {strategy.name!r}")
     result = LoopResult(state)
-    patience = _Patience(stop.patience)
     attempts = 0
-    while state.round < stop.rounds:
+    while (reason := _first(stop.before(state) for stop in stops)) is None:
         start = time.perf_counter()
-        available = fleet.clients()
-        tasks = strategy.configure(state, available)
-        replies = fleet.run(tasks, deadline)
-        updates, _, failures = split(replies)
-        for f in failures:
-            log.warning("round %d: client %d failed: %s", f.round, f.client_id, f.reason)
-        up = sum(num_bytes(u.params) for u in updates)  # before evaluation, which starts the fleet's next call
-        down = num_bytes(state.params) * len(tasks)
-        if len(updates) < min_updates:
+        down0, up0 = fleet.traffic()
+        got = exchange(strategy, fleet, state, policy.round_deadline)
+        down, up = (a - b for a, b in zip(fleet.traffic(), (down0, up0), strict=True))
+        t_exchange = time.perf_counter()
+        agg, rejected = reduce(got.updates, strategy, state, got.population) if got.updates else (None, [])
+        failures = got.failures + rejected
+        new = strategy.apply(state, agg) if agg is not None else None
+        why = None
+        if agg is None and policy.min_updates == 0:
+            log.warning("round %d: no updates arrived; the global model is unchanged", state.round + 1)
+            new = replace(state, round=state.round + 1)
+        elif agg is None or agg.num_clients < policy.min_updates:
+            why = f"{agg.num_clients if agg else 0} of the {policy.min_updates} updates it needs were accepted"
+        elif new is not None and not _finite(new.params):
+            why = "its aggregate would make the global params non-finite"
+        t_aggregate = time.perf_counter()
+        timings = {"exchange": t_exchange - start, "aggregate": t_aggregate - t_exchange}
+        if why is not None or new is None:
             attempts += 1
-            log.warning("round %d failed: %d of the %d updates it needs arrived (attempt %d of %d)",
-                        state.round + 1, len(updates), min_updates, attempts, retries + 1)
-            record = RoundRecord(round=state.round + 1, clients=len(updates), failures=len(failures),
-                                 train_loss=None, bytes_up=up, bytes_down=down,
-                                 seconds=time.perf_counter() - start, failed=True)
+            log.warning("round %d failed: %s (attempt %d of %d)", state.round + 1, why, attempts, policy.retries + 1)
+            record = RoundRecord(state.round + 1, got.selected, agg.num_clients if agg else 0, tuple(failures), None,
+                                 up, down, time.perf_counter() - start, timings=timings, failed=True)
             result.records.append(record)
-            if on_round is not None:
-                on_round(record, state)
-            if attempts > retries:
-                raise TransportError(f"round {state.round + 1} failed {attempts} times: fewer than "
-                                     f"min_updates = {min_updates} updates arrived")
+            for o in observers:
+                o.round(record, state)
+            if attempts > policy.retries:
+                raise AggregationError(f"round {state.round + 1} failed {attempts} times: {why}")
             continue
         attempts = 0
-        if updates:
-            agg = reduce(updates, strategy, population=len(available))
-            state = strategy.apply(state, agg)
-        else:
-            log.warning("round %d: no updates arrived; the global model is unchanged", state.round + 1)
-            state = ServerState(state.round + 1, state.params, state.opt_state, state.extras, state.seed)
-            agg = None
+        state = new
         metrics: dict[str, float] = {}
-        last = state.round >= stop.rounds
-        if state.round % eval_every == 0 or last:
-            metrics = evaluate_round(state, fleet, evaluate, federated_eval)
+        ending = _first(stop.before(state) for stop in stops) is not None
+        if state.round % eval_every == 0 or ending:
+            metrics = evaluate_round(state, fleet, evaluator, federated_eval, policy.round_deadline)
             result.final_metrics = metrics
-        record = RoundRecord(
-            round=state.round, clients=len(updates), failures=len(failures),
-            train_loss=agg.metrics.get("train_loss") if agg else None,
-            bytes_up=up, bytes_down=down,
-            seconds=time.perf_counter() - start, metrics=metrics)
+            timings["evaluate"] = time.perf_counter() - t_aggregate
+        train = {k: v for k, v in agg.metrics.items() if k != "train_loss"} if agg else {}
+        record = RoundRecord(state.round, got.selected, agg.num_clients if agg else 0, tuple(failures),
+                             agg.metrics.get("train_loss") if agg else None, up, down, time.perf_counter() - start,
+                             {**train, **metrics}, timings)
         result.records.append(record)
         result.state = state
-        if on_round is not None:
-            on_round(record, state)
-        if metrics:
-            acc = metrics.get("accuracy", metrics.get("fed_accuracy"))
-            loss = metrics.get("loss", metrics.get("fed_loss"))
-            if stop.target_accuracy is not None and acc is not None and acc >= stop.target_accuracy:
-                result.stop_reason = "target_accuracy"
-                break
-            if loss is not None and patience.exhausted(loss):
-                result.stop_reason = "patience"
-                break
-    if not result.records:
-        result.final_metrics = evaluate_round(state, fleet, evaluate, federated_eval)
+        for o in observers:
+            o.round(record, state)
+        if (stop_reason := _first(stop.after(record, state) for stop in stops)) is not None:
+            result.stop_reason = stop_reason
+            return result
+    result.stop_reason = reason
+    if not result.records or not any(not r.failed for r in result.records):
+        result.final_metrics = evaluate_round(state, fleet, evaluator, federated_eval, policy.round_deadline)
     return result
+
+
+def _first(reasons: Iterable[str | None]) -> str | None:
+    return next((r for r in reasons if r is not None), None)

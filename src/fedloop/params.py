@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator, Mapping
+
 import torch
 from torch import nn
 
@@ -63,3 +66,25 @@ def equal(a: Params, b: Params) -> bool:
 
 def allclose(a: Params, b: Params, rtol: float = 1e-5, atol: float = 1e-8) -> bool:
     return list(a) == list(b) and all(torch.allclose(a[k], b[k], rtol=rtol, atol=atol) for k in a)
+
+
+def norm(a: Params) -> float:
+    """The L2 norm of all tensors together, accumulated in float64."""
+    return math.sqrt(sum(float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2 for t in a.values()))
+
+
+class Scaled(Mapping[str, torch.Tensor]):
+    """`params` times `factor`, computed as each tensor is read (so an update spooled on disk stays there)."""
+
+    def __init__(self, params: Params, factor: float):
+        self.params = params
+        self.factor = factor
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self.params[name] * self.factor
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.params)
+
+    def __len__(self) -> int:
+        return len(self.params)

@@ -44,15 +44,20 @@ def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dic
     atomic_write_bytes(path, save({k: v.detach().contiguous() for k, v in tensors.items()}, metadata=metadata))
 
 
+CHECKPOINT_SECTIONS = (("params", "params"), ("opt", "opt_state"), ("extras", "extras"), ("agg", "agg_state"),
+                       ("transform", "transform_state"))
+"""Tensor name prefix in a checkpoint -> ServerState field."""
+
+
 def save_checkpoint(path: Path, state: ServerState, meta: Mapping[str, Any] | None = None) -> None:
     """The whole server state in one safetensors file; tensor order and scalars live in its metadata."""
-    tensors = {f"params/{k}": v for k, v in state.params.items()}
-    tensors.update({f"opt/{k}": v for k, v in state.opt_state.items()})
-    tensors.update({f"extras/{k}": v for k, v in state.extras.items()})
-    metadata = {"format": "fedloop.server_state/1", "round": str(state.round), "seed": str(state.seed),
-                "order": json.dumps({"params": list(state.params), "opt": list(state.opt_state),
-                                     "extras": list(state.extras)}),
-                "meta": json.dumps(dict(meta or {}))}
+    tensors, order = {}, {}
+    for prefix, attr in CHECKPOINT_SECTIONS:
+        part = getattr(state, attr)
+        tensors.update({f"{prefix}/{k}": v for k, v in part.items()})
+        order[prefix] = list(part)
+    metadata = {"format": "fedloop.server_state/2", "round": str(state.round), "seed": str(state.seed),
+                "order": json.dumps(order), "meta": json.dumps(dict(meta or {}))}
     _save_tensors(path, tensors, metadata)
 
 
@@ -71,15 +76,15 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 
 def load_checkpoint(path: Path) -> tuple[ServerState, dict[str, Any]]:
-    """Inverse of save_checkpoint: the exact ServerState (same names, order, dtypes, values) and its meta."""
+    """Inverse of save_checkpoint: the exact ServerState (same names, order, dtypes, values) and its meta. Files of
+    format 1 (before the aggregator and transform states) read as states without them."""
     tensors, md = _read_safetensors(path)
-    if md.get("format") != "fedloop.server_state/1":
+    if md.get("format") not in ("fedloop.server_state/1", "fedloop.server_state/2"):
         raise CheckpointError(f"{path}: not a fedloop server-state checkpoint")
     order = json.loads(md["order"])
-    pick = {sec: {k: tensors[f"{pre}/{k}"] for k in order[sec]}
-            for sec, pre in (("params", "params"), ("opt", "opt"), ("extras", "extras"))}
-    state = ServerState(round=int(md["round"]), params=pick["params"], opt_state=pick["opt"],
-                        extras=pick["extras"], seed=int(md["seed"]))
+    parts = {attr: {k: tensors[f"{prefix}/{k}"] for k in order.get(prefix, [])}
+             for prefix, attr in CHECKPOINT_SECTIONS}
+    state = ServerState(round=int(md["round"]), seed=int(md["seed"]), **parts)
     return state, json.loads(md.get("meta", "{}"))
 
 
@@ -97,7 +102,8 @@ def load_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
 
 
 class RunDir:
-    """Where one run writes its outputs; every file is replaced atomically."""
+    """Where one run writes its outputs: every file is replaced atomically, except metrics.jsonl, to which each
+    round appends one line (flushed to disk), so a crash loses at most the line being written."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -108,15 +114,19 @@ class RunDir:
         return self.path / "checkpoints" / f"round_{round_:04d}.safetensors"
 
     @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
     def records(self) -> list[dict[str, Any]]:
         return list(self._records)
 
-    def continue_from(self, round_: int) -> None:
-        """Keep the records of rounds up to `round_` (resuming after a stop); later ones are dropped."""
-        path = self.path / "metrics.jsonl"
-        rows = read_metrics(self.path) if path.is_file() else []
-        self._records = [r for r in rows if r["round"] <= round_]
-        self._write_records()
+    def start_records(self, after_round: int | None = None) -> None:
+        """Begin metrics.jsonl: empty for a new run, or holding the records of rounds up to `after_round` (resuming
+        after a stop; later ones, written after the checkpoint resumed from, are dropped)."""
+        rows = read_metrics(self.path) if after_round is not None and self.metrics_path.is_file() else []
+        self._records = [r for r in rows if r["round"] <= after_round] if after_round is not None else []
+        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self._records))
 
     def latest_checkpoint(self) -> Path:
         found = sorted(self.path.glob("checkpoints/round_*.safetensors"))
@@ -125,12 +135,12 @@ class RunDir:
         return found[-1]
 
     def append_record(self, record: RoundRecord) -> None:
-        """metrics.jsonl is rewritten whole (atomically) so a crash never leaves a torn line."""
-        self._records.append(record.to_json())
-        self._write_records()
-
-    def _write_records(self) -> None:
-        atomic_write_text(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self._records))
+        row = record.to_json()
+        self._records.append(row)
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
     def write_json(self, name: str, obj: Any) -> None:
         atomic_write_json(self.path / name, obj)
@@ -140,14 +150,19 @@ class RunDir:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The rows of a run's metrics.jsonl; a last line cut short by a crash is left out."""
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise CheckpointError(f"{path}: not found; is {run_dir} a fedloop run directory?")
+    text = path.read_text()
+    lines = text.splitlines()
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), start=1):
+    for i, line in enumerate(lines, start=1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as exc:
+                if i == len(lines) and not text.endswith("\n"):
+                    break  # torn by a crash mid-write
                 raise CheckpointError(f"{path}:{i}: not valid JSON ({exc})") from None
     return rows

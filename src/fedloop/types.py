@@ -11,7 +11,10 @@ import torch
 Params = Mapping[str, torch.Tensor]
 """A model's named floating-point tensors, in the model's own order. Matched by name, never by position."""
 
-EMPTY: Mapping[str, Any] = {}
+ConfigValue = bool | int | float | str | bytes
+"""A value of a task's small per-task config map."""
+
+TaskKind = Literal["fit", "evaluate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,20 +26,46 @@ class ClientInfo:
 
 
 @dataclass(frozen=True)
-class Task:
-    """What the server asks one client to do in one round.
+class Broadcast:
+    """What every task of one exchange shares: the global params of one model version and the strategy's server
+    extras (e.g. a control variate). A fleet encodes or ships a broadcast once, whatever the number of its tasks,
+    and caches it by `key`: (model version, stage) names its content, so a retried round reuses it."""
 
-    `params` are the global params, read-only for the client (it trains on its own copy).
-    `seed` drives every random choice the client makes (batch order), so a task is reproducible.
-    `extras` carries strategy-specific server tensors (e.g. a control variate).
+    version: int
+    """The model version: the round whose aggregation produced `params` (0 for the initial model)."""
+    params: Params
+    extras: Params = field(default_factory=dict)
+    stage: str = "fit"
+    """Which exchange of a round this serves ("fit", "evaluate", or a strategy's own, e.g. "probe")."""
+
+    @property
+    def key(self) -> tuple[int, str]:
+        return self.version, self.stage
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the server asks one client to do in one exchange.
+
+    `broadcast` holds the global params, read-only for the client (it trains on its own copy). `seed` drives every
+    random choice the client makes (batch order), so a task is reproducible. `config` is a small per-task map
+    (e.g. which split to evaluate on).
     """
 
     client_id: int
     round: int
-    kind: Literal["fit", "evaluate"]
-    params: Params
+    kind: TaskKind
+    broadcast: Broadcast
     seed: int
-    extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    config: Mapping[str, ConfigValue] = field(default_factory=dict)
+
+    @property
+    def params(self) -> Params:
+        return self.broadcast.params
+
+    @property
+    def extras(self) -> Params:
+        return self.broadcast.extras
 
 
 @dataclass(frozen=True)
@@ -49,11 +78,13 @@ class Update:
     num_examples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
     extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    version: int = 0
+    """The model version the client trained from (its task's broadcast version)."""
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A client's answer to an evaluate task: metrics on its local test split."""
+    """A client's answer to an evaluate task: metrics on one of its local splits."""
 
     client_id: int
     round: int
@@ -84,14 +115,18 @@ class Aggregate:
     extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
     population: int = 0
     """The clients available when the round was configured (0: unknown)."""
+    agg_state: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    transform_state: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    """The aggregator's and the server-side transforms' states after this reduction."""
 
 
 @dataclass(frozen=True)
 class ServerState:
     """Everything the server needs to continue a run exactly: checkpointed as a whole.
 
-    Random choices of round r are drawn from a generator seeded by (seed, r), so no RNG state
-    has to be carried: a resumed run draws the same clients as an uninterrupted one.
+    Random choices of round r are drawn from a generator seeded by (seed, r), so no RNG state has to be
+    carried: a resumed run draws the same clients as an uninterrupted one. The parts' states are tensors keyed by
+    name: the server optimizer's, the aggregator's, and the server-side transforms' ("<index>/<name>").
     """
 
     round: int
@@ -99,6 +134,8 @@ class ServerState:
     opt_state: Mapping[str, torch.Tensor] = field(default_factory=dict)
     extras: Mapping[str, torch.Tensor] = field(default_factory=dict)
     seed: int = 0
+    agg_state: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    transform_state: Mapping[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -106,24 +143,30 @@ class RoundRecord:
     """What is logged for one round (one line of metrics.jsonl)."""
 
     round: int
-    clients: int
-    failures: int
+    selected: tuple[int, ...]
+    updates: int
+    failures: tuple[Failure, ...]
     train_loss: float | None
     bytes_up: int
     bytes_down: int
     seconds: float
     metrics: Mapping[str, float] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
     failed: bool = False
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "round": self.round,
-            "clients": self.clients,
-            "failures": self.failures,
+            "clients": self.updates,
+            "failures": len(self.failures),
             "train_loss": self.train_loss,
         }
         out.update(self.metrics)
-        out.update(bytes_up=self.bytes_up, bytes_down=self.bytes_down, seconds=round(self.seconds, 6))
+        out.update(bytes_up=self.bytes_up, bytes_down=self.bytes_down, seconds=round(self.seconds, 6),
+                   selected=list(self.selected))
+        if self.failures:
+            out["failed_clients"] = [{"client": f.client_id, "reason": f.reason} for f in self.failures]
+        out["timings"] = {k: round(v, 6) for k, v in self.timings.items()}
         if self.failed:
             out["failed"] = True
         return out

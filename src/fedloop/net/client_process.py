@@ -1,6 +1,7 @@
 """`fedloop client`: one client process on its own local data. It joins the server, pulls tasks, runs them
-through the same ClientApp.handle as the simulator, and pushes the replies; it reconnects with backoff and
-keeps its persistent state on its own disk."""
+through the same ClientApp as the simulator (training, then finish: the strategy's client step, client transforms
+and the round-versioned state commit), and pushes the replies; it reconnects with backoff and keeps its persistent
+state on its own disk."""
 
 from __future__ import annotations
 
@@ -14,18 +15,15 @@ import grpc
 import torch
 from torch.nn import functional as F
 
-from ..client import ClientApp
+from ..client import ClientApp, DiskStates, MemoryStates, RoundStates
 from ..config import validate
 from ..data.examples import Examples
 from ..data.registry import load_dataset
 from ..errors import ConfigError, TransportError
-from ..models import model_factory
-from ..sim.states import DiskStates, MemoryStates
-from ..types import Evaluation, Failure, Reply, Task, Update
+from ..types import Broadcast, Evaluation, Failure, Reply, Task, Update
 from . import fedloop_pb2 as pb
 from . import fedloop_pb2_grpc as pb_grpc
-from .client_state import RoundStates
-from .codec import chunks, decode, encode, split_extras
+from .codec import KIND_NAMES, PROTOCOL, chunks, config_from_proto, decode, encode, split_extras
 from .server import MESSAGE_BYTES, POLL_SECONDS
 
 log = logging.getLogger(__name__)
@@ -61,30 +59,40 @@ def reply_chunks(reply: Reply, seq: int) -> Iterator[pb.ReplyChunk]:
     payload = b""
     if isinstance(reply, Update):
         payload = encode(reply.params, reply.extras)
-        header = pb.ReplyHeader(round=reply.round, kind="fit", num_examples=reply.num_examples,
+        header = pb.ReplyHeader(round=reply.round, kind=pb.REPLY_FIT, num_examples=reply.num_examples,
                                 metrics=dict(reply.metrics), size=len(payload), seq=seq)
     elif isinstance(reply, Evaluation):
-        header = pb.ReplyHeader(round=reply.round, kind="evaluate", num_examples=reply.num_examples,
+        header = pb.ReplyHeader(round=reply.round, kind=pb.REPLY_EVALUATE, num_examples=reply.num_examples,
                                 metrics=dict(reply.metrics), seq=seq)
     else:
         assert isinstance(reply, Failure)
-        header = pb.ReplyHeader(round=reply.round, kind="failure", reason=reply.reason, seq=seq)
+        header = pb.ReplyHeader(round=reply.round, kind=pb.REPLY_FAILURE, reason=reply.reason, seq=seq)
     yield pb.ReplyChunk(header=header)
     for part in chunks(payload):
         yield pb.ReplyChunk(data=part)
 
 
-def build_app(settings: dict, client_id: int, data_path: str) -> ClientApp:
+def build_app(settings: dict, client_id: int, data_path: str, states: RoundStates | None = None) -> ClientApp:
     """The client app the server's settings describe, on this client's own data."""
-    cfg = validate(settings["config"], "settings from the server")
-    from ..experiment import strategy_from_config
+    from ..build import model_fn_from_config, strategy_from_config
 
+    cfg = validate(settings["config"], "settings from the server")
     d = cfg.data
     data = load_dataset(d.name, data_path, seed=cfg.seed, test_fraction=d.test_fraction, split=d.split,
                         label_column=d.label_column)
-    model_fn = model_factory(cfg.model.name, settings["spec"])
-    return ClientApp(client_id, strategy_from_config(cfg), model_fn, F.cross_entropy,
-                     train=Examples.all(data.x_train, data.y_train), test=Examples.all(data.x_test, data.y_test))
+    return ClientApp(client_id, strategy_from_config(cfg), model_fn_from_config(cfg, settings["spec"]),
+                     F.cross_entropy, train=Examples.all(data.x_train, data.y_train),
+                     test=Examples.all(data.x_test, data.y_test), states=states or RoundStates(MemoryStates()))
+
+
+def receive_task(client_id: int, header: pb.TaskHeader, data: bytes) -> Task:
+    """The task a header and its streamed params describe."""
+    if header.kind not in KIND_NAMES:
+        raise TransportError(f"task {header.seq}: unknown kind {header.kind}")
+    params, extras = split_extras(decode(data, f"task {header.seq}"))
+    broadcast = Broadcast(int(header.version), params, extras, header.stage)
+    return Task(client_id, int(header.round), KIND_NAMES[header.kind], broadcast, int(header.seed),
+                config_from_proto(header.config))
 
 
 def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: str | None = None,
@@ -113,33 +121,29 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
         try:
             if app is None:
                 hello = stub.Hello(pb.HelloRequest(), metadata=meta, timeout=30)
+                if hello.protocol != PROTOCOL:
+                    raise TransportError(f"{server} speaks fedloop protocol {hello.protocol}; this client speaks "
+                                         f"{PROTOCOL}: install the server's fedloop version")
                 if expect_id is not None and hello.client_id != expect_id:
                     raise ConfigError(f"--id {expect_id}: the credential belongs to client {hello.client_id}")
-                app = build_app(json.loads(hello.settings_json), int(hello.client_id), data_path)
+                if state_dir:  # kept per run: a resumed server keeps its run id, a new run starts afresh
+                    states = RoundStates(DiskStates(Path(state_dir) / hello.run))
+                elif hello.run != run:
+                    states = RoundStates(MemoryStates())
+                run = hello.run
+                app = build_app(json.loads(hello.settings_json), int(hello.client_id), data_path, states)
                 joined = stub.Join(pb.JoinRequest(num_examples=len(app.train), num_test=len(app.test or [])),
                                    metadata=meta, timeout=30)
-                if state_dir:  # kept per run: a resumed server keeps its run id, a new run starts afresh
-                    states = RoundStates(DiskStates(Path(state_dir) / joined.run))
-                elif joined.run != run:
-                    states = RoundStates(MemoryStates())
-                run = joined.run
                 after = 0  # task numbers belong to one server process
                 log.info("joined run %s as client %d", joined.run, app.client_id)
             stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=POLL_SECONDS + 60)
             header = next(stream).header
             last_contact, backoff = time.monotonic(), 1.0
-            if header.status == "done":
+            if header.status == pb.POLL_DONE:
                 return answered
-            if header.status != "task":
+            if header.status != pb.POLL_TASK:
                 continue
-            params, extras = split_extras(decode(b"".join(c.data for c in stream), f"task {header.seq}"))
-            task = Task(app.client_id, int(header.round), header.kind, params, int(header.seed), extras)
-            if task.kind == "fit":
-                before = states.start(app.client_id, task.round)
-                app.state = {k: v.clone() for k, v in before.items()}  # handle updates it in place
-            reply = app.handle(task)
-            if isinstance(reply, Update) and app.state:
-                states.commit(app.client_id, task.round, before, app.state)
+            reply = app.handle(receive_task(app.client_id, header, b"".join(c.data for c in stream)))
             ack = stub.PutReply(reply_chunks(reply, header.seq), metadata=meta, timeout=120)
             if not ack.accepted:
                 log.warning("the server rejected the reply to task %d: %s", header.seq, ack.reason)

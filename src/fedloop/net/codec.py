@@ -3,13 +3,20 @@ message limit (uploads are checked as they are read back from the spool: see spo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 import torch
 from safetensors.torch import load, save
 
 from ..errors import TransportError
-from ..types import Params
+from ..types import ConfigValue, Params
+from . import fedloop_pb2 as pb
+
+PROTOCOL = 2
+"""The wire protocol's version (fedloop.proto); client and server refuse each other's other versions."""
+
+TASK_KINDS = {"fit": pb.TASK_FIT, "evaluate": pb.TASK_EVALUATE}
+KIND_NAMES = {v: k for k, v in TASK_KINDS.items()}
 
 CHUNK_BYTES = 128 << 10
 """128 KiB per message: any model size streams under gRPC's message limit, and the server's memory stays flat
@@ -45,3 +52,32 @@ def decode(data: bytes, what: str) -> dict[str, torch.Tensor]:
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types for bad bytes
         raise TransportError(f"{what}: not valid safetensors bytes ({exc})") from None
 
+
+
+def config_to_proto(config: Mapping[str, ConfigValue]) -> dict[str, pb.ConfigValue]:
+    """A task's config map as protobuf values (bool before int: a bool is an int in Python)."""
+    out = {}
+    for key, v in config.items():
+        if isinstance(v, bool):
+            out[key] = pb.ConfigValue(flag=v)
+        elif isinstance(v, int):
+            out[key] = pb.ConfigValue(integer=v)
+        elif isinstance(v, float):
+            out[key] = pb.ConfigValue(number=v)
+        elif isinstance(v, str):
+            out[key] = pb.ConfigValue(text=v)
+        elif isinstance(v, bytes):
+            out[key] = pb.ConfigValue(data=v)
+        else:
+            raise TypeError(f"task config {key!r}: {type(v).__name__} values cannot travel")
+    return out
+
+
+def config_from_proto(config: Mapping[str, pb.ConfigValue]) -> dict[str, ConfigValue]:
+    out: dict[str, ConfigValue] = {}
+    for key, v in config.items():
+        which = v.WhichOneof("value")
+        if which is None:
+            raise TransportError(f"task config {key!r} has no value")
+        out[key] = getattr(v, which)
+    return out

@@ -1,9 +1,13 @@
-"""GrpcFleet: the deployment's fleet. The round loop (the same code as the simulator's) runs in the server's
-main thread and waits here for replies; the gRPC handlers run as coroutines on one event loop and wait here
-for tasks, so an idle client's long poll costs no thread, whatever the number of clients.
+"""GrpcFleet: the deployment's fleet. The round loop (the same code as the simulator's) runs in the server's main
+thread and submits tasks and collects replies here; the gRPC handlers run as coroutines on one event loop and take
+tasks and hand in replies here, so an idle client's long poll costs no thread, whatever the number of clients.
 
-Shared state is guarded by one threading.Condition; the event loop's waiters are woken through `_changed`,
-an asyncio.Event replaced on every wake-up.
+Tasks are open until answered or cancelled, and a client may hold several (a round may have several exchanges).
+Each broadcast is encoded once, whatever the number of its tasks. A client that has not called for longer than the
+liveness timeout, and holds no task it is working on, is not offered to the strategy until it calls again.
+
+Shared state is guarded by one threading.Condition; the event loop's waiters are woken through `_changed`, an
+asyncio.Event replaced on every wake-up.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..fleet import CONCURRENT, STAGES
 from ..params import num_bytes
 from ..types import ClientInfo, Evaluation, Failure, Reply, Task, Update
 from . import fedloop_pb2 as pb
@@ -29,30 +34,38 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Pending:
-    """A task handed to a client, with its number and its params encoded once for the whole round."""
+    """An open task with its number and its broadcast's encoded bytes (shared by the broadcast's tasks)."""
 
     task: Task
     seq: int
     payload: bytes
+    fetched: bool = False
+    checking: bool = False
 
 
 class GrpcFleet:
-    """The server's view of its clients; `run` hands tasks to them and waits for replies until the deadline."""
+    """The server's view of its clients: tasks go out when clients poll, replies come in as they upload."""
 
-    def __init__(self, auth: Authenticator, settings_json: str, run_id: str, round_deadline: float):
+    capabilities = frozenset({STAGES, CONCURRENT})
+
+    def __init__(self, auth: Authenticator, settings_json: str, run_id: str, liveness_timeout: float = 60.0):
         self.auth = auth
         self.settings_json = settings_json
         self.run_id = run_id
-        self.round_deadline = round_deadline
+        self.liveness_timeout = liveness_timeout
         self._cond = threading.Condition()
         self._clients: dict[int, ClientInfo] = {}
-        self._pending: dict[int, Pending] = {}
-        self._replies: dict[int, Reply] = {}
+        self._open: dict[int, Pending] = {}  # seq -> open task
+        self._client_open: dict[int, list[int]] = {}  # client id -> seqs of its open tasks, oldest first
+        self._replies: list[Reply] = []
         self._seen: dict[int, float] = {}  # client id -> when it last called
         self._told_done: set[int] = set()
         self._seq = time.time_ns() // 1000  # distinct from any earlier server process's task numbers
         self._done = False
         self._upload_limit = _upload_limit(0)
+        self._spooled: list[tuple[int, Path]] = []  # (round, file) of accepted uploads
+        self._down = 0
+        self._up = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
         self.spool = Spool()
@@ -66,15 +79,24 @@ class GrpcFleet:
         """Wake every handler waiting for a task (callable from any thread)."""
         def swap() -> None:
             changed, self._changed = self._changed, asyncio.Event()
-            changed.set()
+            if changed is not None:
+                changed.set()
 
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(swap)
 
     # --- the Fleet protocol (called by the round loop) ---
+    def _live(self) -> list[ClientInfo]:
+        now = time.monotonic()
+        busy = {p.task.client_id for p in self._open.values() if p.fetched}
+        return sorted((c for cid, c in self._clients.items()
+                       if now - self._seen.get(cid, -1e18) <= self.liveness_timeout or cid in busy),
+                      key=lambda c: c.client_id)
+
     def clients(self) -> list[ClientInfo]:
+        """Joined clients that called within the liveness timeout (or are working on a task)."""
         with self._cond:
-            return sorted(self._clients.values(), key=lambda c: c.client_id)
+            return self._live()
 
     def is_member(self, client_id: int) -> bool:
         with self._cond:
@@ -82,50 +104,61 @@ class GrpcFleet:
 
     def wait_for_clients(self, count: int, timeout: float | None = None) -> int:
         with self._cond:
-            self._cond.wait_for(lambda: len(self._clients) >= count, timeout)
-            return len(self._clients)
+            self._cond.wait_for(lambda: len(self._live()) >= count, timeout)
+            return len(self._live())
 
-    def run(self, tasks: Sequence[Task], deadline: float | None = None) -> list[Reply]:
-        """Publish the tasks, wait for every reply or the deadline; late clients become Failures."""
-        def key(t: Task) -> tuple[int, int]:  # tasks sharing params and extras share their bytes
-            return id(t.params), id(t.extras) if t.extras else 0
-
-        encoded: dict[tuple[int, int], bytes] = {}
-        largest = 0
+    def submit(self, tasks: Sequence[Task]) -> None:
+        """Open the tasks; each broadcast is encoded once (outside the lock: handlers go on meanwhile)."""
+        payloads: dict[tuple[int, str], bytes] = {}
         for t in tasks:
-            if key(t) not in encoded:
-                encoded[key(t)] = encode(t.params, t.extras)
-                largest = max(largest, num_bytes(t.params) + num_bytes(t.extras))
-        limit = self.round_deadline if deadline is None else deadline
+            if t.broadcast.key not in payloads:
+                payloads[t.broadcast.key] = encode(t.params, t.extras)
         with self._cond:
-            self._replies = {}
-            self._pending = {}
-            self.spool.clear()  # the previous round's uploads have been aggregated
+            if tasks:
+                first = min(t.round for t in tasks)
+                for round_, path in self._spooled:
+                    if round_ < first:  # earlier rounds are reduced by now
+                        path.unlink(missing_ok=True)
+                self._spooled = [s for s in self._spooled if s[0] >= first]
             for t in tasks:
                 self._seq += 1
-                self._pending[t.client_id] = Pending(t, self._seq, encoded[key(t)])
-            self._upload_limit = _upload_limit(largest)
+                self._open[self._seq] = Pending(t, self._seq, payloads[t.broadcast.key])
+                self._client_open.setdefault(t.client_id, []).append(self._seq)
+            self._set_upload_limit()
             self._wake()
-            self._cond.wait_for(lambda: len(self._replies) >= len(tasks), limit)
-            replies = dict(self._replies)
-            self._pending = {}  # from now on a reply to these tasks is stale
-            self._upload_limit = _upload_limit(0)
-        out: list[Reply] = []
-        for t in tasks:
-            reply = replies.get(t.client_id)
-            if reply is None:
-                log.warning("round %d: client %d sent no reply before the %.0f s deadline", t.round, t.client_id,
-                            limit)
-                reply = Failure(t.client_id, t.round, f"no reply before the {limit:.0f} s deadline")
-            out.append(reply)
-        return out
+
+    def _set_upload_limit(self) -> None:
+        largest = max((num_bytes(p.task.params) + num_bytes(p.task.extras) for p in self._open.values()), default=0)
+        self._upload_limit = _upload_limit(largest)
+
+    def collect(self, until: float | None = None, min_replies: int | None = None) -> list[Reply]:
+        with self._cond:
+            def ready() -> bool:
+                return not self._open or (min_replies is not None and len(self._replies) >= min_replies)
+
+            self._cond.wait_for(ready, None if until is None else max(0.0, until - time.monotonic()))
+            out, self._replies = self._replies, []
+            return out
+
+    def cancel(self) -> list[Task]:
+        """Close every open task: late replies to them are discarded."""
+        with self._cond:
+            tasks = [p.task for p in self._open.values()]
+            self._open, self._client_open = {}, {}
+            self._set_upload_limit()
+            return tasks
+
+    def traffic(self) -> tuple[int, int]:
+        """Payload bytes streamed to clients (tasks) and from them (uploads, rejected ones included)."""
+        with self._cond:
+            return self._down, self._up
 
     def finish(self, drain: float = 0.0) -> None:
         """End the run: every poll now answers "done"; wait up to `drain` s for live clients to hear it."""
         with self._cond:
             self._done = True
-            self._pending = {}
-            self._upload_limit = _upload_limit(0)
+            self._open, self._client_open = {}, {}
+            self._set_upload_limit()
             self._wake()
         self.drain(drain)
         self._checker.shutdown(wait=True)
@@ -152,11 +185,13 @@ class GrpcFleet:
     def join(self, client_id: int, num_examples: int) -> None:
         with self._cond:
             self._clients[client_id] = ClientInfo(client_id, num_examples)
+            self._seen[client_id] = time.monotonic()
             self._cond.notify_all()
         log.info("client %d joined with %d examples", client_id, num_examples)
 
     async def next_task(self, client_id: int, after_seq: int, wait: float) -> Pending | str:
-        """The client's open task, "done" when the run is over, or "wait" after `wait` s without one."""
+        """The client's oldest open task after `after_seq`, "done" when the run is over, or "wait" after `wait` s
+        without one."""
         end = time.monotonic() + wait
         while True:
             with self._cond:
@@ -165,9 +200,11 @@ class GrpcFleet:
                     self._told_done.add(client_id)
                     self._cond.notify_all()
                     return "done"
-                p = self._pending.get(client_id)
-                if p is not None and p.seq > after_seq and client_id not in self._replies:
-                    return p
+                for seq in self._client_open.get(client_id, []):
+                    p = self._open[seq]
+                    if seq > after_seq and not p.checking:
+                        p.fetched = True
+                        return p
                 changed = self._changed
             left = end - time.monotonic()
             if left <= 0 or changed is None:
@@ -177,42 +214,58 @@ class GrpcFleet:
             except TimeoutError:
                 pass
 
-    async def accept(self, client_id: int, header: pb.ReplyHeader, path: Path) -> str | None:
-        """Record a client's reply; the reason it is rejected, or None."""
+    def sent(self, size: int) -> None:
+        with self._cond:
+            self._down += size
+
+    async def accept(self, client_id: int, header: pb.ReplyHeader, path: Path, size: int) -> str | None:
+        """Record a client's reply to one of its open tasks; the reason it is rejected, or None. A rejected
+        upload's file is deleted at once."""
         with self._cond:
             self._seen[client_id] = time.monotonic()
-            p = self._pending.get(client_id)
-            if p is None or p.seq != header.seq:
-                reason = f"task {header.seq} is not open for client {client_id} (stale, late or unknown)"
-            elif client_id in self._replies:
+            self._up += size
+            p = self._open.get(header.seq)
+            if p is None or p.task.client_id != client_id:
+                reason: str | None = f"task {header.seq} is not open for client {client_id} (stale, late or unknown)"
+            elif p.checking:
                 reason = f"client {client_id} already replied to task {header.seq}"
             else:
                 reason = None
-                task = p.task
+                p.checking = True
         if reason is not None:
+            path.unlink(missing_ok=True)
             log.warning("discarded the upload of client %d for round %d: %s", client_id, header.round, reason)
             return reason
+        assert p is not None
         loop = asyncio.get_running_loop()
-        reply, reason = await loop.run_in_executor(self._checker, self._build, client_id, task, header, path)
+        reply, reason = await loop.run_in_executor(self._checker, self._build, client_id, p.task, header, path)
         with self._cond:
-            if self._pending.get(client_id) is not p or client_id in self._replies:
+            if self._open.get(header.seq) is not p:
+                path.unlink(missing_ok=True)
                 return f"task {header.seq} closed while the reply was checked"
-            self._replies[client_id] = reply
+            del self._open[header.seq]
+            self._client_open[client_id].remove(header.seq)
+            self._replies.append(reply)
+            if isinstance(reply, Update):
+                self._spooled.append((p.task.round, path))
             self._cond.notify_all()
+        if not isinstance(reply, Update):
+            path.unlink(missing_ok=True)
         if reason is not None:
-            log.warning("round %d: rejected the upload of client %d: %s", task.round, client_id, reason)
+            log.warning("round %d: rejected the upload of client %d: %s", p.task.round, client_id, reason)
         return reason
 
     def _build(self, client_id: int, task: Task, header: pb.ReplyHeader, path: Path) -> tuple[Reply, str | None]:
         def reject(reason: str) -> tuple[Reply, str]:
             return Failure(client_id, task.round, f"upload rejected: {reason}"), reason
 
+        kinds = {"fit": pb.REPLY_FIT, "evaluate": pb.REPLY_EVALUATE}
         if header.round != task.round:
             return reject(f"round {header.round} does not match the task's round {task.round}")
-        if header.kind == "failure":
+        if header.kind == pb.REPLY_FAILURE:
             return Failure(client_id, task.round, header.reason or "client failure"), None
-        if header.kind != task.kind:
-            return reject(f"a {header.kind!r} reply to a {task.kind!r} task")
+        if header.kind != kinds[task.kind]:
+            return reject(f"a {pb.ReplyKind.Name(header.kind)} reply to a {task.kind!r} task")
         if task.kind == "evaluate":
             return Evaluation(client_id, task.round, int(header.num_examples), dict(header.metrics)), None
         with self._cond:
@@ -223,10 +276,11 @@ class GrpcFleet:
         if checked is None:
             return reject(problem or "unreadable upload")
         params, extras = checked
-        return Update(client_id, task.round, params, registered, dict(header.metrics), extras), None
+        return Update(client_id, task.round, params, registered, dict(header.metrics), extras,
+                      task.broadcast.version), None
 
     def max_upload_bytes(self) -> int:
-        """The size limit of an upload to this round's tasks (set once per round, not per upload)."""
+        """The size limit of an upload to the open tasks (set when tasks open or close, not per upload)."""
         with self._cond:
             return self._upload_limit
 

@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
+from ..build import load_data, model_fn_from_config, round_policy, run_options, server_options, strategy_from_config
 from ..config import Config, to_toml
 from ..data.examples import Examples
 from ..errors import TransportError
-from ..experiment import RunResult, load_data, strategy_from_config, train
-from ..models import model_factory
+from ..observers import Observer
+from ..run import CheckpointOptions, RunResult, train
 from ..store import atomic_write_text
-from ..types import RoundRecord, ServerState
 from .auth import Authenticator, read_tokens
 from .fleet import GrpcFleet
 from .server import start_server
@@ -24,11 +24,11 @@ from .server import start_server
 
 def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: str | Path | None,
           insecure: bool = False, mutual_tls: bool = False, address: str | None = None, resume: bool = False,
-          on_listen: Callable[[int], None] | None = None,
-          on_round: Callable[[RoundRecord, ServerState], None] | None = None) -> RunResult:
+          on_listen=None, observers: tuple[Observer, ...] = ()) -> RunResult:  # noqa: ANN001 - a callable(port)
     data = load_data(cfg)
     spec = data.spec()
-    model_fn = model_factory(cfg.model.name, spec)
+    model_fn = model_fn_from_config(cfg, spec)
+    options = server_options(cfg)
     if tokens is None and cert_dir is not None and not mutual_tls and (Path(cert_dir) / "tokens.txt").exists():
         tokens = Path(cert_dir) / "tokens.txt"
     auth = Authenticator(read_tokens(tokens) if tokens is not None else None, mutual_tls)
@@ -36,23 +36,21 @@ def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: 
     run_id_file = Path(out) / "run_id"
     run_id = run_id_file.read_text().strip() if resume and run_id_file.exists() else uuid.uuid4().hex[:12]
     atomic_write_text(run_id_file, run_id + "\n")  # a resumed run keeps its id (clients' state is kept per run)
-    fleet = GrpcFleet(auth, settings, run_id, cfg.server.round_deadline)
-    server = start_server(fleet, address or cfg.server.address, cert_dir=cert_dir, insecure=insecure,
+    fleet = GrpcFleet(auth, settings, run_id, options.liveness_timeout)
+    server = start_server(fleet, address or options.address, cert_dir=cert_dir, insecure=insecure,
                           mutual_tls=mutual_tls)
     try:
         if on_listen is not None:
             on_listen(server.port)
-        joined = fleet.wait_for_clients(cfg.server.min_clients, cfg.server.join_timeout)
-        if joined < cfg.server.min_clients:
-            raise TransportError(f"only {joined} of server.min_clients = {cfg.server.min_clients} clients joined "
-                                 f"within {cfg.server.join_timeout:.0f} s")
-        return train(fleet, model_fn, strategy_from_config(cfg), test=Examples.all(data.x_test, data.y_test),
-                     partition_json=None, rounds=cfg.rounds, seed=cfg.seed, eval_every=cfg.eval.every,
-                     federated_eval=cfg.eval.federated, target_accuracy=cfg.stop.target_accuracy,
-                     patience=cfg.stop.patience, out=out, checkpoint_every=1, on_round=on_round,
+        joined = fleet.wait_for_clients(options.min_clients, options.join_timeout)
+        if joined < options.min_clients:
+            raise TransportError(f"only {joined} of server.min_clients = {options.min_clients} clients joined "
+                                 f"within {options.join_timeout:.0f} s")
+        run = replace(run_options(cfg, out=out, resume=resume, observers=observers),
+                      checkpoint=CheckpointOptions(every=1), policy=round_policy(options))
+        return train(fleet, model_fn, strategy_from_config(cfg), run, test=Examples.all(data.x_test, data.y_test),
                      model_meta={"model": cfg.model.name, "spec": spec, "dataset": data.name},
-                     config_toml=to_toml(cfg), resume=resume, min_updates=cfg.server.min_updates,
-                     retries=cfg.server.retries)
+                     config_toml=to_toml(cfg))
     finally:
-        fleet.finish(drain=min(cfg.server.round_deadline, 30.0))
+        fleet.finish(drain=min(options.round_deadline or 30.0, 30.0))
         server.stop(grace=5)

@@ -18,7 +18,7 @@ import grpc
 from ..errors import ConfigError, TransportError
 from . import fedloop_pb2 as pb
 from . import fedloop_pb2_grpc as pb_grpc
-from .codec import chunks
+from .codec import PROTOCOL, TASK_KINDS, chunks, config_to_proto
 from .fleet import GrpcFleet
 from .spool import write_stream
 
@@ -51,14 +51,16 @@ class Servicer(pb_grpc.FederationServicer):
 
     async def Hello(self, request: pb.HelloRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:  # noqa: N802
         cid = await self._caller(context)
-        return pb.JoinReply(run=self.fleet.run_id, settings_json=self.fleet.settings_json, client_id=cid)
+        return pb.JoinReply(run=self.fleet.run_id, settings_json=self.fleet.settings_json, client_id=cid,
+                            protocol=PROTOCOL)
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:  # noqa: N802
         cid = await self._caller(context)
         if request.num_examples < 1:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a client needs at least one training example")
         self.fleet.join(cid, int(request.num_examples))
-        return pb.JoinReply(run=self.fleet.run_id, settings_json=self.fleet.settings_json, client_id=cid)
+        return pb.JoinReply(run=self.fleet.run_id, settings_json=self.fleet.settings_json, client_id=cid,
+                            protocol=PROTOCOL)
 
     async def GetTask(self, request: pb.TaskRequest,  # noqa: N802
                       context: grpc.aio.ServicerContext) -> AsyncIterator[pb.TaskChunk]:
@@ -67,14 +69,16 @@ class Servicer(pb_grpc.FederationServicer):
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"client {cid} has not joined")
         got = await self.fleet.next_task(cid, request.after_seq, POLL_SECONDS)
         if isinstance(got, str):
-            yield pb.TaskChunk(header=pb.TaskHeader(status=got))
+            yield pb.TaskChunk(header=pb.TaskHeader(status=pb.POLL_DONE if got == "done" else pb.POLL_WAIT))
             return
         t = got.task
         async with self.sending:
-            yield pb.TaskChunk(header=pb.TaskHeader(status="task", round=t.round, kind=t.kind, seed=t.seed,
-                                                    size=len(got.payload), seq=got.seq))
+            yield pb.TaskChunk(header=pb.TaskHeader(
+                status=pb.POLL_TASK, round=t.round, kind=TASK_KINDS[t.kind], seed=t.seed, size=len(got.payload),
+                seq=got.seq, version=t.broadcast.version, stage=t.broadcast.stage, config=config_to_proto(t.config)))
             for part in chunks(got.payload):
                 yield pb.TaskChunk(data=part)
+            self.fleet.sent(len(got.payload))
 
     async def PutReply(self, request_iterator: AsyncIterator[pb.ReplyChunk],  # noqa: N802
                        context: grpc.aio.ServicerContext) -> pb.PutAck:
@@ -90,11 +94,11 @@ class Servicer(pb_grpc.FederationServicer):
         path = self.fleet.spool.new_file()
         try:
             async with self.receiving:
-                await write_stream(path, (c.data async for c in parts), limit)
+                size = await write_stream(path, (c.data async for c in parts), limit)
         except TransportError as exc:
             path.unlink(missing_ok=True)
             return pb.PutAck(accepted=False, reason=str(exc))
-        reason = await self.fleet.accept(cid, header, path)
+        reason = await self.fleet.accept(cid, header, path, size)
         return pb.PutAck(accepted=reason is None, reason=reason or "")
 
 

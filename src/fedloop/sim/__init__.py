@@ -1,9 +1,9 @@
-"""Simulation fleets: clients that live in this process (or its workers), or on a Ray cluster."""
+"""Simulation fleets: clients that live in this process (or its workers, or Ray actors), and test fleets."""
 
-from .engines import ENGINES, EXECUTORS, make_executor, make_fleet
+from .engines import SimOptions, make_executor, make_fleet
 from .local import LocalFleet
+from .mock import ChaosFleet, MockFleet
 from .population import AppList, LazyPopulation, gaussian_population
-from .states import DiskStates, MemoryStates
 
-__all__ = ["ENGINES", "EXECUTORS", "AppList", "DiskStates", "LazyPopulation", "LocalFleet", "MemoryStates",
+__all__ = ["AppList", "ChaosFleet", "LazyPopulation", "LocalFleet", "MockFleet", "SimOptions",
            "gaussian_population", "make_executor", "make_fleet"]

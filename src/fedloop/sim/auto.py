@@ -15,11 +15,10 @@ from dataclasses import replace
 
 import torch
 
-from ..client import ClientApp
+from ..client import ClientApp, ClientContext, SGDProgram, train_program
 from ..data.examples import Examples
-from ..local import ClientContext, SGDProgram, local_sgd
-from ..types import Reply, Task
-from .executors import Executor, Job, Sequential, Vectorized, fit_program
+from ..types import Task
+from .executors import Executor, Job, Result, Sequential, Vectorized, batch_program
 from .processes import Processes, default_workers
 from .vectorized import train_group
 
@@ -58,27 +57,21 @@ def calibrate(app: ClientApp, task: Task, program: SGDProgram, workers: int, vec
     data = Examples(app.train.x, app.train.y, app.train.index[:batch])
     model = app.model_fn()
     ctx = ClientContext(model, data, app.loss_fn)
+    one = replace(program, epochs=1, batch_size=None)
     clients = len(steps)
-
-    def step() -> None:
-        local_sgd(ctx, task.params, epochs=1, batch_size=None, lr=program.lr, momentum=program.momentum,
-                  weight_decay=program.weight_decay, seed=task.seed, penalty=program.penalty)
-
-    rates = {"sequential": 1.0 / _seconds_per_call(step)}
+    rates = {"sequential": 1.0 / _seconds_per_call(lambda: train_program(one, task, ctx))}
     if workers > 1 and clients > 1:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            single = _seconds_per_call(step)
+            single = _seconds_per_call(lambda: train_program(one, task, ctx))
         finally:
             torch.set_num_threads(threads)
         rates["processes"] = 0.9 * min(workers, clients) / single  # 10% for the pool's traffic
     if vectorizable:
-        one = replace(program, epochs=1, batch_size=None)
-
         def batched(k: int) -> float:
             tasks = [replace(task, client_id=i) for i in range(k)]
-            return _seconds_per_call(lambda: train_group(model, one, app.loss_fn, tasks, [data] * k))
+            return _seconds_per_call(lambda: train_group(model, [one] * k, app.loss_fn, tasks, [data] * k))
 
         # a batched step costs t0 + a * t1 with a clients still training; they finish at different steps
         k = max(2, min(VECTOR_CLIENTS, clients))
@@ -102,16 +95,18 @@ class Auto:
         self.processes = Processes(resolve, self.workers)
         self.choices: dict[tuple, str] = {}
 
-    def choose(self, app: ClientApp, task: Task, program: SGDProgram | None, sizes: Sequence[int]) -> Executor:
-        key = (app.model_fn, app.loss_fn, program)
+    def choose(self, job: Job, program: SGDProgram | None, sizes: Sequence[int]) -> Executor:
+        app = job.app
+        key = (type(app.strategy), app.model_fn, app.loss_fn, program)
         if key not in self.choices:
-            if program is None:
+            if program is None or app.strategy.unbatchable_reason() is not None:
                 self.choices[key] = "sequential"
-                log.info("auto executor: sequential (the strategy's client half is not an SGDProgram)")
+                log.info("auto executor: sequential (%s)", app.strategy.unbatchable_reason()
+                         or "the strategy's client half is not an SGDProgram")
             else:
                 vectorizable = self.vectorized.reason(app, program) is None
                 try:
-                    rates = calibrate(app, task, program, self.workers, vectorizable,
+                    rates = calibrate(app, job.task, program, self.workers, vectorizable,
                                       client_steps(program, sizes))
                 except Exception as exc:  # noqa: BLE001 - client code failed; its task will report it
                     log.info("auto executor: sequential (calibration failed: %s: %s)", type(exc).__name__, exc)
@@ -128,15 +123,15 @@ class Auto:
     def describe(self) -> str:
         return "auto: " + (", ".join(sorted(set(self.choices.values()))) or "no fit tasks yet")
 
-    def run(self, jobs: Sequence[Job]) -> list[Reply]:
+    def run(self, jobs: Sequence[Job], until: float | None = None) -> list[Result]:
         if not jobs:
             return []
-        fits = [(app, task, fit_program(app, task)) for app, task in jobs if task.kind == "fit"]
+        fits = [(job, batch_program(job)) for job in jobs if job.task.kind == "fit"]
         if not fits:  # evaluation: no calibration, the sequential reference path
             return self.sequential.run(jobs)
-        programs = [f for f in fits if f[2] is not None] or fits
-        app, task, program = programs[0]
-        return self.choose(app, task, program, [len(a.train) for a, _, _ in programs]).run(jobs)
+        programs = [f for f in fits if f[1] is not None] or fits
+        job, program = programs[0]
+        return self.choose(job, program, [len(j.app.train) for j, _ in programs]).run(jobs, until)
 
     def close(self) -> None:
         self.processes.close()

@@ -1,52 +1,62 @@
-"""Executors and engines by name: what `fedloop run` and `simulate` pick from the config."""
+"""Executors and engines by name ([sim] of the config): what `fedloop run` and `simulate` pick."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Literal
 
+from .. import checks
+from ..client import DiskStates, MemoryStates
 from ..errors import ConfigError
 from .auto import Auto
 from .executors import Executor, Sequential, Vectorized
+from .local import LocalFleet
 from .population import Population
 from .processes import Processes
-from .states import DiskStates, MemoryStates
 
-if TYPE_CHECKING:
-    from .local import LocalFleet
-    from .ray_fleet import RayFleet
-
-EXECUTORS = ("auto", "sequential", "vectorized", "processes", "processes-vectorized")
-ENGINES = ("local", "ray")
+ExecutorName = Literal["auto", "sequential", "vectorized", "processes", "processes-vectorized"]
+EngineName = Literal["local", "ray"]
 
 
-def make_executor(name: str, fleet: LocalFleet, workers: int | None = None) -> Executor:
-    """An executor for `fleet`; process workers resolve client apps through the fleet's population."""
+@dataclass(frozen=True)
+class SimOptions:
+    """How a simulation runs its clients: the `executor` (every choice gives the same result within float
+    tolerance), the `engine` (this machine, or Ray actors, optionally on a cluster at `ray_address`), `workers`
+    (processes or actors; default one per core or per cluster CPU), and `state_dir` to keep clients' persistent
+    state on disk (one file per client) instead of in memory."""
+
+    executor: ExecutorName = "auto"
+    engine: EngineName = "local"
+    ray_address: str | None = None
+    workers: int | None = None
+    state_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        checks.one_of(self, "executor", ExecutorName)
+        checks.one_of(self, "engine", EngineName)
+        checks.at_least(self, "workers", 1, optional=True)
+
+
+def make_executor(name: str, population: Population, workers: int | None = None) -> Executor:
+    """An in-process executor; process workers resolve client apps through the population."""
     if name == "sequential":
         return Sequential()
     if name == "vectorized":
         return Vectorized()
     if name in ("processes", "processes-vectorized"):
-        return Processes(fleet.population.app, workers, inner="vectorized" if name.endswith("vectorized")
+        return Processes(population.app, workers, inner="vectorized" if name.endswith("vectorized")
                          else "sequential")
     if name == "auto":
-        return Auto(fleet.population.app, workers)
-    raise ConfigError(f"executor {name!r} is unknown; allowed: {', '.join(EXECUTORS)}")
+        return Auto(population.app, workers)
+    raise ConfigError(f"executor {name!r} is unknown; allowed: {', '.join(ExecutorName.__args__)}")
 
 
-def make_fleet(population: Population, *, executor: str = "auto", engine: str = "local",
-               ray_address: str | None = None, workers: int | None = None,
-               state_dir: str | Path | None = None) -> LocalFleet | RayFleet:
-    """A simulation fleet over `population`: in this process (local) or on a Ray cluster (ray).
+def make_fleet(population: Population, options: SimOptions = SimOptions()) -> LocalFleet:
+    """The simulation fleet over `population`: trained in this process (or its workers), or by Ray actors."""
+    states = DiskStates(options.state_dir) if options.state_dir is not None else MemoryStates()
+    if options.engine == "ray":
+        from .ray_executor import RayExecutor
 
-    Client state lives in memory, or on disk under `state_dir` (one file per client that has state).
-    """
-    from .local import LocalFleet
-    from .ray_fleet import RayFleet
-
-    states = DiskStates(state_dir) if state_dir is not None else MemoryStates()
-    if engine == "local":
-        return LocalFleet(population, executor, states, workers)
-    if engine == "ray":
-        return RayFleet(population, executor, ray_address, workers, states)
-    raise ConfigError(f"engine {engine!r} is unknown; allowed: {', '.join(ENGINES)}")
+        return LocalFleet(population, RayExecutor(population, options.executor, options.ray_address,
+                                                  options.workers), states)
+    return LocalFleet(population, options.executor, states, options.workers)

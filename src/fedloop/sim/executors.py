@@ -1,31 +1,43 @@
-"""In-process executors: how a local fleet runs a round's (client app, task) jobs.
+"""In-process executors: how a local fleet trains (and evaluates) a round's jobs.
 
-Every executor returns one reply per job, in job order, and gives the same result for the same seed
-(within float tolerance): they differ only in how the arithmetic is scheduled.
+An executor only trains: for a fit job it returns the client's Trained result (or a Failure), and the fleet passes
+it to the client app's `finish`. Every executor returns one result per job, in job order, and gives the same
+result for the same seed (within float tolerance): they differ only in how the arithmetic is scheduled.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from torch import nn
 
-from ..client import ClientApp
-from ..local import SGDProgram
-from ..types import Reply, Task
+from ..client import ClientApp, ClientState, SGDProgram, Trained
+from ..types import Evaluation, Failure, Task
 from .vectorized import train_group, unbatchable_reason
 
 log = logging.getLogger(__name__)
 
-Job = tuple[ClientApp, Task]
+Result = Trained | Evaluation | Failure
+
+
+@dataclass(frozen=True)
+class Job:
+    """One task for one client app, with the state the client starts it from."""
+
+    app: ClientApp
+    task: Task
+    state: ClientState
 
 
 class Executor(Protocol):
     name: str
 
-    def run(self, jobs: Sequence[Job]) -> list[Reply]: ...
+    def run(self, jobs: Sequence[Job], until: float | None = None) -> list[Result]:
+        """One result per job, in job order; executors that can stop waiting do so at the monotonic `until`."""
+        ...
 
     def close(self) -> None: ...
 
@@ -43,30 +55,41 @@ class Workspaces:
 
 
 class Sequential:
-    """The reference: one client after another through ClientApp.handle."""
+    """The reference: one client after another."""
 
     name = "sequential"
 
     def __init__(self) -> None:
         self.workspaces = Workspaces()
 
-    def run(self, jobs: Sequence[Job]) -> list[Reply]:
-        return [app.handle(task, self.workspaces.get(app)) for app, task in jobs]
+    def run_one(self, job: Job) -> Result:
+        model = self.workspaces.get(job.app)
+        if job.task.kind == "evaluate":
+            return job.app.evaluate(job.task, model)
+        return job.app.fit(job.task, job.state, model)
+
+    def run(self, jobs: Sequence[Job], until: float | None = None) -> list[Result]:
+        return [self.run_one(job) for job in jobs]
 
     def close(self) -> None:
         pass
 
 
-def fit_program(app: ClientApp, task: Task) -> SGDProgram | None:
-    """The SGDProgram a fit job runs, when its strategy declares one and the client has data."""
+def batch_program(job: Job) -> SGDProgram | None:
+    """The SGDProgram a fit job declares; None for evaluation, a client without data, or an error (which the
+    client's own run then reports as its Failure)."""
+    app, task = job.app, job.task
     if task.kind != "fit" or task.client_id != app.client_id or len(app.train) == 0:
         return None
-    return app.strategy.client_program(task)
+    try:
+        return app.strategy.client_program(task, job.state)
+    except Exception:  # noqa: BLE001 - the client's own run reports the error as its Failure
+        return None
 
 
 class Vectorized:
-    """Clients whose strategy declares an SGDProgram train as one torch.func batch per group of equal
-    (program, global params, model factory, loss); everything else runs sequentially."""
+    """Fit jobs whose client half is an SGDProgram train as one torch.func batch per group of equal (program,
+    broadcast, model factory, loss); everything else runs sequentially, with the reason logged once."""
 
     name = "vectorized"
 
@@ -75,42 +98,44 @@ class Vectorized:
         self._reasons: dict[tuple, str | None] = {}
 
     def reason(self, app: ClientApp, program: SGDProgram) -> str | None:
-        """Why this group cannot be batched (None when it can); logged once per model, loss and program."""
-        key = (app.model_fn, app.loss_fn, program)
+        """Why this group cannot be batched (None when it can); logged once per strategy, model, loss, program."""
+        key = (type(app.strategy), app.model_fn, app.loss_fn, program)
         if key not in self._reasons:
-            why = unbatchable_reason(self.sequential.workspaces.get(app), program, app.loss_fn, app.train)
+            why = app.strategy.unbatchable_reason() or \
+                unbatchable_reason(self.sequential.workspaces.get(app), program, app.loss_fn, app.train)
             if why is not None:
                 log.info("vectorized executor: running these clients sequentially because %s", why)
             self._reasons[key] = why
         return self._reasons[key]
 
-    def run(self, jobs: Sequence[Job]) -> list[Reply]:
-        replies: list[Reply] = [None] * len(jobs)  # type: ignore[list-item] - every slot is filled below
-        groups: dict[tuple, list[int]] = {}
+    def run(self, jobs: Sequence[Job], until: float | None = None) -> list[Result]:
+        results: list[Result | None] = [None] * len(jobs)
+        groups: dict[tuple, list[tuple[int, SGDProgram]]] = {}
         alone: list[int] = []
-        for i, (app, task) in enumerate(jobs):
-            program = fit_program(app, task)
+        for i, job in enumerate(jobs):
+            program = batch_program(job)
             if program is None:
                 alone.append(i)
             else:
-                groups.setdefault((program, id(task.params), app.model_fn, app.loss_fn), []).append(i)
-        for key in [k for k in groups if self.reason(jobs[groups[k][0]][0], k[0]) is not None]:
-            alone += groups.pop(key)
-        for (program, _, _, _), members in groups.items():
-            app = jobs[members[0]][0]
+                key = (type(job.app.strategy), program, job.task.broadcast.key, job.app.model_fn, job.app.loss_fn)
+                groups.setdefault(key, []).append((i, program))
+        for key in [k for k in groups if self.reason(jobs[groups[k][0][0]].app, k[1]) is not None]:
+            alone += [i for i, _ in groups.pop(key)]
+        for members in groups.values():
+            app = jobs[members[0][0]].app
             try:
-                batch = train_group(self.sequential.workspaces.get(app), program, app.loss_fn,
-                                    [jobs[i][1] for i in members], [jobs[i][0].train for i in members])
+                batch = train_group(self.sequential.workspaces.get(app), [p for _, p in members], app.loss_fn,
+                                    [jobs[i].task for i, _ in members], [jobs[i].app.train for i, _ in members])
             except Exception as exc:  # noqa: BLE001 - the sequential path then reports per-client failures
                 log.warning("vectorized executor: a batch of %d clients failed (%s: %s); running them "
                             "sequentially", len(members), type(exc).__name__, exc)
-                alone += members
+                alone += [i for i, _ in members]
                 continue
-            for i, reply in zip(members, batch, strict=True):
-                replies[i] = reply
-        for i, reply in zip(alone, self.sequential.run([jobs[i] for i in alone]), strict=True):
-            replies[i] = reply
-        return replies
+            for (i, _), trained in zip(members, batch, strict=True):
+                results[i] = trained
+        for i in alone:
+            results[i] = self.sequential.run_one(jobs[i])
+        return [r for r in results if r is not None]
 
     def close(self) -> None:
         pass

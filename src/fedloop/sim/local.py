@@ -1,57 +1,84 @@
-"""LocalFleet: the simulator's fleet. Clients live in this process (or its workers) and run through an
-executor: sequential, vectorized, processes, or auto."""
+"""LocalFleet: the simulator's fleet. Clients live in this process (or its workers, or Ray actors) and train
+through an executor; their apps finish here, where the state store lives."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..client import ClientApp
+from ..client import ClientApp, MemoryStates, RoundStates, StateStore, Trained
 from ..errors import ConfigError
-from ..types import ClientInfo, Reply, Task
-from .executors import Executor
+from ..fleet import CONCURRENT, STAGES
+from ..params import num_bytes
+from ..types import ClientInfo, Reply, Task, Update
+from .executors import Executor, Job
 from .population import AppList, Population
-from .states import MemoryStates, StateStore
 
 
 class LocalFleet:
-    """A population of client apps run by one executor.
+    """A population of client apps trained by one executor.
 
-    Apps come from the population (built on demand for lazy ones); each client's persistent state lives in
-    the state store between its tasks, so memory follows the clients sampled, not the population.
+    Apps come from the population (built on demand for lazy ones); each client's persistent state lives in the
+    state store (memory, or one file per client on disk) between its tasks, kept with the round it came from, so
+    memory follows the clients sampled, not the population. Tasks run when their replies are collected.
     """
+
+    capabilities = frozenset({STAGES, CONCURRENT})
 
     def __init__(self, population: Population | Sequence[ClientApp], executor: str | Executor = "sequential",
                  states: StateStore | None = None, workers: int | None = None):
-        from .engines import make_executor  # executors may reach back into the fleet (process workers)
+        from .engines import make_executor
 
         self.population = population if not isinstance(population, Sequence) else AppList(population)
-        self.states = states if states is not None else MemoryStates()
-        self.executor = make_executor(executor, self, workers) if isinstance(executor, str) else executor
+        self.states = RoundStates(states if states is not None else MemoryStates())
+        self.executor = make_executor(executor, self.population, workers) if isinstance(executor, str) \
+            else executor
+        self._open: list[Task] = []
+        self._down = 0
+        self._up = 0
 
     def clients(self) -> list[ClientInfo]:
         return self.population.clients()
 
     def app(self, client_id: int) -> ClientApp:
-        """The client's app with its persistent state loaded."""
+        """The client's app, keeping its state in this fleet's store."""
         app = self.population.app(client_id)
-        state = self.states.get(client_id)
-        if state is not None:
-            app.state = state
+        app.states = self.states
         return app
 
-    def run(self, tasks: Sequence[Task], deadline: float | None = None) -> list[Reply]:
-        """One reply per task, in task order. `deadline` does not apply in-process."""
+    def submit(self, tasks: Sequence[Task]) -> None:
+        self._open += tasks
+
+    def collect(self, until: float | None = None, min_replies: int | None = None) -> list[Reply]:
+        """Runs every open task (in-process work cannot stop early; worker executors stop waiting at `until`)."""
+        tasks, self._open = self._open, []
         jobs = []
         for task in tasks:
             try:
-                jobs.append((self.app(task.client_id), task))
+                app = self.app(task.client_id)
             except KeyError:
                 raise ConfigError(f"task for client {task.client_id}, which is not in this fleet") from None
-        replies = self.executor.run(jobs)
-        for app, _ in jobs:
-            if app.state:
-                self.states.put(app.client_id, app.state)
+            jobs.append(Job(app, task, app.begin(task) if task.kind == "fit" else {}))
+        replies: list[Reply] = []
+        for job, result in zip(jobs, self.executor.run(jobs, until), strict=True):
+            replies.append(job.app.finish(job.task, result, job.state) if isinstance(result, Trained) else result)
+        self._count(tasks, replies)
         return replies
+
+    def cancel(self) -> list[Task]:
+        tasks, self._open = self._open, []
+        return tasks
+
+    def _count(self, tasks: Sequence[Task], replies: Sequence[Reply]) -> None:
+        sizes: dict[tuple[int, str], int] = {}
+        for t in tasks:
+            if t.broadcast.key not in sizes:
+                sizes[t.broadcast.key] = num_bytes(t.params) + num_bytes(t.extras)
+            self._down += sizes[t.broadcast.key]
+        self._up += sum(num_bytes(r.params) + num_bytes(r.extras) for r in replies if isinstance(r, Update))
+
+    def traffic(self) -> tuple[int, int]:
+        """The raw tensor bytes tasks and updates would move over a network (nothing crosses one here)."""
+        return self._down, self._up
 
     def describe(self) -> str:
         """The executor, and for auto what it chose."""

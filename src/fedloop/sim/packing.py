@@ -1,5 +1,6 @@
-"""How a share of a round travels to a worker process or a Ray actor and back: tensors as NumPy arrays,
-the global params once per share, replies and client states packed the same way."""
+"""How a share of a round travels to a worker process or a Ray actor and back: tensors as NumPy arrays, each
+broadcast once per share (not per task), the clients' states as inputs, and only training results coming back
+(the client app's finish runs in the fleet's own process, where the state store lives)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,13 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from ..client import ClientApp
-from ..types import Reply, Task, Update
+from ..client import ClientApp, Trained
+from ..types import Broadcast, Task
+from .executors import Job, Result
 
 Arrays = dict[str, np.ndarray]
+Packed = tuple[Arrays, Arrays]
+"""A broadcast's params and extras as arrays."""
 P = TypeVar("P")
 H = TypeVar("H")
 
@@ -27,64 +31,63 @@ def to_torch(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in arrays.items()}
 
 
-def plan_shares(tasks: Sequence[Task], weights: Sequence[int], workers: int) -> list[list[int]]:
-    """Contiguous shares of the tasks with about equal weight (examples: a proxy for work), each split
-    further so that all tasks of a share carry the same params object (normally one per round)."""
-    w = np.maximum(np.asarray(weights, dtype=np.float64), 1.0)
+def plan_shares(jobs: Sequence[Job], workers: int) -> list[list[int]]:
+    """Contiguous shares of the jobs with about equal weight (examples: a proxy for work), each split further so
+    that all jobs of a share carry the same broadcast."""
+    w = np.maximum(np.asarray([len(j.app.train) for j in jobs], dtype=np.float64), 1.0)
     cum = np.concatenate([[0.0], np.cumsum(w)])
     targets = w.sum() * np.arange(1, workers) / workers
     bounds = np.abs(cum[:, None] - targets[None, :]).argmin(axis=0)  # the split nearest each target
     out = []
-    for part in np.split(np.arange(len(tasks)), bounds):
-        by_params: dict[int, list[int]] = {}
+    for part in np.split(np.arange(len(jobs)), bounds):
+        by_broadcast: dict[tuple[int, str], list[int]] = {}
         for i in part.tolist():
-            by_params.setdefault(id(tasks[i].params), []).append(i)
-        out += list(by_params.values())
+            by_broadcast.setdefault(jobs[i].task.broadcast.key, []).append(i)
+        out += list(by_broadcast.values())
     return out
 
 
-def pack_tasks(tasks: Sequence[Task]) -> list[Task]:
-    """Tasks without their params (these travel once per share) and with NumPy extras."""
-    return [replace(t, params={}, extras=to_numpy(t.extras)) for t in tasks]
+def light(task: Task) -> Task:
+    """The task without its broadcast's tensors (they travel once per share)."""
+    return replace(task, broadcast=replace(task.broadcast, params={}, extras={}))
 
 
-def dispatch(tasks: Sequence[Task], weights: Sequence[int], workers: int, states: Callable[[int], Arrays],
-             pack_params: Callable[[Arrays], P], submit: Callable[[int, P, list[Task], list[Arrays]], H]
-             ) -> list[tuple[list[int], H]]:
-    """Send each share of a round: `submit(share number, packed params, packed tasks, client states)`.
-
-    The global params are packed (`pack_params` of their NumPy form) once per params object, not per share.
-    Returns each share's task positions with what `submit` returned for it.
-    """
-    packed: dict[int, P] = {}
+def dispatch(jobs: Sequence[Job], workers: int, pack: Callable[[Packed], P],
+             submit: Callable[[int, P, list[Task], list[Arrays]], H]) -> list[tuple[list[int], H]]:
+    """Send each share: `submit(share number, packed broadcast, light tasks, client states)`. A broadcast is packed
+    (`pack` of its arrays) once per key, not per share. Returns each share's job positions with its handle."""
+    packed: dict[tuple[int, str], P] = {}
     sent = []
-    for n, members in enumerate(plan_shares(tasks, weights, workers)):
-        first = tasks[members[0]].params
-        if id(first) not in packed:
-            packed[id(first)] = pack_params(to_numpy(first))
-        sent.append((members, submit(n, packed[id(first)], pack_tasks([tasks[i] for i in members]),
-                                     [states(i) for i in members])))
+    for n, members in enumerate(plan_shares(jobs, workers)):
+        b = jobs[members[0]].task.broadcast
+        if b.key not in packed:
+            packed[b.key] = pack((to_numpy(b.params), to_numpy(b.extras)))
+        sent.append((members, submit(n, packed[b.key], [light(jobs[i].task) for i in members],
+                                     [to_numpy(jobs[i].state) for i in members])))
     return sent
 
 
-def unpack_reply(reply: Reply) -> Reply:
-    if isinstance(reply, Update):
-        return replace(reply, params=to_torch(reply.params), extras=to_torch(reply.extras))
-    return reply
+def pack_result(result: Result) -> Result:
+    if isinstance(result, Trained):
+        return replace(result, update=to_numpy(result.update))  # type: ignore[arg-type]
+    return result
 
 
-def run_packed(run: Callable[[list[tuple[ClientApp, Task]]], list[Reply]], resolve: Callable[[int], ClientApp],
-               params: Arrays, tasks: Sequence[Task], states: Sequence[Arrays]) -> list[tuple[Reply, Arrays]]:
-    """Worker side: rebuild the jobs around one copy of the global params, run them, pack the replies."""
-    shared = to_torch(params)
+def unpack_result(result: Result) -> Result:
+    if isinstance(result, Trained):
+        return replace(result, update=to_torch(result.update))  # type: ignore[arg-type]
+    return result
+
+
+def run_packed(run: Callable[[list[Job]], list[Result]], resolve: Callable[[int], ClientApp], broadcast: Packed,
+               tasks: Sequence[Task], states: Sequence[Arrays]) -> list[Result]:
+    """Worker side: rebuild the jobs around one copy of the broadcast, train them, pack the results."""
+    params, extras = to_torch(broadcast[0]), to_torch(broadcast[1])
+    shared: dict[tuple[int, str], Broadcast] = {}
     jobs = []
     for task, state in zip(tasks, states, strict=True):
-        app = resolve(task.client_id)
-        app.state = to_torch(state)
-        jobs.append((app, replace(task, params=shared, extras=to_torch(task.extras))))
-    out = []
-    for (app, _), reply in zip(jobs, run(jobs), strict=True):
-        if isinstance(reply, Update):
-            reply = replace(reply, params=to_numpy(reply.params), extras=to_numpy(reply.extras))
-        out.append((reply, to_numpy(app.state)))
-    return out
+        b = task.broadcast
+        if b.key not in shared:
+            shared[b.key] = replace(b, params=params, extras=extras)
+        jobs.append(Job(resolve(task.client_id), replace(task, broadcast=shared[b.key]), to_torch(state)))
+    return [pack_result(r) for r in run(jobs)]

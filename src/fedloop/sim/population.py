@@ -8,11 +8,10 @@ from typing import Protocol
 import numpy as np
 from torch import nn
 
-from ..client import ClientApp
+from ..client import ClientApp, LossFn
 from ..data.examples import Examples
 from ..data.gaussian import GaussianTeacher
 from ..errors import ConfigError
-from ..local import LossFn
 from ..strategies.base import Strategy
 from ..types import ClientInfo
 

@@ -1,10 +1,9 @@
-"""The processes executor: a pool of forked single-threaded workers, each running a share of the round.
+"""The processes executor: a pool of forked single-threaded workers, each training a share of the round.
 
-Workers are forked from the fleet's process, so client data (views into shared arrays) are inherited
-without a copy per client. Each worker gets one contiguous share of the jobs, balanced by examples, and runs
-it with its own inner executor (sequential, or vectorized for many small clients). The global params
-travel once per share and replies come back as NumPy arrays through the pool's pipe: no shared-memory
-segment or file descriptor is created per tensor.
+Workers are forked from the fleet's process, so client data (views into shared arrays) are inherited without a
+copy per client. Each worker gets one contiguous share of the jobs, balanced by examples, and trains it with its
+own inner executor (sequential, or vectorized for many small clients). Each broadcast travels once per share and
+training results come back as NumPy arrays through the pool's pipe; the client apps finish in the fleet's process.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -19,9 +19,9 @@ from concurrent.futures.process import BrokenProcessPool
 import torch
 
 from ..client import ClientApp
-from ..types import Failure, Reply, Task
-from .executors import Executor, Job, Sequential, Vectorized
-from .packing import Arrays, dispatch, run_packed, to_numpy, to_torch, unpack_reply
+from ..types import Failure, Task
+from .executors import Executor, Job, Result, Sequential, Vectorized
+from .packing import Arrays, Packed, dispatch, run_packed, unpack_result
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +35,9 @@ def _start_worker(resolve: Callable[[int], ClientApp]) -> None:
     _resolve, _inner = resolve, {"sequential": Sequential(), "vectorized": Vectorized()}
 
 
-def _run_share(inner: str, params: Arrays, tasks: list[Task], states: list[Arrays]) -> list[tuple[Reply, Arrays]]:
+def _run_share(inner: str, broadcast: Packed, tasks: list[Task], states: list[Arrays]) -> list[Result]:
     assert _resolve is not None
-    return run_packed(_inner[inner].run, _resolve, params, tasks, states)
+    return run_packed(_inner[inner].run, _resolve, broadcast, tasks, states)
 
 
 def default_workers() -> int:
@@ -45,7 +45,8 @@ def default_workers() -> int:
 
 
 class Processes:
-    """Jobs spread over `workers` forked single-threaded processes (one per core by default)."""
+    """Jobs spread over `workers` forked single-threaded processes (one per core by default). A share that misses
+    the deadline, or whose worker dies, becomes Failures, and the pool is replaced before the next round."""
 
     name = "processes"
 
@@ -62,34 +63,38 @@ class Processes:
                                              initializer=_start_worker, initargs=(self.resolve,))
         return self._pool
 
-    def run(self, jobs: Sequence[Job]) -> list[Reply]:
+    def run(self, jobs: Sequence[Job], until: float | None = None) -> list[Result]:
         if not jobs:
             return []
         pool = self._ensure_pool()
-        tasks = [t for _, t in jobs]
-        submitted = dispatch(tasks, [len(app.train) for app, _ in jobs], self.workers,
-                             states=lambda i: to_numpy(jobs[i][0].state), pack_params=lambda params: params,
-                             submit=lambda _, params, light, states: pool.submit(_run_share, self.inner, params,
-                                                                                  light, states))
-        replies: list[Reply | None] = [None] * len(jobs)
-        broken = False
+        submitted = dispatch(jobs, self.workers, pack=lambda broadcast: broadcast,
+                             submit=lambda _, b, light, states: pool.submit(_run_share, self.inner, b, light, states))
+        results: list[Result | None] = [None] * len(jobs)
+        replace_pool = False
         for members, fut in submitted:
+            why = None
             try:
-                results = fut.result()
+                share = fut.result(None if until is None else max(0.0, until - time.monotonic()))
             except BrokenProcessPool as exc:
-                broken = True
+                why = f"worker process died: {exc}"
+            except TimeoutError:
+                why = "no reply before the deadline (the worker was stopped)"
+            if why is not None:
+                replace_pool = True
                 for i in members:
-                    replies[i] = Failure(tasks[i].client_id, tasks[i].round, f"worker process died: {exc}")
+                    results[i] = Failure(jobs[i].task.client_id, jobs[i].task.round, why)
                 continue
-            for i, (reply, state) in zip(members, results, strict=True):
-                jobs[i][0].state = to_torch(state)
-                replies[i] = unpack_reply(reply)
-        if broken:
-            log.warning("processes executor: a worker died; starting a new pool for the next round")
-            self.close()
-        return [r for r in replies if r is not None]
+            for i, result in zip(members, share, strict=True):
+                results[i] = unpack_result(result)
+        if replace_pool:
+            log.warning("processes executor: a worker died or missed the deadline; starting a new pool")
+            self.close(kill=True)
+        return [r for r in results if r is not None]
 
-    def close(self) -> None:
+    def close(self, kill: bool = False) -> None:
         if self._pool is not None:
+            if kill:  # workers still busy with a late share would hold the next round up
+                for proc in list(getattr(self._pool, "_processes", {}).values()):
+                    proc.kill()
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None

@@ -17,9 +17,9 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
+from ..client.training import LossFn, SGDProgram, Trained, sgd_step
 from ..data.examples import Examples
-from ..local import LossFn, SGDProgram
-from ..types import Task, Update
+from ..types import Params, Task
 
 MAX_ROWS = 1 << 16
 """Rows one batched step may hold (clients x batch); larger groups are split into chunks of clients."""
@@ -129,15 +129,18 @@ def _schedule(program: SGDProgram, tasks: Sequence[Task], data: Sequence[Example
     return _Schedule(x, y, rows, mask.to(x.dtype if x.is_floating_point() else torch.float32), steps)
 
 
-def train_group(model: nn.Module, program: SGDProgram, loss_fn: LossFn, tasks: Sequence[Task],
-                data: Sequence[Examples]) -> list[Update]:
-    """Run one SGDProgram for clients that share the same global params; replies in task order."""
+def train_group(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: LossFn, tasks: Sequence[Task],
+                data: Sequence[Examples]) -> list[Trained]:
+    """Run equal SGDPrograms (they may differ in their aux) for clients that share one broadcast; results in task
+    order."""
+    program = programs[0]
     full = program.batch_size is None or program.returns == "gradient"
     width = max(len(d) for d in data) if full else program.batch_size
-    per_chunk = max(1, MAX_ROWS // max(width, 1))
-    out: list[Update] = []
+    per_chunk = max(1, MAX_ROWS // max(width or 1, 1))
+    out: list[Trained] = []
     for start in range(0, len(tasks), per_chunk):
-        out += _train_chunk(model, program, loss_fn, tasks[start:start + per_chunk], data[start:start + per_chunk])
+        end = start + per_chunk
+        out += _train_chunk(model, programs[start:end], loss_fn, tasks[start:end], data[start:end])
     return out
 
 
@@ -149,16 +152,26 @@ def _row_losses(loss_fn: LossFn) -> LossFn:
     return vmap(per_example(loss_fn))
 
 
-def _train_chunk(model: nn.Module, program: SGDProgram, loss_fn: LossFn, tasks: Sequence[Task],
-                 data: Sequence[Examples]) -> list[Update]:
+def _stacked_aux(programs: Sequence[SGDProgram], order: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """The clients' aux tensors stacked in training order (None when the program has none)."""
+    if not programs[0].aux:
+        return None
+    return {k: torch.stack([programs[c].aux[k] for c in order.tolist()]) for k in programs[0].aux}
+
+
+def _train_chunk(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: LossFn, tasks: Sequence[Task],
+                 data: Sequence[Examples]) -> list[Trained]:
+    program = programs[0]
     global_params = tasks[0].params
     names = [n for n, _ in model.named_parameters()]
     forward = vmap(lambda p, xb: functional_call(model, p, (xb,)))
     row_losses = _row_losses(loss_fn)
-    penalty = None if program.penalty is None else vmap(program.penalty, in_dims=(0, None))
     plan = _schedule(program, tasks, data)
     order = torch.argsort(plan.steps, descending=True, stable=True)  # clients still training are a prefix
     rows, mask, steps = plan.rows[order], plan.mask[order], plan.steps[order]
+    aux = _stacked_aux(programs, order)
+    penalty = None if program.penalty is None else \
+        vmap(program.penalty, in_dims=(0, None, None if aux is None else 0))
     active_at = (steps[None, :] > torch.arange(int(steps[0]))[:, None]).sum(1).tolist()
     count = len(tasks)
     params = {k: global_params[k].detach().unsqueeze(0).repeat(count, *([1] * global_params[k].dim()))
@@ -176,34 +189,35 @@ def _train_chunk(model: nn.Module, program: SGDProgram, loss_fn: LossFn, tasks: 
         outputs = forward(sub, xb)
         n = m.sum(dim=1)
         losses = (row_losses(outputs, yb) * m).sum(dim=1) / n.clamp(min=1.0)
-        total = losses.sum() if penalty is None else losses.sum() + penalty(sub, global_params).sum()
+        total = losses.sum()
+        if penalty is not None:
+            total = total + penalty(sub, global_params, None if aux is None else
+                                    {k: v[:active] for k, v in aux.items()}).sum()
         grads = torch.autograd.grad(total, list(sub.values()))
         with torch.no_grad():
             loss_sum[:active] += losses * n
             scored = scored and outputs.dim() == 3
             if scored:
                 correct_sum[:active] += ((outputs.argmax(dim=2) == yb) * m).sum(dim=1)
-            if program.returns == "gradient":
-                params = dict(zip(names, grads, strict=True))
-                continue
-            for k, g in zip(names, grads, strict=True):
-                if program.weight_decay:
-                    g = g.add(sub[k], alpha=program.weight_decay)
-                if momentum is not None:
-                    g = momentum[k][:active].mul_(program.momentum).add_(g)
-                params[k][:active].sub_(g, alpha=program.lr)
+        if program.returns == "gradient":
+            params = dict(zip(names, grads, strict=True))
+            continue
+        buffers: list[torch.Tensor | None] = [momentum[k][:active] for k in names] if momentum is not None \
+            else [None] * len(names)
+        sgd_step([params[k][:active] for k in names], grads, buffers, program)
     seen = mask.sum(dim=(1, 2))
-    losses = (loss_sum / seen).tolist()
+    losses_out = (loss_sum / seen).tolist()
     accuracies = (correct_sum / seen).tolist()
     if program.returns == "gradient":
         updates = {k: params[k].unbind(0) for k in names}
     else:
         updates = {k: (global_params[k].unsqueeze(0) - params[k]).unbind(0) for k in names}
-    replies: list[Update | None] = [None] * count
+    steps_out = steps.tolist()
+    results: list[Trained | None] = [None] * count
     for pos, c in enumerate(order.tolist()):
-        metrics = {"train_loss": losses[pos]}
+        metrics = {"train_loss": losses_out[pos]}
         if scored:
             metrics["train_accuracy"] = accuracies[pos]
-        replies[c] = Update(tasks[c].client_id, tasks[c].round, {k: updates[k][pos] for k in global_params},
-                            len(data[c]), metrics)
-    return [r for r in replies if r is not None]
+        update: Params = {k: updates[k][pos] for k in global_params}
+        results[c] = Trained(update, len(data[c]), int(steps_out[pos]), metrics)
+    return [r for r in results if r is not None]

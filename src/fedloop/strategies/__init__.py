@@ -5,24 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ConfigError
-from ..local import SGDProgram
-from .base import LocalSGD, Strategy
+from .base import Strategy
 from .fedavg import FedAvg
+from .fedavgm import FedAvgM
+from .fedopt import FedAdagrad, FedAdam, FedYogi
 from .fedprox import FedProx
 from .fedsgd import FedSGD
+from .power_of_choice import PowerOfChoice
 from .scaffold import Scaffold
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (FedAvg, FedSGD, FedProx, Scaffold)}
+STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (
+    FedAvg, FedSGD, FedProx, Scaffold, FedAvgM, FedAdam, FedYogi, FedAdagrad, PowerOfChoice)}
 
 
-def make_strategy(name: str, **hyperparams: Any) -> Strategy:
-    """Build a strategy by its registered name."""
+def make_strategy(name: str, **parts: Any) -> Strategy:
+    """Build a strategy by its registered name from its parts and hyperparameters."""
     try:
         cls = STRATEGIES[name]
     except KeyError:
         raise ConfigError(f"strategy.name = {name!r} is unknown; allowed: {', '.join(STRATEGIES)}") from None
-    return cls(**hyperparams)
+    return cls(**parts)
 
 
-__all__ = ["STRATEGIES", "FedAvg", "FedProx", "FedSGD", "LocalSGD", "SGDProgram", "Scaffold", "Strategy",
-           "make_strategy"]
+__all__ = ["STRATEGIES", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedProx", "FedSGD", "FedYogi",
+           "PowerOfChoice", "Scaffold", "Strategy", "make_strategy"]

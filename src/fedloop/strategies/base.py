@@ -1,133 +1,112 @@
-"""The shared base of every strategy: client sampling, aggregation and a server-optimizer step.
+"""The strategy: a frozen dataclass composed of parts (DESIGN.md, "Core abstractions") — a sampler, a local-training
+spec (the client half), an aggregator and a server optimizer — plus a chain of transforms. A new algorithm swaps a
+part or overrides one of the few methods below; it does no I/O and never sees threads, sockets, clocks or files.
 
-A strategy is a frozen dataclass of hyperparameters with four parts (DESIGN.md):
-`init` (initial server state), `configure` (which clients do what this round), `local_update` (the
-client half) and `apply` (the server half), plus `aggregate`. A new algorithm overrides one or two.
-It does no I/O and never sees threads, sockets, clocks or files.
+Server half:
+  init            the initial server state
+  configure       the round's first exchange (normally its fit tasks)
+  follow_up       the next exchange of a multi-stage round, from the replies to the last one ([] when done)
+  aggregate_extras  strategy-specific reduction of the updates' extras (SCAFFOLD's control-variate deltas)
+  apply           server state + aggregate -> new server state (the server optimizer's step)
+Client half (run by the client app in every mode):
+  client_program  local training declared as an SGDProgram, which every executor can batch
+  client_train    for training that is not an SGDProgram: overriding it makes the clients train one at a time
+  client_finish   after training: the update to send and the client's new persistent state
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import ClassVar
 
-import numpy as np
-
-from ..aggregators import Weighting, weighted_mean
-from ..errors import ConfigError
-from ..local import ClientContext, SGDProgram, run_program
+from .. import checks
+from ..aggregators import Aggregator, WeightedMean
+from ..client.state import ClientState
+from ..client.training import ClientContext, FullGradient, LocalSGD, LocalSpec, SGDProgram, Trained, train_program
 from ..params import clone
-from ..server_opt import ServerOptimizer, sgd
-from ..types import Aggregate, ClientInfo, Params, ServerState, Task, Update
-
-
-@dataclass(frozen=True)
-class LocalSGD:
-    """Hyperparameters of the client's local optimizer; batch_size None means the full local dataset."""
-
-    epochs: int = 1
-    batch_size: int | None = 10
-    lr: float = 0.05
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-
-
-def task_seeds(seed: int, round_: int, client_ids: Sequence[int] | np.ndarray) -> np.ndarray:
-    """The seeds of clients' randomness in one round; each depends only on (seed, round, client id).
-
-    A SeedSequence hash of (seed, round) is spread over client ids by the SplitMix64 finaliser, one
-    vectorised step for a whole round (a SeedSequence per client costs ~9 us; a round may have thousands).
-    """
-    base = np.random.SeedSequence([seed, round_]).generate_state(1, np.uint64)[0]
-    with np.errstate(over="ignore"):
-        z = base + np.asarray(client_ids, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return z >> np.uint64(1)  # 63 bits: a valid seed for every torch and numpy generator
-
-
-def task_seed(seed: int, round_: int, client_id: int) -> int:
-    """The seed of one client's randomness in one round: independent of which other clients run."""
-    return int(task_seeds(seed, round_, [client_id])[0])
-
-
-def round_rng(seed: int, round_: int) -> np.random.Generator:
-    return np.random.default_rng([seed, round_, 0x5E1EC7])
+from ..sampling import Sampler, round_rng, task_seeds
+from ..server_opt import SGD, ServerOptimizer
+from ..transforms import Transform
+from ..types import Aggregate, Broadcast, ClientInfo, ConfigValue, Reply, ServerState, Task, TaskKind, Update
 
 
 @dataclass(frozen=True)
 class Strategy:
-    """Sampling, weighting and the server step shared by the FedAvg family."""
+    """The composed strategy; `name` is what configs call it, `requires` the fleet capabilities it needs."""
 
-    name: ClassVar[str] = "base"
+    name: ClassVar[str] = "custom"
+    requires: ClassVar[frozenset[str]] = frozenset()
 
-    clients_per_round: int | None = 10
-    fraction: float | None = None
-    sampling: Literal["uniform", "samples"] = "uniform"
-    weighting: Weighting = "samples"
-    server_lr: float = 1.0
-    server_momentum: float = 0.0
-    local: LocalSGD = field(default_factory=LocalSGD)
+    sampler: Sampler = field(default_factory=Sampler)
+    local: LocalSpec = field(default_factory=LocalSGD)
+    aggregator: Aggregator = field(default_factory=WeightedMean)
+    server_opt: ServerOptimizer = field(default_factory=SGD)
+    transforms: tuple[Transform, ...] = ()
 
-    def server_optimizer(self) -> ServerOptimizer:
-        return sgd(self.server_lr, self.server_momentum)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "transforms", tuple(self.transforms))
+        parts = (("sampler", isinstance(self.sampler, Sampler), "a Sampler"),
+                 ("local", isinstance(self.local, LocalSGD | FullGradient), "a LocalSGD or FullGradient"),
+                 ("aggregator", callable(getattr(self.aggregator, "apply", None)), "an aggregator (init, apply)"),
+                 ("server_opt", callable(getattr(self.server_opt, "step", None)), "a server optimizer (init, step)"),
+                 ("transforms", all(isinstance(t, Transform) for t in self.transforms), "a tuple of Transforms"))
+        for part, ok, what in parts:
+            if not ok:
+                checks.fail(self, part, f"expected {what}")
 
-    def init(self, params: Params, seed: int) -> ServerState:
+    # --- server half ---
+    def init(self, params: Mapping, seed: int) -> ServerState:
         params = clone(params)
-        return ServerState(round=0, params=params, opt_state=self.server_optimizer().init(params), seed=seed)
+        transform_state = {f"{i}/{k}": v for i, t in enumerate(self.transforms) for k, v in t.init(params).items()}
+        return ServerState(round=0, params=params, opt_state=self.server_opt.init(params), seed=seed,
+                           agg_state=self.aggregator.init(params), transform_state=transform_state)
 
-    def num_selected(self, population: int) -> int:
-        if self.fraction is not None:
-            return max(1, min(population, int(round(self.fraction * population))))
-        if self.clients_per_round is None:
-            return population
-        return min(population, self.clients_per_round)
+    def broadcast(self, state: ServerState, stage: str = "fit") -> Broadcast:
+        """What the tasks of one exchange share: the global params, and for fit tasks the strategy's extras."""
+        return Broadcast(state.round, state.params, state.extras if stage == "fit" else {}, stage)
 
-    def select(self, clients: Sequence[ClientInfo], rng: np.random.Generator) -> list[ClientInfo]:
-        """Uniformly without replacement, or with probability proportional to sample counts."""
-        if not clients:
-            raise ConfigError("no clients are available to select from")
-        ordered = sorted(clients, key=lambda c: c.client_id)
-        k = self.num_selected(len(ordered))
-        p = None
-        if self.sampling == "samples":
-            n = np.array([c.num_examples for c in ordered], dtype=np.float64)
-            p = n / n.sum()
-            k = min(k, int(np.count_nonzero(p)))
-        chosen = rng.choice(len(ordered), size=k, replace=False, p=p)
-        return [ordered[i] for i in sorted(chosen)]
+    def tasks(self, state: ServerState, chosen: Sequence[ClientInfo], kind: TaskKind = "fit",
+              stage: str | None = None, config: Mapping[str, ConfigValue] | None = None) -> list[Task]:
+        """Tasks of round state.round + 1 for `chosen`, sharing one broadcast, each seeded by its client."""
+        r = state.round + 1
+        shared = self.broadcast(state, stage or kind)
+        seeds = task_seeds(state.seed, r, [c.client_id for c in chosen]).tolist()
+        return [Task(c.client_id, r, kind, shared, s, dict(config or {})) for c, s in zip(chosen, seeds, strict=True)]
 
     def configure(self, state: ServerState, clients: Sequence[ClientInfo]) -> list[Task]:
-        """The fit tasks of round state.round + 1."""
-        r = state.round + 1
-        chosen = self.select(clients, round_rng(state.seed, r))
-        seeds = task_seeds(state.seed, r, [c.client_id for c in chosen]).tolist()
-        return [Task(c.client_id, r, "fit", state.params, s) for c, s in zip(chosen, seeds, strict=True)]
+        """The first exchange of round state.round + 1: fit tasks for the sampler's draw."""
+        return self.tasks(state, self.sampler.select(clients, round_rng(state.seed, state.round + 1)))
 
-    def client_program(self, task: Task) -> SGDProgram | None:
-        """The client half as local SGD declared as data (any executor can batch it), or None when the
-        strategy's client half is something else and it overrides `local_update` instead."""
-        return None
+    def follow_up(self, state: ServerState, clients: Sequence[ClientInfo], tasks: Sequence[Task],
+                  replies: Sequence[Reply]) -> list[Task]:
+        """The round's next exchange after `tasks` got `replies`; [] once these replies hold the round's updates."""
+        return []
 
-    def local_update(self, task: Task, ctx: ClientContext) -> Update:
-        program = self.client_program(task)
-        if program is None:
-            raise NotImplementedError(f"strategy {self.name!r} defines neither client_program nor local_update")
-        return run_program(program, task, ctx)
-
-    def sgd_program(self, **overrides: object) -> SGDProgram:
-        """This strategy's LocalSGD hyperparameters as an SGDProgram."""
-        o = self.local
-        return SGDProgram(**{"epochs": o.epochs, "batch_size": o.batch_size, "lr": o.lr, "momentum": o.momentum,
-                             "weight_decay": o.weight_decay, **overrides})
-
-    def aggregate(self, updates: Sequence[Update]) -> Aggregate:
-        return weighted_mean(updates, self.weighting)
+    def aggregate_extras(self, updates: Sequence[Update]) -> dict:
+        return {}
 
     def apply(self, state: ServerState, agg: Aggregate) -> ServerState:
-        """W <- server_opt.step(W, aggregate): W - eta * grad_avg for plain SGD."""
-        params, opt_state = self.server_optimizer().step(state.params, agg.params, state.opt_state)
-        return ServerState(round=state.round + 1, params=params, opt_state=opt_state,
-                           extras=state.extras, seed=state.seed)
+        """W <- server_opt.step(W, aggregate): W - lr * aggregate for plain SGD."""
+        params, opt_state = self.server_opt.step(state.params, agg.params, state.opt_state)
+        return replace(state, round=state.round + 1, params=params, opt_state=opt_state, agg_state=agg.agg_state,
+                       transform_state=agg.transform_state)
+
+    # --- client half ---
+    def client_program(self, task: Task, state: ClientState) -> SGDProgram:
+        return self.local.program()
+
+    def client_train(self, task: Task, ctx: ClientContext) -> Trained:
+        return train_program(self.client_program(task, ctx.state), task, ctx)
+
+    def client_finish(self, task: Task, trained: Trained, state: ClientState) -> tuple[Update, ClientState]:
+        """The update to send and the client's new state (the same object when it did not change)."""
+        update = Update(task.client_id, task.round, trained.update, trained.num_examples, trained.metrics,
+                        version=task.broadcast.version)
+        return update, state
+
+    def unbatchable_reason(self) -> str | None:
+        """Why this strategy's clients cannot train as one batch (None when they can)."""
+        if type(self).client_train is not Strategy.client_train:
+            return f"strategy {self.name!r} trains its clients with its own client_train"
+        return None

@@ -1,14 +1,16 @@
 """FedProx (Li et al. 2020): FedAvg whose clients minimise L(w) + mu/2 ||w - w_global||^2, which keeps
-heterogeneous clients from drifting far from the global model."""
+heterogeneous clients from drifting far from the global model. A proximal term in the client's program."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
 
-from ..local import SGDProgram
+from .. import checks
+from ..client.state import ClientState
+from ..client.training import SGDProgram
 from ..types import Params, Task
 from .base import Strategy
 
@@ -16,11 +18,14 @@ from .base import Strategy
 @dataclass(frozen=True)
 class FedProx(Strategy):
     name: ClassVar[str] = "fedprox"
-
     mu: float = 0.01
 
-    def proximal(self, params: Params, global_params: Params) -> torch.Tensor:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        checks.in_range(self, "mu", 0.0, float("inf"))
+
+    def proximal(self, params: Params, global_params: Params, aux: Params) -> torch.Tensor:
         return 0.5 * self.mu * sum(((p - global_params[k]) ** 2).sum() for k, p in params.items())
 
-    def client_program(self, task: Task) -> SGDProgram:
-        return self.sgd_program(penalty=self.proximal)
+    def client_program(self, task: Task, state: ClientState) -> SGDProgram:
+        return replace(super().client_program(task, state), penalty=self.proximal)

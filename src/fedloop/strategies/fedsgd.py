@@ -1,19 +1,22 @@
-"""FedSGD: each client sends one full-batch gradient (1/N) sum grad L over its data; the server
-averages them and takes one SGD step W <- W - eta * grad_avg."""
+"""FedSGD: each client sends one full-batch gradient (1/N) sum grad L over its data; the server averages them and
+takes one SGD step W <- W - lr * grad_avg. FedAvg with the FullGradient local spec."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..local import SGDProgram
-from ..types import Task
+from .. import checks
+from ..client.training import FullGradient, LocalSpec
 from .base import Strategy
 
 
 @dataclass(frozen=True)
 class FedSGD(Strategy):
     name: ClassVar[str] = "fedsgd"
+    local: LocalSpec = field(default_factory=FullGradient)
 
-    def client_program(self, task: Task) -> SGDProgram:
-        return SGDProgram(epochs=1, batch_size=None, returns="gradient")
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.local, FullGradient):
+            checks.fail(self, "local", "FedSGD's clients send one full-batch gradient: expected FullGradient()")

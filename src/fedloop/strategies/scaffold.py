@@ -1,67 +1,71 @@
 """SCAFFOLD (Karimireddy et al. 2020): control variates correct client drift under heterogeneous data.
 
-The server keeps a control variate c (in ServerState.extras) and sends it with each task; client i keeps its
-own c_i as persistent state and trains with every gradient corrected by c - c_i. After K local steps of size
-lr it sets c_i+ = c_i - c + (x - y_i) / (K lr) ("option II") and returns the model delta x - y_i with
-dc_i = c_i+ - c_i. The server steps the model with the aggregated deltas (server_lr is the paper's global
-step) and sets c <- c + (1/N) sum_i dc_i, N being the clients available in the round.
+The server keeps a control variate c (in ServerState.extras) and broadcasts it with the fit tasks; client i keeps
+its own c_i as persistent state and trains with every gradient corrected by c - c_i (a penalty whose gradient is
+c - c_i, with the correction as the program's per-client aux, so the clients still train as one batch). After K
+local steps of size lr it sets c_i+ = c_i - c + (x - y_i) / (K lr) ("option II") and returns the model delta
+x - y_i with dc_i = c_i+ - c_i. The server steps the model with the aggregated deltas (the server optimizer's lr is
+the paper's global step) and sets c <- c + (1/N) sum_i dc_i, N being the clients available in the round.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
 
-from ..local import ClientContext, run_program
+from .. import checks
+from ..client.state import ClientState
+from ..client.training import LocalSGD, SGDProgram, Trained
 from ..params import check_compatible
-from ..types import Aggregate, ClientInfo, Params, ServerState, Task, Update
+from ..types import Aggregate, Params, ServerState, Task, Update
 from .base import Strategy
+
+
+def drift(params: Params, global_params: Params, aux: Params) -> torch.Tensor:
+    """A penalty whose gradient with respect to each trainable tensor is aux (c - c_i)."""
+    return sum((p * aux[k]).sum() for k, p in params.items())  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
 class Scaffold(Strategy):
     name: ClassVar[str] = "scaffold"
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.local, LocalSGD):
+            checks.fail(self, "local", "SCAFFOLD's clients run local SGD: expected LocalSGD")
+
     def init(self, params: Params, seed: int) -> ServerState:
         state = super().init(params, seed)
         return replace(state, extras={k: torch.zeros_like(v) for k, v in state.params.items()})
 
-    def configure(self, state: ServerState, clients: Sequence[ClientInfo]) -> list[Task]:
-        control = dict(state.extras)  # one mapping shared by the round's tasks (sent once per round)
-        return [replace(t, extras=control) for t in super().configure(state, clients)]
+    @staticmethod
+    def client_variate(task: Task, state: ClientState) -> dict[str, torch.Tensor]:
+        return {k: state[k] if k in state else torch.zeros_like(v) for k, v in task.params.items()}
 
-    def local_update(self, task: Task, ctx: ClientContext) -> Update:
-        c = task.extras
-        ci = {k: ctx.state.get(k, torch.zeros_like(v)) for k, v in task.params.items()}
-        trainable = {name for name, _ in ctx.model.named_parameters()}
-        correction = {k: (c[k] - ci[k]).detach() for k in trainable}
+    def client_program(self, task: Task, state: ClientState) -> SGDProgram:
+        ci = self.client_variate(task, state)
+        correction = {k: (task.extras[k] - ci[k]).detach() for k in task.params}
+        return replace(super().client_program(task, state), penalty=drift, aux=correction)
 
-        def drift(params: Params, global_params: Params) -> torch.Tensor:  # its gradient is c - c_i
-            return sum((p * correction[k]).sum() for k, p in params.items())
+    def client_finish(self, task: Task, trained: Trained, state: ClientState) -> tuple[Update, ClientState]:
+        update, _ = super().client_finish(task, trained, state)
+        c, ci = task.extras, self.client_variate(task, state)
+        lr = self.local.lr  # type: ignore[union-attr] - __post_init__ checked it is LocalSGD
+        new_ci = {k: ci[k] - c[k] + update.params[k] / (trained.steps * lr) for k in task.params}
+        return replace(update, extras={k: new_ci[k] - ci[k] for k in task.params}), new_ci
 
-        update = run_program(self.sgd_program(penalty=drift), task, ctx)
-        batch = len(ctx.train) if self.local.batch_size is None else self.local.batch_size
-        steps = self.local.epochs * math.ceil(len(ctx.train) / batch)
-        new_ci = {k: ci[k] - c[k] + update.params[k] / (steps * self.local.lr) if k in trainable else ci[k]
-                  for k in task.params}
-        delta_c = {k: new_ci[k] - ci[k] for k in task.params}
-        ctx.state.clear()
-        ctx.state.update(new_ci)
-        return replace(update, extras=delta_c)
-
-    def aggregate(self, updates: Sequence[Update]) -> Aggregate:
-        """The model deltas as the base strategy weighs them; extras hold the sum of the dc_i."""
-        agg = super().aggregate(updates)
+    def aggregate_extras(self, updates: Sequence[Update]) -> dict[str, torch.Tensor]:
+        """The sum of the clients' control-variate deltas."""
         total = {k: torch.zeros_like(v) for k, v in updates[0].params.items()}
         for u in updates:
             check_compatible(total, u.extras, what=f"control-variate delta of client {u.client_id}")
             for k in total:
                 total[k].add_(u.extras[k])
-        return replace(agg, extras=total)
+        return total
 
     def apply(self, state: ServerState, agg: Aggregate) -> ServerState:
         new = super().apply(state, agg)

@@ -1,0 +1,152 @@
+"""From a validated Config to the objects it describes: the strategy with its parts, the data, the partition, the
+model factory and the run's options. The simulator, the server and the client process all build from here, so a
+config means the same thing in every mode."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from .aggregators import AGGREGATORS
+from .client import LocalSGD
+from .config import OWN_FIELDS, Config, ServerOptSection
+from .data.examples import Dataset
+from .data.partition import Partition, make_partition
+from .data.registry import load_dataset
+from .errors import ConfigError
+from .loop import RoundPolicy
+from .models import model_factory
+from .net.options import ServerOptions
+from .run import CheckpointOptions, EvalOptions, RunOptions, StopOptions
+from .sampling import Sampler
+from .server_opt import SERVER_OPTIMIZERS
+from .sim.engines import SimOptions
+from .strategies import STRATEGIES, Strategy
+from .transforms import TRANSFORMS
+
+
+def _in_section(exc: ConfigError, where: str) -> ConfigError:
+    """The error of a dataclass field, named by its config key."""
+    if exc.key is None:
+        return exc
+    name = f"{where}.{exc.key}" if where else exc.key
+    return ConfigError(f"{name} = {exc.value!r}: {exc.rule}", exc.key, exc.value, exc.rule)
+
+
+def make(where: str, cls: Callable[..., Any], /, **values: Any) -> Any:
+    """cls(**values), with a value error named by its config key."""
+    try:
+        return cls(**values)
+    except ConfigError as exc:
+        raise _in_section(exc, where) from None
+
+
+def _values(section: Any) -> dict[str, Any]:
+    return section.model_dump()
+
+
+def choose(where: str, registry: dict[str, type], values: dict[str, Any], default: Any = None) -> Any:
+    """The part a choice section names (or `default`, the strategy's own), with the keys that are set applied."""
+    name = values.pop("name", None)
+    given = {k: v for k, v in values.items() if v is not None}
+    cls = registry[name] if name is not None else type(default)
+    allowed = [f.name for f in dataclasses.fields(cls)]
+    for key in given:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key} does not apply to {where}.name = {cls.name!r} "
+                              f"(its keys: {', '.join(allowed)})")
+    if type(default) is cls:
+        try:
+            return dataclasses.replace(default, **given)
+        except ConfigError as exc:
+            raise _in_section(exc, where) from None
+    return make(where, cls, **given)
+
+
+def _field_default(cls: type, name: str) -> Any:
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def strategy_from_config(cfg: Config) -> Strategy:
+    s = _values(cfg.strategy)
+    name = s.pop("name")
+    cls = STRATEGIES[name]
+    sampler = make("strategy", Sampler, **{f.name: s.pop(f.name) for f in dataclasses.fields(Sampler)})
+    own = {k: v for k, v in s.items() if k in OWN_FIELDS[name] and v is not None}
+    parts: dict[str, Any] = {
+        "sampler": sampler,
+        "aggregator": choose("aggregator", AGGREGATORS, _values(cfg.aggregator), _field_default(cls, "aggregator")),
+        "server_opt": choose("server_opt", SERVER_OPTIMIZERS, _values(cfg.server_opt),
+                             _field_default(cls, "server_opt")),
+        "transforms": tuple(choose(f"transforms[{i}]", TRANSFORMS, _values(t)) for i, t in enumerate(cfg.transforms)),
+    }
+    if isinstance(_field_default(cls, "local"), LocalSGD):
+        parts["local"] = make("client", LocalSGD, **_values(cfg.client))
+    try:
+        return cls(**parts, **own)
+    except ConfigError as exc:
+        if exc.key == "server_opt":
+            raise ConfigError(f"server_opt.name = {parts['server_opt'].name!r}: {exc.rule}") from None
+        raise _in_section(exc, "strategy") from None
+
+
+def run_options(cfg: Config, **more: Any) -> RunOptions:
+    """The run's options from [eval], [stop], [checkpoint], seed and rounds (and `more`: out, observers, ...)."""
+    return make("", RunOptions, rounds=cfg.rounds, seed=cfg.seed,
+                eval=make("eval", EvalOptions, **_values(cfg.eval)),
+                stop=make("stop", StopOptions, **_values(cfg.stop)),
+                checkpoint=make("checkpoint", CheckpointOptions, **_values(cfg.checkpoint)), **more)
+
+
+def sim_options(cfg: Config) -> SimOptions:
+    return make("sim", SimOptions, **_values(cfg.sim))
+
+
+def server_options(cfg: Config) -> ServerOptions:
+    return make("server", ServerOptions, **_values(cfg.server))
+
+
+def round_policy(options: ServerOptions) -> RoundPolicy:
+    return RoundPolicy(options.round_deadline, options.min_updates, options.retries)
+
+
+def resolve(cfg: Config, source: str) -> Config:
+    """Check every value by building the parts; fill in the parts the config chose implicitly (the strategy's own
+    server optimizer and its hyperparameters) so the resolved config says everything that ran."""
+    try:
+        strategy = strategy_from_config(cfg)
+        run_options(cfg)
+        sim_options(cfg)
+        server_options(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    opt = strategy.server_opt
+    strategy_section = cfg.strategy.model_copy(update={
+        k: (getattr(strategy, k) if k in OWN_FIELDS[strategy.name] else None)
+        for k in set().union(*OWN_FIELDS.values())})
+    return cfg.model_copy(update={
+        "strategy": strategy_section,
+        "server_opt": ServerOptSection(name=opt.name, **dataclasses.asdict(opt)),  # type: ignore[arg-type]
+        "aggregator": type(cfg.aggregator)(name=strategy.aggregator.name,
+                                           **dataclasses.asdict(strategy.aggregator))})  # type: ignore[call-arg]
+
+
+def load_data(cfg: Config) -> Dataset:
+    d = cfg.data
+    return load_dataset(d.name, d.path, seed=cfg.seed, test_fraction=d.test_fraction, split=d.split,
+                        label_column=d.label_column, test_path=d.test_path, alpha=d.alpha, beta=d.beta,
+                        num_users=d.num_users)
+
+
+def partition_from_config(cfg: Config, data: Dataset) -> Partition:
+    p = cfg.partition
+    return make_partition(data, p.scheme, p.num_clients, cfg.seed, alpha=p.alpha,
+                          shards_per_client=p.shards_per_client, local_test_fraction=p.local_test_fraction)
+
+
+def model_fn_from_config(cfg: Config, spec: dict) -> Callable[[], nn.Module]:
+    return model_factory(cfg.model.name, spec)

@@ -1,0 +1,112 @@
+"""The client app: the one code path that turns a task into a reply, in simulation and in deployment.
+
+Executors only train (`fit`, or a batched equivalent); everything after training goes through `finish`, in every
+executor, in Ray actors' drivers and in the networked client process alike: the strategy's client finish (e.g.
+SCAFFOLD's control-variate step), the client-side transforms in order, and the commit of the client's state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..data.examples import Examples
+from ..transforms import transform_seed
+from ..types import ClientInfo, Evaluation, Failure, Reply, Task, Update
+from .evaluate import evaluate
+from .state import ClientState, RoundStates
+from .training import ClientContext, LossFn, Trained
+
+if TYPE_CHECKING:
+    from ..strategies.base import Strategy
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ClientApp:
+    """A client's model factory, its local data, and its state store (round-versioned, see client/state.py).
+
+    No method raises: an exception in client code becomes a Failure naming the client and the error.
+    """
+
+    client_id: int
+    strategy: Strategy
+    model_fn: Callable[[], nn.Module]
+    loss_fn: LossFn
+    train: Examples
+    test: Examples | None = None
+    states: RoundStates = field(default_factory=RoundStates)
+
+    def info(self) -> ClientInfo:
+        return ClientInfo(self.client_id, len(self.train))
+
+    def begin(self, task: Task) -> ClientState:
+        """The state a fit task starts from: the one the client had before this round, if it answered it already."""
+        return self.states.start(self.client_id, task.round)
+
+    def _check(self, task: Task) -> None:
+        if task.client_id != self.client_id:
+            raise ValueError(f"task for client {task.client_id} sent to client {self.client_id}")
+
+    def fit(self, task: Task, state: ClientState, model: nn.Module | None = None) -> Trained | Failure:
+        """Local training only, on `model` (a reusable workspace; built from model_fn when not given)."""
+        try:
+            self._check(task)
+            if len(self.train) == 0:
+                raise ValueError("client has no training examples")
+            ctx = ClientContext(model if model is not None else self.model_fn(), self.train, self.loss_fn, state)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(task.seed)
+                return self.strategy.client_train(task, ctx)
+        except Exception as exc:  # noqa: BLE001 - any client error becomes a Failure value
+            return self._failure(task, exc)
+
+    def finish(self, task: Task, trained: Trained, state: ClientState) -> Update | Failure:
+        """Everything after training: the strategy's client finish, client transforms, the state commit."""
+        try:
+            update, new_state = self.strategy.client_finish(task, trained, state)
+            if self.strategy.transforms:
+                params, metrics = dict(update.params), dict(update.metrics)
+                for i, transform in enumerate(self.strategy.transforms):
+                    params, more = transform.client(task, params, transform_seed(task.seed, i))
+                    metrics.update(more)
+                update = Update(update.client_id, update.round, params, update.num_examples, metrics,
+                                update.extras, update.version)
+            if new_state is not state:
+                self.states.commit(self.client_id, task.round, state, new_state)
+            return update
+        except Exception as exc:  # noqa: BLE001
+            return self._failure(task, exc)
+
+    def evaluate(self, task: Task, model: nn.Module | None = None) -> Evaluation | Failure:
+        """Metrics of the task's params on the local test split (or the train split, with config split=train)."""
+        try:
+            self._check(task)
+            split = task.config.get("split", "test")
+            if split not in ("test", "train"):
+                raise ValueError(f"unknown split {split!r} (expected 'test' or 'train')")
+            data = self.test if split == "test" else self.train
+            if data is None or len(data) == 0:
+                raise ValueError(f"client has no local {split} split")
+            metrics = evaluate(model if model is not None else self.model_fn(), task.params, data, self.loss_fn)
+            return Evaluation(self.client_id, task.round, len(data), metrics)
+        except Exception as exc:  # noqa: BLE001
+            return self._failure(task, exc)
+
+    def handle(self, task: Task, model: nn.Module | None = None) -> Reply:
+        """A whole task on this client: train then finish, or evaluate."""
+        if task.kind == "evaluate":
+            return self.evaluate(task, model)
+        state = self.begin(task)
+        trained = self.fit(task, state, model)
+        return trained if isinstance(trained, Failure) else self.finish(task, trained, state)
+
+    def _failure(self, task: Task, exc: Exception) -> Failure:
+        log.warning("client %d failed in round %d: %s", self.client_id, task.round, exc)
+        return Failure(self.client_id, task.round, f"{type(exc).__name__}: {exc}")

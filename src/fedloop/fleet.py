@@ -1,0 +1,75 @@
+"""The fleet protocol (DESIGN.md, "Fleet"): the set of clients and the way to reach them. The round loop talks to
+clients only through it, so simulation and deployment differ in the fleet passed to the loop and nothing else.
+
+A fleet takes tasks with `submit`, hands back replies with `collect`, and closes unanswered tasks with `cancel`
+(their late replies are then discarded). `run` is one exchange built from the three. A fleet declares what it can
+do in `capabilities`, and the loop checks a strategy's needs against them before round 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from .errors import ConfigError
+from .types import ClientInfo, Failure, Reply, Task
+
+STAGES = "stages"
+"""Several exchanges per round (multi-stage strategies, secure aggregation)."""
+
+CONCURRENT = "concurrent"
+"""Several open tasks per client at once."""
+
+CAPABILITIES = {STAGES: "run several exchanges per round", CONCURRENT: "hold several open tasks per client"}
+
+
+class Fleet(Protocol):
+    capabilities: frozenset[str]
+
+    def clients(self) -> list[ClientInfo]:
+        """The clients available now, in client-id order."""
+        ...
+
+    def submit(self, tasks: Sequence[Task]) -> None:
+        """Open these tasks (a fleet may start running them at once, or when replies are collected)."""
+        ...
+
+    def collect(self, until: float | None = None, min_replies: int | None = None) -> list[Reply]:
+        """Replies to open tasks: wait until `min_replies` have arrived (default: every open task's) or the
+        monotonic clock reaches `until`, then return (and close) the tasks answered so far."""
+        ...
+
+    def cancel(self) -> list[Task]:
+        """Close every open task; returns them. Later replies to them are discarded."""
+        ...
+
+    def traffic(self) -> tuple[int, int]:
+        """Bytes the fleet has moved so far: (to clients, from clients)."""
+        ...
+
+    def describe(self) -> str: ...
+
+    def close(self) -> None: ...
+
+
+def run(fleet: Fleet, tasks: Sequence[Task], deadline: float | None = None) -> list[Reply]:
+    """One exchange: submit `tasks`, collect replies for up to `deadline` seconds, and close the rest, which become
+    Failures. Returns one reply per task, in task order (at most one task per client)."""
+    ids = [t.client_id for t in tasks]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("an exchange gives each client at most one task")
+    fleet.submit(tasks)
+    until = None if deadline is None else time.monotonic() + deadline
+    got = {r.client_id: r for r in fleet.collect(until)}
+    fleet.cancel()
+    why = "no reply" if deadline is None else f"no reply before the {deadline:.0f} s deadline"
+    return [got.get(t.client_id) or Failure(t.client_id, t.round, why) for t in tasks]
+
+
+def check_capabilities(needs: frozenset[str], fleet: Fleet, who: str) -> None:
+    """ConfigError unless `fleet` can do everything `who` needs."""
+    missing = sorted(needs - getattr(fleet, "capabilities", frozenset()))
+    if missing:
+        raise ConfigError(f"{who} needs a fleet that can {' and '.join(CAPABILITIES.get(m, m) for m in missing)}; "
+                          f"{fleet.describe()} cannot")

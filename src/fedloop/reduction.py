@@ -1,0 +1,58 @@
+"""Where a round's updates become its aggregate, once, for every fleet: in client-id order (so the result does not
+depend on the order replies arrived), through the server side of the transforms, the aggregator, and the
+strategy's reduction of extras. Counts and metrics are built here, not by each aggregator."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from .aggregators import mean_metrics
+from .errors import AggregationError
+from .sampling import server_seed
+from .strategies.base import Strategy
+from .transforms import transform_seed
+from .types import Aggregate, Failure, ServerState, Update
+
+
+def screen(updates: Sequence[Update], strategy: Strategy) -> tuple[list[Update], list[Failure]]:
+    """Each update (in client-id order) through every transform's server_update, in chain order; an update a
+    transform rejects becomes a Failure with the reason."""
+    ids = [u.client_id for u in updates]
+    if len(set(ids)) != len(ids):
+        raise AggregationError(f"more than one update from a client in one round: {sorted(ids)}")
+    kept, rejected = [], []
+    for u in sorted(updates, key=lambda u: u.client_id):
+        for transform in strategy.transforms:
+            out = transform.server_update(u)
+            if isinstance(out, str):
+                rejected.append(Failure(u.client_id, u.round, f"update rejected: {out}"))
+                break
+            u = out
+        else:
+            kept.append(u)
+    return kept, rejected
+
+
+def reduce(updates: Sequence[Update], strategy: Strategy, state: ServerState, population: int = 0
+           ) -> tuple[Aggregate | None, list[Failure]]:
+    """The aggregate of `updates` (None when no update passes the transforms) and the updates rejected.
+
+    `population` is the number of clients the round was configured from.
+    """
+    kept, rejected = screen(updates, strategy)
+    if not kept:
+        return None, rejected
+    params, agg_state = strategy.aggregator.apply(kept, state.agg_state)
+    metrics = mean_metrics(kept)
+    transform_state = dict(state.transform_state)
+    seed = server_seed(state.seed, state.round + 1)
+    for i in reversed(range(len(strategy.transforms))):
+        prefix = f"{i}/"
+        own = {k[len(prefix):]: v for k, v in transform_state.items() if k.startswith(prefix)}
+        params, own, more = strategy.transforms[i].server_aggregate(params, own, transform_seed(seed, i))
+        transform_state = {k: v for k, v in transform_state.items() if not k.startswith(prefix)}
+        transform_state.update({prefix + k: v for k, v in own.items()})
+        metrics.update(more)
+    agg = Aggregate(params, len(kept), sum(u.num_examples for u in kept), metrics,
+                    strategy.aggregate_extras(kept), population, agg_state, transform_state)
+    return agg, rejected

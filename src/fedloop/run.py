@@ -1,0 +1,164 @@
+"""A run around the round loop, over any fleet: its options (one RunOptions for every mode), its start (a new
+initial model or a checkpoint), its observers and stop conditions, and its result."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import checks
+from .client import LossFn, evaluate
+from .data.examples import Examples
+from .fleet import Fleet
+from .loop import RoundPolicy, run_loop
+from .observers import Checkpointer, Observer, RunDirWriter
+from .params import from_model, load_into
+from .stops import MaxRounds, Patience, StopCondition, TargetAccuracy
+from .store import RunDir, load_checkpoint
+from .strategies import Strategy
+from .types import ServerState
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Centralized evaluation on the held-out test set every `every` rounds (and always at the end), and with
+    `federated` also on every client's local test split."""
+
+    every: int = 1
+    federated: bool = True
+
+    def __post_init__(self) -> None:
+        checks.at_least(self, "every", 1)
+
+
+@dataclass(frozen=True)
+class StopOptions:
+    """Conditions that may end a run before its rounds: test accuracy reaching `target_accuracy` (federated
+    accuracy without a central test set), or `patience` evaluations without improvement of the evaluation loss."""
+
+    target_accuracy: float | None = None
+    patience: int | None = None
+
+    def __post_init__(self) -> None:
+        checks.in_range(self, "target_accuracy", 0.0, 1.0, low_open=True, high_open=False, optional=True)
+        checks.at_least(self, "patience", 1, optional=True)
+
+
+@dataclass(frozen=True)
+class CheckpointOptions:
+    """A checkpoint of the full server state every `every` rounds (the initial and the last always)."""
+
+    every: int = 10
+
+    def __post_init__(self) -> None:
+        checks.at_least(self, "every", 1)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Everything about a run that is not the strategy, the model or the fleet, for simulation and deployment."""
+
+    rounds: int = 40
+    seed: int = 0
+    eval: EvalOptions = field(default_factory=EvalOptions)
+    stop: StopOptions = field(default_factory=StopOptions)
+    checkpoint: CheckpointOptions = field(default_factory=CheckpointOptions)
+    policy: RoundPolicy = field(default_factory=RoundPolicy)
+    out: str | Path | None = None
+    """The run directory (None: write nothing)."""
+    resume: bool = False
+    """Continue the run in `out` from its latest checkpoint."""
+    observers: tuple[Observer, ...] = ()
+    stops: tuple[StopCondition, ...] = ()
+    """Stop conditions besides the rounds, target accuracy and patience."""
+
+    def __post_init__(self) -> None:
+        checks.at_least(self, "rounds", 1)
+        if self.resume and self.out is None:
+            checks.fail(self, "resume", "resuming needs the run directory (out)")
+
+    def stop_conditions(self) -> list[StopCondition]:
+        stops: list[StopCondition] = [MaxRounds(self.rounds)]
+        if self.stop.target_accuracy is not None:
+            stops.append(TargetAccuracy(self.stop.target_accuracy))
+        if self.stop.patience is not None:
+            stops.append(Patience(self.stop.patience))
+        return stops + list(self.stops)
+
+
+@dataclass
+class RunResult:
+    """What a run returns: the final server state and model, the per-round history and why it stopped."""
+
+    state: ServerState
+    model: nn.Module
+    history: list[dict[str, Any]]
+    stop_reason: str
+    metrics: dict[str, float]
+    seconds: float
+    out: Path | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def initial_params(model_fn: Callable[[], nn.Module], seed: int) -> dict[str, torch.Tensor]:
+    """The seeded initial global model (the global torch RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return from_model(model_fn())
+
+
+def train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, options: RunOptions, *,
+          test: Examples | None = None, loss_fn: LossFn = F.cross_entropy, partition_json: dict | None = None,
+          model_meta: dict[str, Any] | None = None, config_toml: str | None = None) -> RunResult:
+    """Federated training over any fleet (simulated or networked), with the run directory and summary.
+
+    With options.resume the run continues in options.out from its latest checkpoint (its metrics history is kept
+    up to that round); it ends with the same model as an uninterrupted run when the same clients reply.
+    """
+    t0 = time.perf_counter()
+    workspace = model_fn()
+    evaluator = (lambda params: evaluate(workspace, params, test, loss_fn)) if test is not None and len(test) \
+        else None
+    run_dir = RunDir(options.out) if options.out is not None else None
+    meta = {"strategy": strategy.name, **(model_meta or {})}
+    if options.resume:
+        assert run_dir is not None  # RunOptions checks it
+        state, _ = load_checkpoint(run_dir.latest_checkpoint())
+        log.info("resuming %s from round %d", run_dir.path, state.round)
+    else:
+        state = strategy.init(initial_params(model_fn, options.seed), options.seed)
+    observers: list[Observer] = []
+    if run_dir is not None:
+        observers += [RunDirWriter(run_dir, meta, config_toml, partition_json),
+                      Checkpointer(run_dir, options.checkpoint.every, meta)]
+    observers += options.observers
+    for o in observers:
+        o.start(state, options.resume)
+    result = run_loop(strategy, fleet, state, options.stop_conditions(), evaluator=evaluator,
+                      eval_every=options.eval.every, federated_eval=options.eval.federated, policy=options.policy,
+                      observers=observers)
+    final = result.state
+    model = model_fn()
+    load_into(model, final.params)
+    seconds = time.perf_counter() - t0
+    summary = {"rounds": final.round, "stop_reason": result.stop_reason,
+               "accuracy": result.final_metrics.get("accuracy"), "loss": result.final_metrics.get("loss"),
+               **{k: v for k, v in result.final_metrics.items() if k not in ("accuracy", "loss")},
+               "seconds": round(seconds, 3), "executor": fleet.describe()}
+    history = run_dir.records if run_dir is not None else [r.to_json() for r in result.records]
+    outcome = RunResult(final, model, history, result.stop_reason, result.final_metrics, seconds,
+                        Path(options.out) if options.out is not None else None, summary)
+    for o in observers:
+        o.end(outcome)
+    return outcome
+

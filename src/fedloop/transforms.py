@@ -1,0 +1,102 @@
+"""Transforms: what happens to updates between local training and the server optimizer, in the pfl-research
+shape. On the client, each transform's `client` step runs in order before upload (clip, compress, add local noise,
+mask). On the server, each transform's `server_update` step runs in order on every received update before
+reduction (verify, or clip where the client is not trusted to), and each `server_aggregate` step runs in reverse
+order on the aggregate (central noise, decompress, unmask). Each is seeded by (seed, round, client) through the
+task's seed, and keeps its server state in ServerState.transform_state under "<index>/". Privacy, compression and
+secure aggregation are transforms, never special cases in the loop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
+
+import numpy as np
+import torch
+
+from . import checks
+from .params import Scaled, norm
+from .types import Params, Task, Update
+
+
+def transform_seed(seed: int, index: int) -> int:
+    """The seed of the transform at `index` for one task (or one round's aggregate): a function of that seed."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class Transform:
+    """The shared base: every step is the identity, so a transform overrides only the ones it needs."""
+
+    name: ClassVar[str] = "transform"
+
+    def init(self, params: Params) -> dict[str, torch.Tensor]:
+        """The transform's initial server state (tensors by name)."""
+        return {}
+
+    def client(self, task: Task, update: dict[str, torch.Tensor], seed: int
+               ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """On the client, before upload: the transformed update and metrics to report with it."""
+        return update, {}
+
+    def server_update(self, update: Update) -> Update | str:
+        """On the server, on one received update before reduction: the update, or why it is rejected."""
+        return update
+
+    def server_aggregate(self, params: dict[str, torch.Tensor], state: dict[str, torch.Tensor], seed: int
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
+        """On the server, on the reduced update: new params, new state, metrics for the round record."""
+        return params, state, {}
+
+
+@dataclass(frozen=True)
+class Clip(Transform):
+    """Clip every update to L2 norm `max_norm`, over all its tensors together (fixed clipping).
+
+    where="client": the client clips before upload, so the server never sees an unclipped update; the server
+    rejects an update whose norm exceeds max_norm (beyond float rounding). where="server": the server clips each
+    update as it arrives, before reduction. Each clipped update reports `update_norm` (before clipping) and
+    `clipped` (1 or 0), averaged over the round's clients by examples.
+    """
+
+    name: ClassVar[str] = "clip"
+    max_norm: float = 1.0
+    where: Literal["client", "server"] = "client"
+
+    TOLERANCE: ClassVar[float] = 1e-4
+    """Relative slack of the server's check of client-side clipping (float32 rounding of the scaled update)."""
+
+    def __post_init__(self) -> None:
+        checks.positive(self, "max_norm")
+        checks.one_of(self, "where", ("client", "server"))
+
+    def _clip(self, params: Params) -> tuple[Params, dict[str, float]]:
+        n = norm(params)
+        if not math.isfinite(n):
+            raise ValueError(f"the update's norm is {n}")
+        if n <= self.max_norm:
+            return params, {"update_norm": n, "clipped": 0.0}
+        return Scaled(params, self.max_norm / n), {"update_norm": n, "clipped": 1.0}
+
+    def client(self, task: Task, update: dict[str, torch.Tensor], seed: int
+               ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        if self.where != "client":
+            return update, {}
+        clipped, metrics = self._clip(update)
+        return dict(clipped), metrics
+
+    def server_update(self, update: Update) -> Update | str:
+        if self.where == "client":
+            n = norm(update.params)
+            if not n <= self.max_norm * (1 + self.TOLERANCE):
+                return f"update norm {n:.6g} exceeds the clip norm {self.max_norm:g} the client must apply"
+            return update
+        try:
+            clipped, metrics = self._clip(update.params)
+        except ValueError as exc:
+            return str(exc)
+        return replace(update, params=clipped, metrics={**update.metrics, **metrics})
+
+
+TRANSFORMS: dict[str, type[Transform]] = {Clip.name: Clip}
