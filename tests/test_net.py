@@ -373,8 +373,9 @@ round_deadline = 120
 def test_the_checked_in_grpc_code_is_what_the_proto_generates(tmp_path):
     src = Path(__file__).parent.parent / "src"
     subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", str(src), f"--python_out={tmp_path}",
-                    f"--grpc_python_out={tmp_path}", str(src / "fedloop" / "net" / "fedloop.proto")], check=True)
-    for name in ("fedloop_pb2.py", "fedloop_pb2_grpc.py"):
+                    f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}",
+                    str(src / "fedloop" / "net" / "fedloop.proto")], check=True)
+    for name in ("fedloop_pb2.py", "fedloop_pb2.pyi", "fedloop_pb2_grpc.py"):
         assert (tmp_path / "fedloop" / "net" / name).read_text() == (src / "fedloop" / "net" / name).read_text(), name
 
 

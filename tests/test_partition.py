@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from fedloop import ConfigError, load_dataset, make_partition
 from fedloop.data.examples import Dataset
-from fedloop.data.partition import check_partition, label_counts
+from fedloop.data.partition import label_counts
 
 
 def labelled(labels, users=None) -> Dataset:
@@ -22,7 +22,6 @@ def labelled(labels, users=None) -> Dataset:
 def assert_exact_cover(part, n):
     rows = np.concatenate(part.train + part.test)
     assert len(rows) == n and np.array_equal(np.sort(rows), np.arange(n))
-    check_partition(part, n)
 
 
 @settings(max_examples=40, deadline=None)

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
 from .aggregators import AGGREGATORS
 from .client import LocalSGD
-from .config import OWN_FIELDS, Config, ServerOptSection
+from .config import OWN_FIELDS, AggregatorSection, Config, ServerOptSection, field_default
 from .data.examples import Dataset
 from .data.partition import Partition, make_partition
 from .data.registry import load_dataset
@@ -56,19 +56,18 @@ def choose(where: str, registry: dict[str, type], values: dict[str, Any], defaul
     allowed = [f.name for f in dataclasses.fields(cls)]
     for key in given:
         if key not in allowed:
-            raise ConfigError(f"{where}.{key} does not apply to {where}.name = {cls.name!r} "
+            raise ConfigError(f"{where}.{key} does not apply to {where}.name = {getattr(cls, 'name', cls)!r} "
                               f"(its keys: {', '.join(allowed)})")
     if type(default) is cls:
         try:
-            return dataclasses.replace(default, **given)
+            return dataclasses.replace(cast(Any, default), **given)
         except ConfigError as exc:
             raise _in_section(exc, where) from None
     return make(where, cls, **given)
 
 
 def _field_default(cls: type, name: str) -> Any:
-    f = next(f for f in dataclasses.fields(cls) if f.name == name)
-    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+    return next(field_default(f) for f in dataclasses.fields(cls) if f.name == name)
 
 
 def strategy_from_config(cfg: Config) -> Strategy:
@@ -114,6 +113,10 @@ def round_policy(options: ServerOptions) -> RoundPolicy:
     return RoundPolicy(options.round_deadline, options.min_updates, options.retries)
 
 
+def _asdict(part: Any) -> dict[str, Any]:
+    return dataclasses.asdict(part)
+
+
 def resolve(cfg: Config, source: str) -> Config:
     """Check every value by building the parts; fill in the parts the config chose implicitly (the strategy's own
     server optimizer and its hyperparameters) so the resolved config says everything that ran."""
@@ -130,9 +133,8 @@ def resolve(cfg: Config, source: str) -> Config:
         for k in set().union(*OWN_FIELDS.values())})
     return cfg.model_copy(update={
         "strategy": strategy_section,
-        "server_opt": ServerOptSection(name=opt.name, **dataclasses.asdict(opt)),  # type: ignore[arg-type]
-        "aggregator": type(cfg.aggregator)(name=strategy.aggregator.name,
-                                           **dataclasses.asdict(strategy.aggregator))})  # type: ignore[call-arg]
+        "server_opt": ServerOptSection(name=opt.name, **_asdict(opt)),
+        "aggregator": AggregatorSection(name=strategy.aggregator.name, **_asdict(strategy.aggregator))})
 
 
 def load_data(cfg: Config) -> Dataset:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, get_type_hints
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -48,12 +48,15 @@ def _fields(cls: type, optional: bool = False, skip: frozenset[str] = frozenset(
     for f in sorted(dataclasses.fields(cls), key=lambda f: own.index(f.name) if f.name in own else len(own)):
         if f.name in skip or not f.init:
             continue
-        if optional:
-            out[f.name] = (hints[f.name] | None, None)
-        else:
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-            out[f.name] = (hints[f.name], default)
+        out[f.name] = (hints[f.name] | None, None) if optional else (hints[f.name], field_default(f))
     return out
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """A dataclass field's default value (a fresh one from its factory)."""
+    if callable(f.default_factory):
+        return f.default_factory()
+    return f.default
 
 
 def section(name: str, *classes: type, optional: bool = False, extra: dict[str, Any] | None = None) -> type:
@@ -72,24 +75,42 @@ def choice_section(name: str, registry: dict[str, type], required: bool = False)
                    extra={"name": (names, ...) if required else (names | None, None)})
 
 
-_BASE_FIELDS = {f.name for f in dataclasses.fields(Strategy)}
+_BASE_FIELDS = frozenset(f.name for f in dataclasses.fields(Strategy))
 OWN_FIELDS: dict[str, set[str]] = {
     name: {f.name for f in dataclasses.fields(cls)} - _BASE_FIELDS for name, cls in STRATEGIES.items()}
 """Each strategy's own hyperparameters (e.g. FedProx's mu), which [strategy] holds next to the sampler's."""
 
-StrategySection = create_model(
-    "StrategySection", __base__=_Section, name=(Literal[tuple(STRATEGIES)], "fedavg"),  # type: ignore[valid-type]
-    **_fields(Sampler),
-    **{k: v for cls in STRATEGIES.values() for k, v in _fields(cls, optional=True, skip=_BASE_FIELDS).items()})
-ClientSection = section("ClientSection", LocalSGD)
-AggregatorSection = choice_section("AggregatorSection", AGGREGATORS)
-ServerOptSection = choice_section("ServerOptSection", SERVER_OPTIMIZERS)
-TransformSection = choice_section("TransformSection", TRANSFORMS, required=True)
-EvalSection = section("EvalSection", EvalOptions)
-StopSection = section("StopSection", StopOptions)
-CheckpointSection = section("CheckpointSection", CheckpointOptions)
-SimSection = section("SimSection", SimOptions)
-ServerSection = section("ServerSection", ServerOptions)
+if TYPE_CHECKING:
+    class _Built(_Section):
+        """What a type checker sees of a section built at import time: fields of any type."""
+
+        def __init__(self, **values: Any) -> None: ...
+
+        def __getattr__(self, name: str) -> Any: ...
+
+    StrategySection: TypeAlias = _Built
+    ClientSection: TypeAlias = _Built
+    AggregatorSection: TypeAlias = _Built
+    ServerOptSection: TypeAlias = _Built
+    TransformSection: TypeAlias = _Built
+    EvalSection: TypeAlias = _Built
+    StopSection: TypeAlias = _Built
+    CheckpointSection: TypeAlias = _Built
+    SimSection: TypeAlias = _Built
+    ServerSection: TypeAlias = _Built
+else:
+    StrategySection = create_model(
+        "StrategySection", __base__=_Section, name=(Literal[tuple(STRATEGIES)], "fedavg"), **_fields(Sampler),
+        **{k: v for cls in STRATEGIES.values() for k, v in _fields(cls, optional=True, skip=_BASE_FIELDS).items()})
+    ClientSection = section("ClientSection", LocalSGD)
+    AggregatorSection = choice_section("AggregatorSection", AGGREGATORS)
+    ServerOptSection = choice_section("ServerOptSection", SERVER_OPTIMIZERS)
+    TransformSection = choice_section("TransformSection", TRANSFORMS, required=True)
+    EvalSection = section("EvalSection", EvalOptions)
+    StopSection = section("StopSection", StopOptions)
+    CheckpointSection = section("CheckpointSection", CheckpointOptions)
+    SimSection = section("SimSection", SimOptions)
+    ServerSection = section("ServerSection", ServerOptions)
 
 MOVED = {"server_lr": ("server_opt", "lr"), "server_momentum": ("server_opt", "momentum"),
          "weighting": ("aggregator", "weighting")}
@@ -121,28 +142,28 @@ class ModelConfig(_Section):
 
 
 def _default(cls: type, name: str) -> Any:
-    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+    return next(field_default(f) for f in dataclasses.fields(cls) if f.name == name)
 
 
 class Config(_Section):
     seed: int = _default(RunOptions, "seed")
     rounds: int = _default(RunOptions, "rounds")
-    data: DataConfig = Field(default_factory=DataConfig)
-    partition: PartitionConfig = Field(default_factory=PartitionConfig)
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    strategy: StrategySection = Field(default_factory=StrategySection)  # type: ignore[valid-type]
-    client: ClientSection = Field(default_factory=ClientSection)  # type: ignore[valid-type]
-    aggregator: AggregatorSection = Field(default_factory=AggregatorSection)  # type: ignore[valid-type]
-    server_opt: ServerOptSection = Field(default_factory=ServerOptSection)  # type: ignore[valid-type]
-    transforms: list[TransformSection] = Field(default_factory=list)  # type: ignore[valid-type]
-    eval: EvalSection = Field(default_factory=EvalSection)  # type: ignore[valid-type]
-    stop: StopSection = Field(default_factory=StopSection)  # type: ignore[valid-type]
-    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)  # type: ignore[valid-type]
-    sim: SimSection = Field(default_factory=SimSection)  # type: ignore[valid-type]
-    server: ServerSection = Field(default_factory=ServerSection)  # type: ignore[valid-type]
+    data: DataConfig = Field(default_factory=lambda: DataConfig())
+    partition: PartitionConfig = Field(default_factory=lambda: PartitionConfig())
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig())
+    strategy: StrategySection = Field(default_factory=StrategySection)
+    client: ClientSection = Field(default_factory=ClientSection)
+    aggregator: AggregatorSection = Field(default_factory=AggregatorSection)
+    server_opt: ServerOptSection = Field(default_factory=ServerOptSection)
+    transforms: list[TransformSection] = Field(default_factory=list)
+    eval: EvalSection = Field(default_factory=EvalSection)
+    stop: StopSection = Field(default_factory=StopSection)
+    checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    sim: SimSection = Field(default_factory=SimSection)
+    server: ServerSection = Field(default_factory=ServerSection)
 
 
-def _describe(err: dict, source: str) -> str:
+def _describe(err: Any, source: str) -> str:
     key = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("literal[", "int", "float", "function-")))
     value = err.get("input")
     msg = err["msg"]

@@ -41,9 +41,11 @@ class MLP(nn.Module):
 
 def _image_shape(input_shape: Sequence[int], model: str) -> tuple[int, int, int]:
     if len(input_shape) == 2:
-        return (1, *input_shape)
+        h, w = input_shape
+        return 1, h, w
     if len(input_shape) == 3:
-        return tuple(input_shape)  # type: ignore[return-value]
+        c, h, w = input_shape
+        return c, h, w
     raise ConfigError(f"model.name = {model!r} needs image inputs (H, W) or (C, H, W); "
                       f"the data have shape {tuple(input_shape)}")
 

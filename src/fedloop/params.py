@@ -42,10 +42,6 @@ def check_compatible(a: Params, b: Params, what: str = "update") -> None:
                                    f"expected {tuple(t.shape)}")
 
 
-def sub(a: Params, b: Params) -> dict[str, torch.Tensor]:
-    return {k: a[k] - b[k] for k in a}
-
-
 def clone(a: Params) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in a.items()}
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError
 from .examples import Dataset
 
 SCHEMES = ("iid", "dirichlet", "shards", "quantity", "natural")
@@ -157,9 +157,3 @@ def label_counts(labels: np.ndarray, rows: list[np.ndarray], num_classes: int) -
     return np.stack([np.bincount(labels[r], minlength=num_classes) for r in rows]) if rows else \
         np.zeros((0, num_classes), dtype=int)
 
-
-def check_partition(p: Partition, n_train: int) -> None:
-    """Raise DataError unless every training row is held by exactly one client (train or local test)."""
-    rows = np.concatenate(p.train + ([] if p.test_source == "test" else p.test))
-    if p.scheme != "natural" and (len(rows) != n_train or len(np.unique(rows)) != n_train):
-        raise DataError(f"partition {p.scheme!r} does not assign every row exactly once")

@@ -21,7 +21,7 @@ def make_synthetic(alpha: float, beta: float, num_users: int, seed: int, iid: bo
     counts = (rng.lognormal(4, 2, num_users).astype(int) + 50).clip(max=5000)
     sigma = np.arange(1, DIM + 1, dtype=np.float64) ** -1.2
     w_shared, b_shared = rng.normal(0, 1, (DIM, CLASSES)), rng.normal(0, 1, CLASSES)
-    parts = {"xtr": [], "ytr": [], "utr": [], "xte": [], "yte": [], "ute": []}
+    parts: dict[str, list[np.ndarray]] = {"xtr": [], "ytr": [], "utr": [], "xte": [], "yte": [], "ute": []}
     for k in range(num_users):
         if iid:
             w, b, v = w_shared, b_shared, np.zeros(DIM)

@@ -30,7 +30,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _issue(subject: str, key: ec.EllipticCurvePrivateKey, ca_key: ec.EllipticCurvePrivateKey,
            ca_name: x509.Name, *, ca: bool = False, hosts: list[str] | None = None,
-           usage: ExtendedKeyUsageOID | None = None) -> x509.Certificate:
+           usage: x509.ObjectIdentifier | None = None) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
     builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(ca_name)
                .public_key(key.public_key()).serial_number(x509.random_serial_number())

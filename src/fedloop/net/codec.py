@@ -9,14 +9,14 @@ import torch
 from safetensors.torch import load, save
 
 from ..errors import TransportError
-from ..types import ConfigValue, Params
+from ..types import ConfigValue, Params, TaskKind
 from . import fedloop_pb2 as pb
 
 PROTOCOL = 2
 """The wire protocol's version (fedloop.proto); client and server refuse each other's other versions."""
 
-TASK_KINDS = {"fit": pb.TASK_FIT, "evaluate": pb.TASK_EVALUATE}
-KIND_NAMES = {v: k for k, v in TASK_KINDS.items()}
+TASK_KINDS: dict[TaskKind, pb.TaskKind] = {"fit": pb.TASK_FIT, "evaluate": pb.TASK_EVALUATE}
+KIND_NAMES: dict[pb.TaskKind, TaskKind] = {v: k for k, v in TASK_KINDS.items()}
 
 CHUNK_BYTES = 128 << 10
 """128 KiB per message: any model size streams under gRPC's message limit, and the server's memory stays flat

@@ -45,9 +45,10 @@ class Servicer(pb_grpc.FederationServicer):
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> int:
         who = self.fleet.auth.identify(context)
-        if isinstance(who, str):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, who)
-        return who
+        if isinstance(who, int):
+            return who
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, who)
+        raise AssertionError("abort raises")
 
     async def Hello(self, request: pb.HelloRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:  # noqa: N802
         cid = await self._caller(context)

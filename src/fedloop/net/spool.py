@@ -67,7 +67,8 @@ def check_spooled(path: Path, reference: Params, extras: Params
 
 
 class Spool:
-    """A directory of this round's uploads; cleared when the next round starts and when the server stops."""
+    """A directory of uploads: a rejected one is deleted at once, an accepted one when the next round's tasks
+    open (its round has been reduced by then), and the whole directory when the server stops."""
 
     def __init__(self, root: str | Path | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="fedloop-spool-", dir=root))
@@ -76,10 +77,6 @@ class Spool:
     def new_file(self) -> Path:
         self._n += 1
         return self.dir / f"upload_{self._n}.safetensors"
-
-    def clear(self) -> None:
-        for f in self.dir.glob("upload_*"):
-            f.unlink(missing_ok=True)
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

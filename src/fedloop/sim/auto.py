@@ -117,8 +117,9 @@ class Auto:
                 self.choices[key] = best
                 figures = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(rates.items(), key=lambda kv: -kv[1]))
                 log.info("auto executor: %s (client-steps per second: %s)", best, figures)
-        return {"sequential": self.sequential, "vectorized": self.vectorized,
-                "processes": self.processes}[self.choices[key]]
+        executors: dict[str, Executor] = {"sequential": self.sequential, "vectorized": self.vectorized,
+                                          "processes": self.processes}
+        return executors[self.choices[key]]
 
     def describe(self) -> str:
         return "auto: " + (", ".join(sorted(set(self.choices.values()))) or "no fit tasks yet")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from .. import checks
 from ..client import DiskStates, MemoryStates
@@ -48,7 +48,7 @@ def make_executor(name: str, population: Population, workers: int | None = None)
                          else "sequential")
     if name == "auto":
         return Auto(population.app, workers)
-    raise ConfigError(f"executor {name!r} is unknown; allowed: {', '.join(ExecutorName.__args__)}")
+    raise ConfigError(f"executor {name!r} is unknown; allowed: {', '.join(get_args(ExecutorName))}")
 
 
 def make_fleet(population: Population, options: SimOptions = SimOptions()) -> LocalFleet:

@@ -104,15 +104,14 @@ def _schedule(program: SGDProgram, tasks: Sequence[Task], data: Sequence[Example
     x, y, index = _shared_arrays(data)
     sizes_list = [int(ix.numel()) for ix in index]
     sizes = torch.tensor(sizes_list)
-    full = program.batch_size is None or program.returns == "gradient"
-    width = max(sizes_list) if full else program.batch_size
+    width = max(sizes_list) if program.batch_size is None or program.returns == "gradient" else program.batch_size
     epochs = 1 if program.returns == "gradient" else program.epochs
     if program.returns == "gradient":
         orders = [torch.arange(n) for n in sizes_list]
     else:
         orders = []
         for task, n in zip(tasks, sizes_list, strict=True):
-            gen = torch.Generator().manual_seed(task.seed)  # the same draws as local_sgd
+            gen = torch.Generator().manual_seed(task.seed)  # the same draws as train_program
             orders += [torch.randperm(n, generator=gen) for _ in range(epochs)]
     n_max = max(sizes_list)
     order = _pad(orders, sizes_list).view(-1)  # client c, epoch e: order[(c * epochs + e) * n_max + i]
@@ -191,7 +190,7 @@ def _train_chunk(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: Loss
         losses = (row_losses(outputs, yb) * m).sum(dim=1) / n.clamp(min=1.0)
         total = losses.sum()
         if penalty is not None:
-            total = total + penalty(sub, global_params, None if aux is None else
+            total = total + penalty(sub, global_params, {} if aux is None else
                                     {k: v[:active] for k, v in aux.items()}).sum()
         grads = torch.autograd.grad(total, list(sub.values()))
         with torch.no_grad():

@@ -4,7 +4,7 @@ heterogeneous clients from drifting far from the global model. A proximal term i
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import ClassVar, cast
 
 import torch
 
@@ -25,7 +25,7 @@ class FedProx(Strategy):
         checks.in_range(self, "mu", 0.0, float("inf"))
 
     def proximal(self, params: Params, global_params: Params, aux: Params) -> torch.Tensor:
-        return 0.5 * self.mu * sum(((p - global_params[k]) ** 2).sum() for k, p in params.items())
+        return cast(torch.Tensor, 0.5 * self.mu * sum(((p - global_params[k]) ** 2).sum() for k, p in params.items()))
 
     def client_program(self, task: Task, state: ClientState) -> SGDProgram:
         return replace(super().client_program(task, state), penalty=self.proximal)

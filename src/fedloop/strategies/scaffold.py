@@ -54,7 +54,8 @@ class Scaffold(Strategy):
     def client_finish(self, task: Task, trained: Trained, state: ClientState) -> tuple[Update, ClientState]:
         update, _ = super().client_finish(task, trained, state)
         c, ci = task.extras, self.client_variate(task, state)
-        lr = self.local.lr  # type: ignore[union-attr] - __post_init__ checked it is LocalSGD
+        assert isinstance(self.local, LocalSGD)  # __post_init__ checked it
+        lr = self.local.lr
         new_ci = {k: ci[k] - c[k] + update.params[k] / (trained.steps * lr) for k in task.params}
         return replace(update, extras={k: new_ci[k] - ci[k] for k in task.params}), new_ci
 
