@@ -120,3 +120,131 @@ def test_failure_values_are_returned_by_the_client_app_for_bad_tasks():
     bad = Task(0, 1, "fit", Broadcast(0, {"weight": params["weight"]}), seed=0)  # a tensor is missing
     (reply,) = run(fleet, [bad])
     assert isinstance(reply, Failure) and "bias" in reply.reason
+
+
+# --- the round policy, stop conditions and observers, in-process with MockFleet and ChaosFleet ---
+
+from fedloop import AggregationError, ChaosFleet, MockFleet, Observer, PowerOfChoice, RoundPolicy  # noqa: E402
+from fedloop.loop import run_loop  # noqa: E402
+from fedloop.stops import MaxRounds  # noqa: E402
+from fedloop.types import Update  # noqa: E402
+
+W0 = {"w": torch.zeros(2)}
+
+
+def constant_update(task):
+    """Client c always sends the update (c + 1, c + 1), with 10 examples."""
+    if task.kind == "evaluate":
+        return Evaluation(task.client_id, task.round, 10, {"loss": float(task.client_id)})
+    return Update(task.client_id, task.round, {"w": torch.full((2,), task.client_id + 1.0)}, 10)
+
+
+class Recorder(Observer):
+    def __init__(self):
+        self.events = []
+
+    def start(self, state, resumed):
+        self.events.append(("start", state.round))
+
+    def round(self, record, state):
+        self.events.append(("round", record.round, record.failed))
+
+    def end(self, result):
+        self.events.append(("end", result.stop_reason))
+
+
+def loop(fleet, strategy=None, rounds=2, **kw):
+    strategy = strategy or FedAvg(sampler=Sampler(4))
+    return run_loop(strategy, fleet, strategy.init(W0, 0), [MaxRounds(rounds)], federated_eval=False, **kw)
+
+
+def test_a_round_short_of_min_updates_is_recorded_as_failed_and_run_again_from_the_same_state():
+    calls = []
+
+    def flaky(task):
+        calls.append(task.round)
+        if calls.count(1) <= 4:  # every client fails round 1's first attempt
+            return Failure(task.client_id, task.round, "flaky network")
+        return constant_update(task)
+
+    recorder = Recorder()
+    res = loop(MockFleet(flaky, 6), policy=RoundPolicy(min_updates=2), observers=[recorder])
+    assert [(r.round, r.failed, r.updates) for r in res.records] == [(1, True, 0), (1, False, 4), (2, False, 4)]
+    assert res.records[0].selected == res.records[1].selected  # the retry asks the same clients
+    assert [f.reason for f in res.records[0].failures] == ["flaky network"] * 4
+    assert recorder.events == [("round", 1, True), ("round", 1, False), ("round", 2, False)]
+    assert res.state.round == 2
+
+
+def test_a_round_that_keeps_failing_stops_the_run_after_its_retries():
+    recorder = Recorder()
+    with pytest.raises(AggregationError, match="round 1 failed 3 times: 0 of the 1 updates"):
+        loop(MockFleet(lambda t: Failure(t.client_id, t.round, "down"), 6), policy=RoundPolicy(retries=2),
+             observers=[recorder])
+    assert recorder.events == [("round", 1, True)] * 3
+
+
+def test_chaos_drops_are_seeded_and_a_retried_round_draws_again():
+    def chaos_run():
+        fleet = ChaosFleet(MockFleet(constant_update, 6), drop=0.3, seed=4)
+        res = loop(fleet, rounds=4, policy=RoundPolicy(min_updates=4, retries=20))
+        return [(r.round, r.selected, r.updates, r.failures, r.failed) for r in res.records], fleet.log, res
+
+    (rows, log, res), (rows2, log2, _) = chaos_run(), chaos_run()
+    assert rows == rows2 and log == log2  # seeded
+    failed = [r for r in res.records if r.failed]
+    assert failed and all(f.reason == "reply lost (chaos: drop)" for r in failed for f in r.failures)
+    assert len(log) == sum(len(r.failures) for r in res.records)
+    assert res.state.round == 4 and sum(not r.failed for r in res.records) == 4  # every retry drew again
+
+
+def test_stragglers_miss_a_deadline_and_are_waited_for_without_one():
+    fleet = ChaosFleet(MockFleet(constant_update, 6), delay=1.0)
+    res = loop(fleet, rounds=1, policy=RoundPolicy(round_deadline=1.0, min_updates=0))
+    assert res.records[0].updates == 0 and res.state.round == 1
+    assert [f.reason for f in res.records[0].failures] == ["no reply before the 1 s deadline"] * 4
+    assert torch.equal(res.state.params["w"], W0["w"])  # no update: the model did not move
+    waited = loop(ChaosFleet(MockFleet(constant_update, 6), delay=1.0), rounds=1)
+    assert waited.records[0].updates == 4
+
+
+def test_a_round_whose_aggregate_is_not_finite_fails_and_is_retried():
+    fleet = ChaosFleet(MockFleet(constant_update, 6), corrupt=0.2, seed=1)
+    res = loop(fleet, rounds=3, policy=RoundPolicy(retries=20))
+    assert any(r.failed for r in res.records) and any(fault == "corrupt" for _, _, fault in fleet.log)
+    assert all(bool(torch.isfinite(v).all()) for v in res.state.params.values())
+    with pytest.raises(AggregationError, match="non-finite"):
+        loop(ChaosFleet(MockFleet(constant_update, 6), corrupt=1.0), policy=RoundPolicy(retries=1))
+
+
+def test_the_loop_checks_the_fleets_capabilities_before_round_1():
+    strategy = PowerOfChoice(sampler=Sampler(2), candidates=4)
+    with pytest.raises(ConfigError, match="needs a fleet that can run several exchanges per round; mock cannot"):
+        loop(MockFleet(constant_update, 6, capabilities=frozenset()), strategy)
+
+
+def test_a_two_stage_round_probes_candidates_then_trains_the_worst_served():
+    strategy = PowerOfChoice(sampler=Sampler(2), candidates=4)
+    fleet = MockFleet(constant_update, 8)
+    res = loop(fleet, strategy, rounds=1)
+    probe, fit = fleet.submitted[:4], fleet.submitted[4:]
+    assert {t.kind for t in probe} == {"evaluate"} and {t.broadcast.stage for t in probe} == {"probe"}
+    assert all(t.config == {"split": "train"} for t in probe)
+    candidates = sorted(t.client_id for t in probe)
+    assert [t.client_id for t in fit] == candidates[-2:]  # the highest losses (loss = client id here)
+    assert {t.kind for t in fit} == {"fit"} and res.records[0].selected == tuple(candidates[-2:])
+
+
+def test_stop_conditions_are_a_list_and_the_last_round_is_evaluated():
+    class Budget:
+        def before(self, state):
+            return "budget" if state.round >= 2 else None
+
+        def after(self, record, state):
+            return None
+
+    strategy = FedAvg(sampler=Sampler(4))
+    res = run_loop(strategy, MockFleet(constant_update, 6), strategy.init(W0, 0), [MaxRounds(10), Budget()],
+                   evaluator=lambda p: {"loss": float(p["w"].sum())}, eval_every=5, federated_eval=False)
+    assert res.stop_reason == "budget" and res.state.round == 2
+    assert "loss" not in res.records[0].metrics and "loss" in res.records[1].metrics

@@ -6,6 +6,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -442,3 +443,83 @@ def test_a_round_encodes_the_params_its_tasks_share_once(monkeypatch):
         replies = run(fleet, tasks, deadline=0.01)
         assert [type(r) for r in replies] == [Failure] * 4 and len(calls) == 1
     fleet.finish()
+
+
+def test_a_two_stage_strategy_with_an_adaptive_server_step_and_client_clipping_matches_the_simulator(site, tmp_path):
+    """Power-of-choice (a probe exchange, then fit) with FedAdam's server step and client-side clipping: the
+    clients answer both exchanges of every round, clip before upload (the server checks it), and the final model
+    equals the simulator's, bit for bit."""
+    root, data = site
+    config = write_config(root, "two_stage", extra='[server_opt]\nname = "adam"\nlr = 0.02\n'
+                                                  '[[transforms]]\nname = "clip"\nmax_norm = 0.02\n')
+    config.write_text(config.read_text().replace("[strategy]\n", '[strategy]\nname = "power_of_choice"\n'
+                                                               'candidates = 4\n')
+                      .replace("clients_per_round = 4", "clients_per_round = 2"))
+    server, port = start_server(root, config, tmp_path / "run")
+    clients = [start_client(root, port, c) for c in range(len(SIZES))]
+    finish(server)
+    for c in clients:
+        assert "the run is over" in finish(c)
+    rounds = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [len(r["selected"]) for r in rounds] == [2, 2, 2] and all(r["clipped"] == 1.0 for r in rounds)
+    assert all(r["update_norm"] > 0.02 for r in rounds)
+    deployed = load_file(tmp_path / "run" / "model.safetensors")
+    expected = simulated_params(data, config, 3)
+    assert all(torch.equal(deployed[k], expected[k]) for k in expected)
+    sim_rounds = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert sim_rounds["rounds"] == 3
+
+
+def test_a_client_silent_past_the_liveness_timeout_is_not_asked_again(site, tmp_path):
+    """Client 2 is killed after round 1: round 2 waits for it until the deadline, round 3 no longer selects it."""
+    root, _ = site
+    config = write_config(root, "liveness", min_clients=3, deadline=10, extra="liveness_timeout = 6.5\n")
+    config.write_text(config.read_text().replace("federated = true", "federated = false")
+                      .replace("clients_per_round = 4", "clients_per_round = 5"))
+    server, port = start_server(root, config, tmp_path / "run")
+    clients = [start_client(root, port, c) for c in range(3)]
+    seen: list[str] = []
+    wait_for_line(server, "round 1:", seen)
+    clients[2].send_signal(signal.SIGKILL)
+    finish(server)
+    rounds = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["selected"], r["clients"], r["failures"]) for r in rounds] == [
+        ([0, 1, 2], 3, 0), ([0, 1, 2], 2, 1), ([0, 1], 2, 0)]
+    assert rounds[1]["seconds"] > 9 and rounds[2]["seconds"] < 5  # round 3 does not wait for the dead client
+    for c in clients[:2]:
+        assert "the run is over" in finish(c)
+
+
+def test_a_client_answers_several_open_tasks_in_turn_over_grpc(site):
+    """The gRPC fleet holds two open tasks for one client (two stages of one round); the client gets them oldest
+    first and both replies are collected."""
+    from fedloop.net.auth import Authenticator, read_tokens
+    from fedloop.net.fleet import GrpcFleet
+    from fedloop.net.server import start_server as serve_fleet
+    from fedloop.types import Broadcast, Evaluation, Task
+
+    root, _ = site
+    fleet = GrpcFleet(Authenticator(read_tokens(root / "certs" / "tokens.txt"), False), "{}", "run")
+    server = serve_fleet(fleet, "127.0.0.1:0", cert_dir=root / "certs", insecure=False)
+    try:
+        stub, meta = _stub(root, server.port, 0)
+        stub.Join(pb.JoinRequest(num_examples=SIZES[0]), metadata=meta, timeout=30)
+        params = {"w": torch.zeros(4)}
+        fleet.submit([Task(0, 1, "evaluate", Broadcast(0, params, {}, "first"), 1, {"split": "train"}),
+                      Task(0, 1, "evaluate", Broadcast(0, params, {}, "second"), 2)])
+        seen = []
+        for header, tensors in served_tasks(stub, meta):
+            seen.append((header.stage, header.seed, dict(header.config)))
+            ack = _upload(stub, meta, pb.ReplyHeader(round=1, kind=pb.REPLY_EVALUATE, num_examples=5,
+                                                     metrics={"loss": float(header.seed)}, seq=header.seq), None)
+            assert ack.accepted and torch.equal(tensors["w"], params["w"])
+            if len(seen) == 2:
+                break
+        assert [(s, seed) for s, seed, _ in seen] == [("first", 1), ("second", 2)]
+        assert seen[0][2]["split"].text == "train"
+        replies = fleet.collect(until=time.monotonic() + 10)
+        assert sorted(r.metrics["loss"] for r in replies if isinstance(r, Evaluation)) == [1.0, 2.0]
+        assert fleet.traffic()[0] > 0
+    finally:
+        fleet.finish()
+        server.stop(grace=1)
