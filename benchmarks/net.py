@@ -56,13 +56,13 @@ def _client(port: int, certs: Path, cid: int) -> None:
     while True:
         stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=300)
         header = next(stream).header
-        if header.status == "done":
+        if header.status == pb.POLL_DONE:
             return
-        if header.status != "task":
+        if header.status != pb.POLL_TASK:
             continue
         params = load(b"".join(c.data for c in stream))
         payload = save({k: v * 0 for k, v in params.items()})
-        parts = [pb.ReplyChunk(header=pb.ReplyHeader(round=header.round, kind="fit", num_examples=10,
+        parts = [pb.ReplyChunk(header=pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=10,
                                                      size=len(payload), seq=header.seq))]
         parts += [pb.ReplyChunk(data=payload[i:i + CHUNK]) for i in range(0, len(payload), CHUNK)]
         stub.PutReply(iter(parts), metadata=meta, timeout=300)

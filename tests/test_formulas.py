@@ -143,3 +143,14 @@ def test_clients_train_on_copies_and_never_modify_the_global_params():
     for u in replies:  # every update is its own tensor, not a view of the global params
         for k, v in u.params.items():
             assert v.data_ptr() != state.params[k].data_ptr()
+
+
+def test_the_weighted_mean_can_divide_by_a_fixed_denominator():
+    """DP-FedAvg's estimator: the weighted sum over the expected total weight, whoever replied."""
+    ups = [Update(c, 1, {"w": torch.tensor([float(c + 1)])}, n) for c, n in ((0, 10), (1, 30))]
+    actual, _ = WeightedMean("samples").apply(ups, {})
+    assert torch.allclose(actual["w"], torch.tensor([(10 * 1 + 30 * 2) / 40]))
+    fixed, _ = WeightedMean("samples", fixed_denominator=80.0).apply(ups, {})
+    assert torch.allclose(fixed["w"], torch.tensor([(10 * 1 + 30 * 2) / 80]))
+    uniform, _ = WeightedMean("uniform", fixed_denominator=4.0).apply(ups, {})
+    assert torch.allclose(uniform["w"], torch.tensor([(1 + 2) / 4]))

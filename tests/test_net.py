@@ -286,8 +286,10 @@ def test_a_killed_client_and_a_stalled_client_cost_their_rounds_and_the_run_goes
 
 
 def test_a_killed_and_resumed_server_ends_with_the_uninterrupted_model(site, tmp_path):
+    """Also with a server-side transform (clipping each update as the server reads it from its spool)."""
     root, data = site
-    config = write_config(root, "resume", deadline=30)
+    config = write_config(root, "resume", deadline=30,
+                          extra='[[transforms]]\nname = "clip"\nmax_norm = 0.01\nwhere = "server"\n')
     address = f"127.0.0.1:{free_port()}"
     server, _ = start_server(root, config, tmp_path / "run", "--address", address)
     port = int(address.rsplit(":", 1)[1])
@@ -304,8 +306,8 @@ def test_a_killed_and_resumed_server_ends_with_the_uninterrupted_model(site, tmp
     assert "rounds 3" in log
     for c in clients:
         assert "the run is over" in finish(c)
-    rounds = [json.loads(line)["round"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert rounds == [1, 2, 3]
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2, 3] and all(r["clipped"] == 1.0 for r in rows)
     final = load_file(tmp_path / "run" / "model.safetensors")
     expected = simulated_params(data, config, 3)
     assert all(torch.equal(final[k], expected[k]) for k in expected)

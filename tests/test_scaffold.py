@@ -62,3 +62,11 @@ def test_scaffold_matches_the_paper_with_partial_participation(executor):
     assert any(a & b for a, b in zip(chosen_by_round, chosen_by_round[1:], strict=False))
     assert allclose(res.state.params, x, rtol=1e-5, atol=1e-6)
     assert allclose(res.state.extras, c, rtol=1e-5, atol=1e-6)
+
+
+def test_round_records_count_the_control_variates_that_travel():
+    """SCAFFOLD sends c with every fit task and gets dc_i back with every update: bytes as they move."""
+    strategy = Scaffold(sampler=Sampler(3), local=LocalSGD(epochs=1, batch_size=4, lr=0.1))
+    res = simulate(model_fn, blobs(n_train=sum(SIZES)), manual_partition(SIZES), strategy, options(2))
+    model_bytes = sum(p.numel() * 4 for p in model_fn().parameters())
+    assert all(h["bytes_down"] == h["bytes_up"] == 3 * 2 * model_bytes for h in res.history)

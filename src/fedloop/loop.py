@@ -18,7 +18,7 @@ from .reduction import reduce
 from .sampling import task_seeds
 from .stops import StopCondition
 from .strategies.base import Strategy
-from .types import Broadcast, Evaluation, Failure, Params, Reply, RoundRecord, ServerState, Task, Update
+from .types import Aggregate, Broadcast, Evaluation, Failure, Params, Reply, RoundRecord, ServerState, Task, Update
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +113,20 @@ def _finite(params: Params) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in params.values() if v.is_floating_point())
 
 
+def _advance(strategy: Strategy, state: ServerState, agg: Aggregate | None, min_updates: int
+             ) -> tuple[ServerState | None, str | None]:
+    """The state after a round, or None with the reason the round failed."""
+    if agg is None and min_updates == 0:
+        log.warning("round %d: no updates arrived; the global model is unchanged", state.round + 1)
+        return replace(state, round=state.round + 1), None
+    if agg is None or agg.num_clients < min_updates:
+        return None, f"{agg.num_clients if agg else 0} of the {min_updates} updates it needs were accepted"
+    new = strategy.apply(state, agg)
+    if not _finite(new.params):
+        return None, "its aggregate would make the global params non-finite"
+    return new, None
+
+
 def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequence[StopCondition], *,
              evaluator: Evaluator | None = None, eval_every: int = 1, federated_eval: bool = True,
              policy: RoundPolicy = RoundPolicy(), observers: Sequence[Observer] = ()) -> LoopResult:
@@ -125,28 +139,21 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequen
     attempts = 0
     while (reason := _first(stop.before(state) for stop in stops)) is None:
         start = time.perf_counter()
-        down0, up0 = fleet.traffic()
+        moved = fleet.traffic()
         got = exchange(strategy, fleet, state, policy.round_deadline)
-        down, up = (a - b for a, b in zip(fleet.traffic(), (down0, up0), strict=True))
+        down, up = (after - before for after, before in zip(fleet.traffic(), moved, strict=True))
         t_exchange = time.perf_counter()
         agg, rejected = reduce(got.updates, strategy, state, got.population) if got.updates else (None, [])
-        failures = got.failures + rejected
-        new = strategy.apply(state, agg) if agg is not None else None
-        why = None
-        if agg is None and policy.min_updates == 0:
-            log.warning("round %d: no updates arrived; the global model is unchanged", state.round + 1)
-            new = replace(state, round=state.round + 1)
-        elif agg is None or agg.num_clients < policy.min_updates:
-            why = f"{agg.num_clients if agg else 0} of the {policy.min_updates} updates it needs were accepted"
-        elif new is not None and not _finite(new.params):
-            why = "its aggregate would make the global params non-finite"
+        new, why = _advance(strategy, state, agg, policy.min_updates)
         t_aggregate = time.perf_counter()
         timings = {"exchange": t_exchange - start, "aggregate": t_aggregate - t_exchange}
-        if why is not None or new is None:
+        failures = tuple(got.failures + rejected)
+        updates = agg.num_clients if agg else 0
+        if new is None:
             attempts += 1
             log.warning("round %d failed: %s (attempt %d of %d)", state.round + 1, why, attempts, policy.retries + 1)
-            record = RoundRecord(state.round + 1, got.selected, agg.num_clients if agg else 0, tuple(failures), None,
-                                 up, down, time.perf_counter() - start, timings=timings, failed=True)
+            record = RoundRecord(state.round + 1, got.selected, updates, failures, None, up, down,
+                                 time.perf_counter() - start, timings=timings, failed=True)
             result.records.append(record)
             for o in observers:
                 o.round(record, state)
@@ -154,26 +161,23 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequen
                 raise AggregationError(f"round {state.round + 1} failed {attempts} times: {why}")
             continue
         attempts = 0
-        state = new
-        metrics: dict[str, float] = {}
-        ending = _first(stop.before(state) for stop in stops) is not None
-        if state.round % eval_every == 0 or ending:
-            metrics = evaluate_round(state, fleet, evaluator, federated_eval, policy.round_deadline)
-            result.final_metrics = metrics
+        state = result.state = new
+        metrics = {k: v for k, v in agg.metrics.items() if k != "train_loss"} if agg else {}
+        if state.round % eval_every == 0 or _first(stop.before(state) for stop in stops) is not None:
+            result.final_metrics = evaluate_round(state, fleet, evaluator, federated_eval, policy.round_deadline)
+            metrics.update(result.final_metrics)
             timings["evaluate"] = time.perf_counter() - t_aggregate
-        train = {k: v for k, v in agg.metrics.items() if k != "train_loss"} if agg else {}
-        record = RoundRecord(state.round, got.selected, agg.num_clients if agg else 0, tuple(failures),
+        record = RoundRecord(state.round, got.selected, updates, failures,
                              agg.metrics.get("train_loss") if agg else None, up, down, time.perf_counter() - start,
-                             {**train, **metrics}, timings)
+                             metrics, timings)
         result.records.append(record)
-        result.state = state
         for o in observers:
             o.round(record, state)
         if (stop_reason := _first(stop.after(record, state) for stop in stops)) is not None:
             result.stop_reason = stop_reason
             return result
     result.stop_reason = reason
-    if not result.records or not any(not r.failed for r in result.records):
+    if not any(not r.failed for r in result.records):
         result.final_metrics = evaluate_round(state, fleet, evaluator, federated_eval, policy.round_deadline)
     return result
 

@@ -48,7 +48,7 @@ def clone(a: Params) -> dict[str, torch.Tensor]:
 
 def num_bytes(a: Params) -> int:
     """Raw payload size of the tensors (what the wire carries before framing)."""
-    return sum(t.numel() * t.element_size() for t in a.values())
+    return sum(t.nbytes for t in a.values())
 
 
 def num_elements(a: Params) -> int:

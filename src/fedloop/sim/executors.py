@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from torch import nn
 
@@ -23,8 +22,7 @@ log = logging.getLogger(__name__)
 Result = Trained | Evaluation | Failure
 
 
-@dataclass(frozen=True)
-class Job:
+class Job(NamedTuple):
     """One task for one client app, with the state the client starts it from."""
 
     app: ClientApp
