@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from torch import nn
 
 from .aggregators import AGGREGATORS
 from .client import LocalSGD
-from .config import OWN_FIELDS, AggregatorSection, Config, ServerOptSection, field_default
+from .config import OWN_FIELDS, AggregatorSection, Config, ServerOptSection, default_of
 from .data.examples import Dataset
 from .data.partition import Partition, make_partition
 from .data.registry import load_dataset
@@ -58,16 +58,8 @@ def choose(where: str, registry: dict[str, type], values: dict[str, Any], defaul
         if key not in allowed:
             raise ConfigError(f"{where}.{key} does not apply to {where}.name = {getattr(cls, 'name', cls)!r} "
                               f"(its keys: {', '.join(allowed)})")
-    if type(default) is cls:
-        try:
-            return dataclasses.replace(cast(Any, default), **given)
-        except ConfigError as exc:
-            raise _in_section(exc, where) from None
-    return make(where, cls, **given)
-
-
-def _field_default(cls: type, name: str) -> Any:
-    return next(field_default(f) for f in dataclasses.fields(cls) if f.name == name)
+    base = _asdict(default) if type(default) is cls else {}
+    return make(where, cls, **{**base, **given})
 
 
 def strategy_from_config(cfg: Config) -> Strategy:
@@ -78,12 +70,12 @@ def strategy_from_config(cfg: Config) -> Strategy:
     own = {k: v for k, v in s.items() if k in OWN_FIELDS[name] and v is not None}
     parts: dict[str, Any] = {
         "sampler": sampler,
-        "aggregator": choose("aggregator", AGGREGATORS, _values(cfg.aggregator), _field_default(cls, "aggregator")),
+        "aggregator": choose("aggregator", AGGREGATORS, _values(cfg.aggregator), default_of(cls, "aggregator")),
         "server_opt": choose("server_opt", SERVER_OPTIMIZERS, _values(cfg.server_opt),
-                             _field_default(cls, "server_opt")),
+                             default_of(cls, "server_opt")),
         "transforms": tuple(choose(f"transforms[{i}]", TRANSFORMS, _values(t)) for i, t in enumerate(cfg.transforms)),
     }
-    if isinstance(_field_default(cls, "local"), LocalSGD):
+    if isinstance(default_of(cls, "local"), LocalSGD):
         parts["local"] = make("client", LocalSGD, **_values(cfg.client))
     try:
         return cls(**parts, **own)

@@ -141,13 +141,14 @@ class ModelConfig(_Section):
     name: ModelName = "mlp"
 
 
-def _default(cls: type, name: str) -> Any:
+def default_of(cls: type, name: str) -> Any:
+    """The default of dataclass `cls`'s field `name`."""
     return next(field_default(f) for f in dataclasses.fields(cls) if f.name == name)
 
 
 class Config(_Section):
-    seed: int = _default(RunOptions, "seed")
-    rounds: int = _default(RunOptions, "rounds")
+    seed: int = default_of(RunOptions, "seed")
+    rounds: int = default_of(RunOptions, "rounds")
     data: DataConfig = Field(default_factory=lambda: DataConfig())
     partition: PartitionConfig = Field(default_factory=lambda: PartitionConfig())
     model: ModelConfig = Field(default_factory=lambda: ModelConfig())
