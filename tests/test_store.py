@@ -1,6 +1,7 @@
 """Run-directory files: exact checkpoints, atomic writes, final model loading."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -89,3 +90,28 @@ def test_load_model_needs_model_fn_for_custom_models(tmp_path):
         load_model(tmp_path)
     loaded = load_model(tmp_path, lambda: torch.nn.Linear(2, 2))
     assert torch.equal(loaded.weight, net.weight)
+
+
+def test_non_finite_numbers_are_written_as_null_and_named(tmp_path):
+    run = RunDir(tmp_path)
+    run.start_records()
+    run.append_record(RoundRecord(1, (0,), 1, (), float("nan"), 1, 1, 0.1, {"accuracy": float("inf")}))
+    run.write_json("summary.json", {"loss": float("nan"), "accuracy": 0.5})
+    line = (tmp_path / "metrics.jsonl").read_text()
+    row = json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c}"))
+    assert row["train_loss"] is None and row["accuracy"] is None
+    assert row["nonfinite"] == ["train_loss", "accuracy"]
+    summary = json.loads((tmp_path / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert summary == {"loss": None, "accuracy": 0.5, "nonfinite": ["loss"]}
+
+
+def test_a_run_directory_has_one_writer(tmp_path):
+    import subprocess
+    import sys
+
+    RunDir(tmp_path).acquire()
+    RunDir(tmp_path).acquire()  # the same process may ask again
+    code = f"from fedloop.store import RunDir; RunDir({str(tmp_path)!r}).acquire()"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert other.returncode == 1 and f"another process (pid {os.getpid()}) is writing this run directory" in \
+        other.stderr

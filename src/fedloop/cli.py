@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -125,8 +126,8 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     out = Path(args.resume or args.out or _default_out(cfg))
-    result = serve(cfg, out, cert_dir=args.certs, tokens=args.tokens, insecure=args.insecure,
-                   mutual_tls=args.mtls, address=args.address, resume=args.resume is not None,
+    result = serve(cfg, out, cert_dir=args.certs, tokens=args.tokens, allowlist=args.allowlist,
+                   insecure=args.insecure, mutual_tls=args.mtls, address=args.address, resume=args.resume is not None,
                    on_listen=lambda port: print(f"listening on port {port}; waiting for "
                                                 f"{cfg.server.min_clients} clients", flush=True),
                    observers=(RoundLines(),))
@@ -147,12 +148,16 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
-    from .net.certs import make_certs
+    from .net.certs import add_clients, ca_dir, make_certs
 
-    clients = [str(i) for i in range(args.clients)]
-    out = make_certs(args.dir, clients, args.host)
-    print(f"wrote ca.pem, server.pem/.key, client-<id>.pem/.key/.token for clients 0..{args.clients - 1} and "
-          f"tokens.txt -> {out}")
+    if args.add:
+        add_clients(args.dir, args.add)
+        print(f"issued credentials for clients {', '.join(args.add)}; appended to tokens.txt and clients.txt in "
+              f"{args.dir}")
+        return 0
+    out = make_certs(args.dir, [str(i) for i in range(args.clients)], args.host)
+    print(f"wrote ca.pem, server.pem/.key, client-<id>.pem/.key/.token for clients 0..{args.clients - 1}, "
+          f"tokens.txt and clients.txt -> {out}; the CA's private key -> {ca_dir(out)} (keep it off the server)")
     return 0
 
 
@@ -191,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--tokens", metavar="FILE", help="client tokens, '<id> <token>' per line (default: "
                                                       "DIR/tokens.txt of --certs)")
     srv.add_argument("--mtls", action="store_true", help="authenticate clients by certificate instead of token")
+    srv.add_argument("--allowlist", metavar="FILE", help="issued client certificates, '<id> <sha256 fingerprint>' per "
+                                                         "line (default: DIR/clients.txt of --certs); mTLS only")
     srv.add_argument("--insecure", action="store_true", help="plaintext, loopback only")
     srv.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     srv.set_defaults(func=cmd_server)
@@ -217,12 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
     cert.add_argument("dir")
     cert.add_argument("--clients", type=int, default=10, help="credentials for clients 0..N-1")
     cert.add_argument("--host", action="append", default=[], help="extra server host name or IP (repeatable)")
+    cert.add_argument("--add", nargs="+", metavar="ID", help="issue credentials for more clients with DIR's CA")
     cert.set_defaults(func=cmd_certs)
     return p
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # a stop request cleans up like Ctrl-C: spool removed, clients told
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("fedloop.sim").setLevel(logging.INFO)  # the executor choice and any fallback
     logging.getLogger("fedloop.net").setLevel(logging.INFO)  # joins, rejected uploads, reconnects

@@ -53,9 +53,9 @@ class LoopResult:
 
 def federated_metrics(evals: Sequence[Evaluation]) -> dict[str, float]:
     """Example-weighted means over clients' local test splits, and the spread of accuracy across clients."""
-    if not evals:
-        return {}
     total = sum(e.num_examples for e in evals)
+    if total <= 0:  # fleets check counts; this guards the division all the same
+        return {}
     out = {}
     for key in evals[0].metrics:
         vals = [e.metrics[key] for e in evals if key in e.metrics]

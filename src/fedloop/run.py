@@ -130,6 +130,8 @@ def train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, o
     evaluator = (lambda params: evaluate(workspace, params, test, loss_fn)) if test is not None and len(test) \
         else None
     run_dir = RunDir(options.out) if options.out is not None else None
+    if run_dir is not None:
+        run_dir.acquire()
     meta = {"strategy": strategy.name, **(model_meta or {})}
     if options.resume:
         assert run_dir is not None  # RunOptions checks it

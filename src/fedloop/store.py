@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import math
 import os
 import tempfile
 from collections.abc import Mapping
@@ -36,8 +38,33 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def json_safe(obj: Any, where: str = "") -> tuple[Any, list[str]]:
+    """`obj` with every NaN or infinite float replaced by None (standard JSON has no such literals), and the keys
+    where that happened."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None, [where]
+    if isinstance(obj, dict):
+        out, bad = {}, []
+        for k, v in obj.items():
+            out[k], more = json_safe(v, f"{where}.{k}" if where else str(k))
+            bad += more
+        return out, bad
+    if isinstance(obj, list | tuple):
+        pairs = [json_safe(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return [v for v, _ in pairs], [b for _, more in pairs for b in more]
+    return obj, []
+
+
+def dumps(obj: dict[str, Any], **kw: Any) -> str:
+    """Standard JSON of a dict: non-finite numbers become null, listed under "nonfinite"."""
+    safe, bad = json_safe(obj)
+    if bad:
+        safe["nonfinite"] = bad
+    return json.dumps(safe, allow_nan=False, **kw)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, (dumps(obj, indent=2) if isinstance(obj, dict) else json.dumps(obj, indent=2)) + "\n")
 
 
 def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
@@ -101,6 +128,10 @@ def load_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return {k: tensors[k] for k in json.loads(md["order"])}, json.loads(md.get("meta", "{}"))
 
 
+_HELD: dict[Path, int] = {}
+"""Run directories this process writes, with the descriptor that holds each one's lock."""
+
+
 class RunDir:
     """Where one run writes its outputs: every file is replaced atomically, except metrics.jsonl, to which each
     round appends one line (flushed to disk), so a crash loses at most the line being written."""
@@ -126,7 +157,27 @@ class RunDir:
         after a stop; later ones, written after the checkpoint resumed from, are dropped)."""
         rows = read_metrics(self.path) if after_round is not None and self.metrics_path.is_file() else []
         self._records = [r for r in rows if r["round"] <= after_round] if after_round is not None else []
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in self._records))
+        atomic_write_text(self.metrics_path, "".join(dumps(r) + "\n" for r in self._records))
+
+    def acquire(self) -> None:
+        """Become the directory's one writer, for the life of this process (a second writer, in any process, gets a
+        CheckpointError naming the holder's pid); temporary files an interrupted atomic write left are removed."""
+        key = self.path.resolve()
+        if key in _HELD:
+            return
+        fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise CheckpointError(f"{self.path}: another process (pid {holder}) is writing this run directory") \
+                from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        _HELD[key] = fd
+        for tmp in [*self.path.glob(".*.tmp"), *self.path.glob("checkpoints/.*.tmp")]:
+            tmp.unlink(missing_ok=True)
 
     def latest_checkpoint(self) -> Path:
         found = sorted(self.path.glob("checkpoints/round_*.safetensors"))
@@ -135,10 +186,10 @@ class RunDir:
         return found[-1]
 
     def append_record(self, record: RoundRecord) -> None:
-        row = record.to_json()
-        self._records.append(row)
+        line = dumps(record.to_json())
+        self._records.append(json.loads(line))
         with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())
 

@@ -24,7 +24,8 @@ from ..types import Broadcast, Evaluation, Failure, Reply, Task, Update
 from . import fedloop_pb2 as pb
 from . import fedloop_pb2_grpc as pb_grpc
 from .codec import KIND_NAMES, PROTOCOL, chunks, config_from_proto, decode, encode, split_extras
-from .server import MESSAGE_BYTES, POLL_SECONDS
+from .server import MESSAGE_BYTES, POLL_SECONDS, is_loopback
+from .spool import clean
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,10 @@ def open_channel(server: str, *, ca_cert: str | None, cert: str | None, key: str
                  insecure: bool) -> grpc.Channel:
     options = [("grpc.max_receive_message_length", MESSAGE_BYTES), ("grpc.max_send_message_length", MESSAGE_BYTES)]
     if insecure:
+        host = server.rsplit(":", 1)[0]
+        if not is_loopback(host):
+            raise ConfigError(f"--insecure sends the token in plaintext, which is allowed on loopback only, "
+                              f"not to {host!r}")
         return grpc.insecure_channel(server, options=options)
     if ca_cert is None:
         raise ConfigError("TLS needs --ca-cert (the ca.pem of `fedloop certs`), or --insecure on loopback")
@@ -141,6 +146,8 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
             last_contact, backoff = time.monotonic(), 1.0
             if header.status == pb.POLL_DONE:
                 return answered
+            if header.status == pb.POLL_FAILED:
+                raise TransportError(f"{server}: the run failed on the server ({clean(header.reason)})")
             if header.status != pb.POLL_TASK:
                 continue
             reply = app.handle(receive_task(app.client_id, header, b"".join(c.data for c in stream)))

@@ -19,6 +19,7 @@ class PollStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     POLL_TASK: _ClassVar[PollStatus]
     POLL_WAIT: _ClassVar[PollStatus]
     POLL_DONE: _ClassVar[PollStatus]
+    POLL_FAILED: _ClassVar[PollStatus]
 
 class ReplyKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -33,6 +34,7 @@ POLL_STATUS_UNSPECIFIED: PollStatus
 POLL_TASK: PollStatus
 POLL_WAIT: PollStatus
 POLL_DONE: PollStatus
+POLL_FAILED: PollStatus
 REPLY_KIND_UNSPECIFIED: ReplyKind
 REPLY_FIT: ReplyKind
 REPLY_EVALUATE: ReplyKind
@@ -83,7 +85,7 @@ class ConfigValue(_message.Message):
     def __init__(self, flag: _Optional[bool] = ..., integer: _Optional[int] = ..., number: _Optional[float] = ..., text: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class TaskHeader(_message.Message):
-    __slots__ = ("status", "round", "kind", "seed", "size", "seq", "version", "stage", "config")
+    __slots__ = ("status", "round", "kind", "seed", "size", "seq", "version", "stage", "config", "reason")
     class ConfigEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +102,7 @@ class TaskHeader(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STAGE_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     status: PollStatus
     round: int
     kind: TaskKind
@@ -109,7 +112,8 @@ class TaskHeader(_message.Message):
     version: int
     stage: str
     config: _containers.MessageMap[str, ConfigValue]
-    def __init__(self, status: _Optional[_Union[PollStatus, str]] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., seed: _Optional[int] = ..., size: _Optional[int] = ..., seq: _Optional[int] = ..., version: _Optional[int] = ..., stage: _Optional[str] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ...) -> None: ...
+    reason: str
+    def __init__(self, status: _Optional[_Union[PollStatus, str]] = ..., round: _Optional[int] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., seed: _Optional[int] = ..., size: _Optional[int] = ..., seq: _Optional[int] = ..., version: _Optional[int] = ..., stage: _Optional[str] = ..., config: _Optional[_Mapping[str, ConfigValue]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class TaskChunk(_message.Message):
     __slots__ = ("header", "data")

@@ -4,7 +4,13 @@ tasks and hand in replies here, so an idle client's long poll costs no thread, w
 
 Tasks are open until answered or cancelled, and a client may hold several (a round may have several exchanges).
 Each broadcast is encoded once, whatever the number of its tasks. A client that has not called for longer than the
-liveness timeout, and holds no task it is working on, is not offered to the strategy until it calls again.
+liveness timeout (and holds no task it is working on) is not offered to the strategy until it calls again; one
+that left `max_missed` tasks in a row unanswered, until it joins again.
+
+Nothing a client sends is trusted unchecked: its sample counts are fixed at its first join (and capped), a reply
+must answer one of its open tasks, an update must match its task's names, shapes and dtypes with finite values
+(and a norm bound, when set), an evaluation must count at most the examples the client declared for that split,
+and every metric must be finite and within its range.
 
 Shared state is guarded by one threading.Condition; the event loop's waiters are woken through `_changed`, an
 asyncio.Event replaced on every wake-up.
@@ -13,21 +19,29 @@ asyncio.Event replaced on every wake-up.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import math
+import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..fleet import CONCURRENT, STAGES
 from ..params import num_bytes
+from ..store import atomic_write_json
 from ..types import ClientInfo, Evaluation, Failure, Reply, Task, Update
 from . import fedloop_pb2 as pb
 from .auth import Authenticator
 from .codec import encode
-from .spool import Spool, check_spooled
+from .options import ServerOptions
+from .spool import Spool, check_spooled, clean
+
+MAX_METRICS = 32
+METRIC_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +62,19 @@ class GrpcFleet:
 
     capabilities = frozenset({STAGES, CONCURRENT})
 
-    def __init__(self, auth: Authenticator, settings_json: str, run_id: str, liveness_timeout: float = 60.0):
+    def __init__(self, auth: Authenticator, settings_json: str, run_id: str, spool: Spool,
+                 options: ServerOptions | None = None, registry: Path | None = None):
         self.auth = auth
         self.settings_json = settings_json
         self.run_id = run_id
-        self.liveness_timeout = liveness_timeout
+        self.options = options or ServerOptions()
+        self.registry = registry
         self._cond = threading.Condition()
         self._clients: dict[int, ClientInfo] = {}
+        self._counts: dict[int, tuple[int, int]] = {}  # client id -> (train, test) examples, fixed at first join
+        if registry is not None and registry.is_file():
+            self._counts = {int(k): (v[0], v[1]) for k, v in json.loads(registry.read_text()).items()}
+        self._missed: dict[int, int] = {}  # client id -> tasks left unanswered in a row
         self._open: dict[int, Pending] = {}  # seq -> open task
         self._client_open: dict[int, list[int]] = {}  # client id -> seqs of its open tasks, oldest first
         self._replies: list[Reply] = []
@@ -62,13 +82,14 @@ class GrpcFleet:
         self._told_done: set[int] = set()
         self._seq = time.time_ns() // 1000  # distinct from any earlier server process's task numbers
         self._done = False
+        self._failure = ""
         self._upload_limit = _upload_limit(0)
         self._spooled: list[tuple[int, Path]] = []  # (round, file) of accepted uploads
         self._down = 0
         self._up = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
-        self.spool = Spool()
+        self.spool = spool
         self._checker = ThreadPoolExecutor(1, thread_name_prefix="fedloop-check")  # one upload checked at a time
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -90,17 +111,24 @@ class GrpcFleet:
         now = time.monotonic()
         busy = {p.task.client_id for p in self._open.values() if p.fetched}
         return sorted((c for cid, c in self._clients.items()
-                       if now - self._seen.get(cid, -1e18) <= self.liveness_timeout or cid in busy),
+                       if self._missed.get(cid, 0) < self.options.max_missed and
+                       (now - self._seen.get(cid, -1e18) <= self.options.liveness_timeout or cid in busy)),
                       key=lambda c: c.client_id)
 
     def clients(self) -> list[ClientInfo]:
-        """Joined clients that called within the liveness timeout (or are working on a task)."""
+        """Joined clients that called within the liveness timeout (or are working on a task) and have not left too
+        many tasks in a row unanswered."""
         with self._cond:
             return self._live()
 
-    def is_member(self, client_id: int) -> bool:
+    def not_member(self, client_id: int) -> str | None:
+        """Why a client must join (again) before it gets tasks, or None."""
         with self._cond:
-            return client_id in self._clients
+            if client_id not in self._clients:
+                return f"client {client_id} has not joined"
+            if self._missed.get(client_id, 0) >= self.options.max_missed:
+                return f"client {client_id} left {self._missed[client_id]} tasks in a row unanswered; join again"
+            return None
 
     def wait_for_clients(self, count: int, timeout: float | None = None) -> int:
         with self._cond:
@@ -118,7 +146,7 @@ class GrpcFleet:
                 first = min(t.round for t in tasks)
                 for round_, path in self._spooled:
                     if round_ < first:  # earlier rounds are reduced by now
-                        path.unlink(missing_ok=True)
+                        self.spool.discard(path)
                 self._spooled = [s for s in self._spooled if s[0] >= first]
             for t in tasks:
                 self._seq += 1
@@ -141,9 +169,11 @@ class GrpcFleet:
             return out
 
     def cancel(self) -> list[Task]:
-        """Close every open task: late replies to them are discarded."""
+        """Close every open task: late replies to them are discarded, and count as missed."""
         with self._cond:
             tasks = [p.task for p in self._open.values()]
+            for t in tasks:
+                self._missed[t.client_id] = self._missed.get(t.client_id, 0) + 1
             self._open, self._client_open = {}, {}
             self._set_upload_limit()
             return tasks
@@ -153,16 +183,17 @@ class GrpcFleet:
         with self._cond:
             return self._down, self._up
 
-    def finish(self, drain: float = 0.0) -> None:
-        """End the run: every poll now answers "done"; wait up to `drain` s for live clients to hear it."""
+    def finish(self, drain: float = 0.0, failure: str | None = None) -> None:
+        """End the run: every poll now answers "done" (or that the run failed, and why); wait up to `drain` s for
+        live clients to hear it."""
         with self._cond:
             self._done = True
+            self._failure = failure or ""
             self._open, self._client_open = {}, {}
             self._set_upload_limit()
             self._wake()
         self.drain(drain)
         self._checker.shutdown(wait=True)
-        self.spool.remove()
 
     def close(self) -> None:
         self.finish()
@@ -182,16 +213,29 @@ class GrpcFleet:
                 self._cond.wait(min(left, 0.5))  # "recent" also changes with time, not only on notify
 
     # --- called by the gRPC handlers, on the event loop ---
-    def join(self, client_id: int, num_examples: int) -> None:
+    def join(self, client_id: int, num_examples: int, num_test: int) -> str | None:
+        """Register a client with its sample counts; why it is refused, or None. A client's counts are fixed at its
+        first join (kept in the run directory across server restarts) and capped by max_examples."""
+        cap = self.options.max_examples
+        if not 1 <= num_examples <= cap or not 0 <= num_test <= cap:
+            return f"sample counts must be 1..{cap} (train) and 0..{cap} (test), not {num_examples} and {num_test}"
         with self._cond:
+            first = self._counts.setdefault(client_id, (num_examples, num_test))
+            if first != (num_examples, num_test):
+                return (f"client {client_id} joined this run with {first[0]} training and {first[1]} test examples; "
+                        f"its counts are fixed, not {num_examples} and {num_test}")
+            if self.registry is not None:
+                atomic_write_json(self.registry, {str(k): list(v) for k, v in self._counts.items()})
             self._clients[client_id] = ClientInfo(client_id, num_examples)
+            self._missed[client_id] = 0
             self._seen[client_id] = time.monotonic()
             self._cond.notify_all()
         log.info("client %d joined with %d examples", client_id, num_examples)
+        return None
 
-    async def next_task(self, client_id: int, after_seq: int, wait: float) -> Pending | str:
-        """The client's oldest open task after `after_seq`, "done" when the run is over, or "wait" after `wait` s
-        without one."""
+    async def next_task(self, client_id: int, after_seq: int, wait: float) -> Pending | tuple[pb.PollStatus, str]:
+        """The client's oldest open task after `after_seq`; or (POLL_DONE or POLL_FAILED, why) when the run is over,
+        or (POLL_WAIT, "") after `wait` s without a task."""
         end = time.monotonic() + wait
         while True:
             with self._cond:
@@ -199,7 +243,7 @@ class GrpcFleet:
                 if self._done:
                     self._told_done.add(client_id)
                     self._cond.notify_all()
-                    return "done"
+                    return (pb.POLL_FAILED, self._failure) if self._failure else (pb.POLL_DONE, "")
                 for seq in self._client_open.get(client_id, []):
                     p = self._open[seq]
                     if seq > after_seq and not p.checking:
@@ -208,7 +252,7 @@ class GrpcFleet:
                 changed = self._changed
             left = end - time.monotonic()
             if left <= 0 or changed is None:
-                return "wait"
+                return pb.POLL_WAIT, ""
             try:
                 await asyncio.wait_for(changed.wait(), left)
             except TimeoutError:
@@ -218,65 +262,95 @@ class GrpcFleet:
         with self._cond:
             self._down += size
 
-    async def accept(self, client_id: int, header: pb.ReplyHeader, path: Path, size: int) -> str | None:
-        """Record a client's reply to one of its open tasks; the reason it is rejected, or None. A rejected
-        upload's file is deleted at once."""
+    def precheck(self, client_id: int, header: pb.ReplyHeader) -> str | None:
+        """Why an upload is refused before a byte of it is written, or None. Only a client with an open task may
+        upload; a header that is malformed for its task (round, kind, size) answers the task as a Failure."""
+        with self._cond:
+            self._seen[client_id] = time.monotonic()
+            p = self._open.get(header.seq)
+            if p is None or p.task.client_id != client_id:
+                return f"task {header.seq} is not open for client {client_id} (stale, late or unknown)"
+            if p.checking:
+                return f"client {client_id} already replied to task {header.seq}"
+            task = p.task
+            kinds = {pb.REPLY_FIT, pb.REPLY_EVALUATE, pb.REPLY_FAILURE}
+            if header.round != task.round:
+                reason = f"round {header.round} does not match the task's round {task.round}"
+            elif header.kind not in kinds:
+                reason = f"unknown reply kind {header.kind}"
+            elif header.kind == pb.REPLY_FIT and not 0 < header.size <= self._upload_limit:
+                reason = f"declared size {header.size} is outside 1..{self._upload_limit} bytes"
+            elif header.kind != pb.REPLY_FIT and header.size != 0:
+                reason = f"a {pb.ReplyKind.Name(header.kind)} reply carries no params, not {header.size} bytes"
+            else:
+                return None
+            self._answer(p, Failure(client_id, task.round, f"upload rejected: {reason}"))
+        log.warning("round %d: rejected the upload of client %d: %s", task.round, client_id, reason)
+        return reason
+
+    def _answer(self, p: Pending, reply: Reply) -> None:
+        """Close task `p` with `reply` (under the lock)."""
+        del self._open[p.seq]
+        self._client_open[p.task.client_id].remove(p.seq)
+        self._replies.append(reply)
+        self._missed[p.task.client_id] = 0
+        self._cond.notify_all()
+
+    async def accept(self, client_id: int, header: pb.ReplyHeader, path: Path | None, size: int) -> str | None:
+        """Record a client's reply to one of its open tasks (its header passed `precheck`, its bytes are in `path`);
+        the reason it is rejected, or None. A rejected upload's file is deleted at once."""
         with self._cond:
             self._seen[client_id] = time.monotonic()
             self._up += size
             p = self._open.get(header.seq)
-            if p is None or p.task.client_id != client_id:
-                reason: str | None = f"task {header.seq} is not open for client {client_id} (stale, late or unknown)"
-            elif p.checking:
-                reason = f"client {client_id} already replied to task {header.seq}"
-            else:
-                reason = None
-                p.checking = True
-        if reason is not None:
-            path.unlink(missing_ok=True)
-            log.warning("discarded the upload of client %d for round %d: %s", client_id, header.round, reason)
-            return reason
-        assert p is not None
+            if p is None or p.task.client_id != client_id or p.checking:
+                self.spool.discard(path)
+                return f"task {header.seq} closed while the upload arrived"
+            p.checking = True
         loop = asyncio.get_running_loop()
         reply, reason = await loop.run_in_executor(self._checker, self._build, client_id, p.task, header, path)
         with self._cond:
             if self._open.get(header.seq) is not p:
-                path.unlink(missing_ok=True)
+                self.spool.discard(path)
                 return f"task {header.seq} closed while the reply was checked"
-            del self._open[header.seq]
-            self._client_open[client_id].remove(header.seq)
-            self._replies.append(reply)
-            if isinstance(reply, Update):
+            self._answer(p, reply)
+            if isinstance(reply, Update) and path is not None:
                 self._spooled.append((p.task.round, path))
-            self._cond.notify_all()
         if not isinstance(reply, Update):
-            path.unlink(missing_ok=True)
+            self.spool.discard(path)
         if reason is not None:
             log.warning("round %d: rejected the upload of client %d: %s", p.task.round, client_id, reason)
         return reason
 
-    def _build(self, client_id: int, task: Task, header: pb.ReplyHeader, path: Path) -> tuple[Reply, str | None]:
+    def _build(self, client_id: int, task: Task, header: pb.ReplyHeader, path: Path | None
+               ) -> tuple[Reply, str | None]:
         def reject(reason: str) -> tuple[Reply, str]:
             return Failure(client_id, task.round, f"upload rejected: {reason}"), reason
 
         kinds = {"fit": pb.REPLY_FIT, "evaluate": pb.REPLY_EVALUATE}
-        if header.round != task.round:
-            return reject(f"round {header.round} does not match the task's round {task.round}")
         if header.kind == pb.REPLY_FAILURE:
-            return Failure(client_id, task.round, header.reason or "client failure"), None
+            return Failure(client_id, task.round, clean(header.reason) or "client failure"), None
         if header.kind != kinds[task.kind]:
             return reject(f"a {pb.ReplyKind.Name(header.kind)} reply to a {task.kind!r} task")
-        if task.kind == "evaluate":
-            return Evaluation(client_id, task.round, int(header.num_examples), dict(header.metrics)), None
+        if (problem := check_metrics(header.metrics)) is not None:
+            return reject(problem)
         with self._cond:
-            registered = self._clients[client_id].num_examples
-        if header.num_examples != registered:
-            return reject(f"num_examples {header.num_examples} differs from the {registered} it joined with")
-        checked, problem = check_spooled(path, task.params, task.extras)
+            train, test = self._counts[client_id]
+        if task.kind == "evaluate":
+            split = "train" if task.config.get("split") == "train" else "test"
+            declared = train if split == "train" else test
+            if not 0 < header.num_examples <= declared:
+                return reject(f"num_examples {header.num_examples} is outside 1..{declared}, the {split} examples "
+                              "the client joined with")
+            return Evaluation(client_id, task.round, int(header.num_examples), dict(header.metrics)), None
+        if header.num_examples != train:
+            return reject(f"num_examples {header.num_examples} differs from the {train} it joined with")
+        assert path is not None  # precheck: a fit reply carries its update
+        checked, problem = check_spooled(path, task.params, task.extras, self.options.max_update_norm)
         if checked is None:
             return reject(problem or "unreadable upload")
         params, extras = checked
-        return Update(client_id, task.round, params, registered, dict(header.metrics), extras,
+        return Update(client_id, task.round, params, train, dict(header.metrics), extras,
                       task.broadcast.version), None
 
     def max_upload_bytes(self) -> int:
@@ -287,3 +361,20 @@ class GrpcFleet:
 
 def _upload_limit(task_bytes: int) -> int:
     return 2 * task_bytes + (1 << 20)
+
+
+def check_metrics(metrics: Mapping[str, float]) -> str | None:
+    """Why a client's metrics are refused, or None: at most MAX_METRICS, plain names, finite values, accuracies
+    in [0, 1] and losses at least 0."""
+    if len(metrics) > MAX_METRICS:
+        return f"{len(metrics)} metrics, more than {MAX_METRICS}"
+    for name, value in metrics.items():
+        if not METRIC_NAME.fullmatch(name):
+            return f"metric name '{clean(name, 80)}' is not 1-64 letters, digits, '_', '.' or '-'"
+        if not math.isfinite(value):
+            return f"metric {name} = {value} is not finite"
+        if name.endswith("accuracy") and not 0.0 <= value <= 1.0:
+            return f"metric {name} = {value} is outside [0, 1]"
+        if name.endswith("loss") and value < 0.0:
+            return f"metric {name} = {value} is negative"
+    return None

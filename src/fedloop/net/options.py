@@ -10,19 +10,35 @@ from ..loop import RoundPolicy
 
 @dataclass(frozen=True)
 class ServerOptions(RoundPolicy):
-    """Where the server listens, how many clients it waits for before round 1 (for at most `join_timeout` s), how
-    long a round waits for replies, and after how many seconds without a call a client counts as gone
-    (`liveness_timeout`: it is then no longer selected, until it calls again). The round policy's min_updates and
-    retries apply as in every mode."""
+    """The deployment's settings. The round policy's min_updates and retries apply as in every mode."""
 
     address: str = "127.0.0.1:50051"
     min_clients: int = 2
+    """Clients to wait for before round 1, for at most `join_timeout` seconds."""
     join_timeout: float = 600.0
     round_deadline: float | None = 120.0
     liveness_timeout: float = 60.0
+    """Seconds without a call after which a client is not selected, until it calls again."""
+    max_missed: int = 3
+    """Tasks in a row a client may leave unanswered before it is not selected, until it joins again."""
+    max_examples: int = 1_000_000
+    """The largest sample count a client may claim (its weight in a sample-weighted mean); fixed at its first join."""
+    max_update_norm: float | None = None
+    """Reject an update whose L2 norm exceeds this."""
+    spool_bytes: int = 4 << 30
+    """Disk the server's spool of uploads may use."""
+    stream_idle_timeout: float = 10.0
+    """Seconds a download or upload may pause before it is cut."""
+    min_transfer_rate: float = 64 * 1024
+    """Bytes per second a download or upload must average once stream_idle_timeout seconds have passed."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         checks.at_least(self, "min_clients", 1)
-        checks.positive(self, "join_timeout", "liveness_timeout")
+        checks.positive(self, "join_timeout", "liveness_timeout", "stream_idle_timeout", "min_transfer_rate")
         checks.at_least(self, "min_updates", 1)
+        checks.at_least(self, "max_missed", 1)
+        checks.at_least(self, "max_examples", 1)
+        checks.at_least(self, "spool_bytes", 1)
+        if self.max_update_norm is not None:
+            checks.positive(self, "max_update_norm")

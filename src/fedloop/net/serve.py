@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,41 +17,69 @@ from ..data.examples import Examples
 from ..errors import TransportError
 from ..observers import Observer
 from ..run import CheckpointOptions, RunResult, train
-from ..store import atomic_write_text
-from .auth import Authenticator, read_tokens
+from ..store import RunDir, atomic_write_text
+from .auth import authenticator
 from .fleet import GrpcFleet
-from .server import start_server
+from .server import StreamLimits, start_server
+from .spool import Spool
+
+
+def client_settings(cfg: Config, spec: dict) -> str:
+    """What a client needs to build its app, and nothing else (no paths, no server settings): the reader of its
+    data, the model, the strategy's client half and the client-side transforms."""
+    config = cfg.model_dump(mode="json", include={"seed", "model", "strategy", "client", "transforms"})
+    config["data"] = cfg.data.model_dump(mode="json", include={"name", "test_fraction", "split", "label_column"})
+    return json.dumps({"config": config, "spec": spec})
 
 
 def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: str | Path | None,
-          insecure: bool = False, mutual_tls: bool = False, address: str | None = None, resume: bool = False,
-          on_listen=None, observers: tuple[Observer, ...] = ()) -> RunResult:  # noqa: ANN001 - a callable(port)
+          allowlist: str | Path | None = None, insecure: bool = False, mutual_tls: bool = False,
+          address: str | None = None, resume: bool = False, on_listen: Callable[[int], None] | None = None,
+          observers: tuple[Observer, ...] = ()) -> RunResult:
+    """Serve the run `cfg` describes in `out` (see the module docstring); clients authenticate by token (`tokens`,
+    default DIR/tokens.txt of `cert_dir`) or, with `mutual_tls`, by a certificate on `allowlist` (default
+    DIR/clients.txt)."""
+    options = server_options(cfg)
+    auth = authenticator(cert_dir, tokens, mutual_tls, allowlist)
+    run_dir = RunDir(out)
+    run_dir.acquire()
+    if resume:
+        run_dir.latest_checkpoint()  # no checkpoint: fail now, not after the clients joined
     data = load_data(cfg)
     spec = data.spec()
     model_fn = model_fn_from_config(cfg, spec)
-    options = server_options(cfg)
-    if tokens is None and cert_dir is not None and not mutual_tls and (Path(cert_dir) / "tokens.txt").exists():
-        tokens = Path(cert_dir) / "tokens.txt"
-    auth = Authenticator(read_tokens(tokens) if tokens is not None else None, mutual_tls)
-    settings = json.dumps({"config": cfg.model_dump(mode="json"), "spec": spec})
-    run_id_file = Path(out) / "run_id"
+    run_id_file, registry = run_dir.path / "run_id", run_dir.path / "clients.json"
     run_id = run_id_file.read_text().strip() if resume and run_id_file.exists() else uuid.uuid4().hex[:12]
     atomic_write_text(run_id_file, run_id + "\n")  # a resumed run keeps its id (clients' state is kept per run)
-    fleet = GrpcFleet(auth, settings, run_id, options.liveness_timeout)
-    server = start_server(fleet, address or options.address, cert_dir=cert_dir, insecure=insecure,
-                          mutual_tls=mutual_tls)
+    if not resume:
+        registry.unlink(missing_ok=True)  # the sample counts clients joined with belong to one run
+    spool = Spool(run_dir.path / "spool", options.spool_bytes)
+    fleet = GrpcFleet(auth, client_settings(cfg, spec), run_id, spool, options, registry)
+    failure = "the server stopped"
     try:
-        if on_listen is not None:
-            on_listen(server.port)
-        joined = fleet.wait_for_clients(options.min_clients, options.join_timeout)
-        if joined < options.min_clients:
-            raise TransportError(f"only {joined} of server.min_clients = {options.min_clients} clients joined "
-                                 f"within {options.join_timeout:.0f} s")
-        run = replace(run_options(cfg, out=out, resume=resume, observers=observers),
-                      checkpoint=CheckpointOptions(every=1), policy=round_policy(options))
-        return train(fleet, model_fn, strategy_from_config(cfg), run, test=Examples.all(data.x_test, data.y_test),
-                     model_meta={"model": cfg.model.name, "spec": spec, "dataset": data.name},
-                     config_toml=to_toml(cfg))
+        server = start_server(fleet, address or options.address, cert_dir=cert_dir, insecure=insecure,
+                              mutual_tls=mutual_tls,
+                              limits=StreamLimits(options.stream_idle_timeout, options.min_transfer_rate))
+        try:
+            if on_listen is not None:
+                on_listen(server.port)
+            joined = fleet.wait_for_clients(options.min_clients, options.join_timeout)
+            if joined < options.min_clients:
+                raise TransportError(f"only {joined} of server.min_clients = {options.min_clients} clients joined "
+                                     f"within {options.join_timeout:.0f} s")
+            run = replace(run_options(cfg, out=out, resume=resume, observers=observers),
+                          checkpoint=CheckpointOptions(every=1), policy=round_policy(options))
+            result = train(fleet, model_fn, strategy_from_config(cfg), run,
+                           test=Examples.all(data.x_test, data.y_test),
+                           model_meta={"model": cfg.model.name, "spec": spec, "dataset": data.name},
+                           config_toml=to_toml(cfg))
+            failure = ""
+            return result
+        except BaseException as exc:
+            failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            raise
+        finally:
+            fleet.finish(drain=min(options.round_deadline or 30.0, 30.0), failure=failure or None)
+            server.stop(grace=5)
     finally:
-        fleet.finish(drain=min(options.round_deadline or 30.0, 30.0))
-        server.stop(grace=5)
+        spool.remove()

@@ -1,16 +1,26 @@
 """The gRPC server: handlers that authenticate each call and hand over to the GrpcFleet, served by grpc.aio on
 one event loop in a background thread (the round loop keeps the main thread).
 
-Memory does not grow with the number of clients: a waiting client holds no thread and no params, at most
-SENDERS downloads and RECEIVERS uploads stream at once (each one chunk at a time, under gRPC flow control),
-and uploads are spooled to disk and checked one at a time.
+Every byte from a client is hostile until checked, and no client can deny service to the others: a client has at
+most one download and one upload in flight; a stream that pauses longer than the idle timeout, or averages less
+than the minimum rate, is cut; an upload's header (its task, round, kind and size) is checked before a byte of it
+is written, and its space is reserved in the spool's budget first. With at most SLOTS streams each way, k hostile
+clients hold at most k of them. Memory does not grow with the number of clients: a waiting client holds no
+thread and no params, and uploads are spooled to disk and checked one at a time. Refusals are logged with the
+peer's address and client id (never its token).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import ipaddress
+import itertools
+import logging
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -20,7 +30,9 @@ from . import fedloop_pb2 as pb
 from . import fedloop_pb2_grpc as pb_grpc
 from .codec import PROTOCOL, TASK_KINDS, chunks, config_to_proto
 from .fleet import GrpcFleet
-from .spool import write_stream
+from .spool import clean, write_stream
+
+log = logging.getLogger(__name__)
 
 POLL_SECONDS = 5.0
 """How long a GetTask call waits for a task before telling the client to poll again."""
@@ -28,90 +40,198 @@ POLL_SECONDS = 5.0
 MESSAGE_BYTES = 1 << 20
 """The largest gRPC message either side accepts: a chunk (codec.CHUNK_BYTES) with room to spare."""
 
-SENDERS = 8
-"""Task downloads streamed at once; more clients wait their turn (their polls hold no params)."""
+SLOTS = 16
+"""Downloads, and uploads, streamed at once; more wait their turn (their polls hold no params). A client holds
+at most one of each, so hostile clients cannot take all of them."""
 
-RECEIVERS = 8
-"""Uploads read at once; the others wait in gRPC flow control (one 64 KiB window each)."""
+STRIKES = 10
+"""Refused requests (uploads refused or cut, downloads cut) a client may cause within STRIKE_WINDOW seconds; one
+more and all its calls are refused for PENALTY seconds, at the cost of a dictionary lookup each. An honest client
+is never refused this often."""
+STRIKE_WINDOW = 60.0
+PENALTY = 30.0
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    idle: float = 10.0
+    """Seconds a stream may pause (between chunks, or before its header) before it is cut."""
+    min_rate: float = 64 * 1024
+    """Bytes per second a stream must average once `idle` seconds have passed."""
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 and localhost."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class Servicer(pb_grpc.FederationServicer):
-    """gRPC handlers: authenticate, then hand over to the fleet."""
+    """gRPC handlers: authenticate, bound, then hand over to the fleet."""
 
-    def __init__(self, fleet: GrpcFleet):
+    def __init__(self, fleet: GrpcFleet, limits: StreamLimits):
         self.fleet = fleet
-        self.sending = asyncio.Semaphore(SENDERS)
-        self.receiving = asyncio.Semaphore(RECEIVERS)
+        self.limits = limits
+        self.sending = asyncio.Semaphore(SLOTS)
+        self.receiving = asyncio.Semaphore(SLOTS)
+        self.downloading: set[int] = set()
+        self.uploading: set[int] = set()
+        self.strikes: dict[int, collections.deque[float]] = {}
+        self.penalized: dict[int, float] = {}  # client id -> until when its calls are refused
+
+    def audit(self, context: grpc.aio.ServicerContext, client: int | None, what: str) -> None:
+        log.warning("%s (client %s, peer %s)", clean(what), client if client is not None else "unknown",
+                    clean(context.peer()))
+
+    def strike(self, context: grpc.aio.ServicerContext, client: int) -> None:
+        """Count a refused request of `client`; too many in a short time and its calls are refused for a while."""
+        now = time.monotonic()
+        recent = self.strikes.setdefault(client, collections.deque())
+        recent.append(now)
+        while recent and recent[0] < now - STRIKE_WINDOW:
+            recent.popleft()
+        if len(recent) > STRIKES:
+            recent.clear()
+            self.penalized[client] = now + PENALTY
+            self.audit(context, client, f"{STRIKES + 1} refused requests within {STRIKE_WINDOW:g} s: refusing all "
+                                        f"its calls for {PENALTY:g} s")
 
     async def _caller(self, context: grpc.aio.ServicerContext) -> int:
         who = self.fleet.auth.identify(context)
-        if isinstance(who, int):
-            return who
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, who)
-        raise AssertionError("abort raises")
+        if isinstance(who, str):
+            self.audit(context, None, f"refused authentication: {who}")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, who)
+        assert isinstance(who, int)
+        if self.penalized.get(who, 0.0) > time.monotonic():
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"client {who}: too many refused requests; try again later")
+        return who
 
-    async def Hello(self, request: pb.HelloRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:  # noqa: N802
-        cid = await self._caller(context)
+    def _joined(self, cid: int) -> pb.JoinReply:
         return pb.JoinReply(run=self.fleet.run_id, settings_json=self.fleet.settings_json, client_id=cid,
                             protocol=PROTOCOL)
+
+    async def Hello(self, request: pb.HelloRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:  # noqa: N802
+        return self._joined(await self._caller(context))
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:  # noqa: N802
         cid = await self._caller(context)
-        if request.num_examples < 1:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a client needs at least one training example")
-        self.fleet.join(cid, int(request.num_examples))
-        return pb.JoinReply(run=self.fleet.run_id, settings_json=self.fleet.settings_json, client_id=cid,
-                            protocol=PROTOCOL)
+        reason = self.fleet.join(cid, int(request.num_examples), int(request.num_test))
+        if reason is not None:
+            self.audit(context, cid, f"refused join: {reason}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+        return self._joined(cid)
 
-    async def GetTask(self, request: pb.TaskRequest,  # noqa: N802
-                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.TaskChunk]:
+    async def GetTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
         cid = await self._caller(context)
-        if not self.fleet.is_member(cid):
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"client {cid} has not joined")
+        if (why := self.fleet.not_member(cid)) is not None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
         got = await self.fleet.next_task(cid, request.after_seq, POLL_SECONDS)
-        if isinstance(got, str):
-            yield pb.TaskChunk(header=pb.TaskHeader(status=pb.POLL_DONE if got == "done" else pb.POLL_WAIT))
+        if isinstance(got, tuple):
+            status, reason = got
+            await context.write(pb.TaskChunk(header=pb.TaskHeader(status=status, reason=reason)))
             return
-        t = got.task
-        async with self.sending:
-            yield pb.TaskChunk(header=pb.TaskHeader(
-                status=pb.POLL_TASK, round=t.round, kind=TASK_KINDS[t.kind], seed=t.seed, size=len(got.payload),
-                seq=got.seq, version=t.broadcast.version, stage=t.broadcast.stage, config=config_to_proto(t.config)))
-            for part in chunks(got.payload):
-                yield pb.TaskChunk(data=part)
+        if cid in self.downloading:
+            self.audit(context, cid, "refused a second download in flight")
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"client {cid} has a download in flight")
+        self.downloading.add(cid)
+        try:
+            t = got.task
+            header = pb.TaskHeader(status=pb.POLL_TASK, round=t.round, kind=TASK_KINDS[t.kind], seed=t.seed,
+                                   size=len(got.payload), seq=got.seq, version=t.broadcast.version,
+                                   stage=t.broadcast.stage, config=config_to_proto(t.config))
+            messages = itertools.chain([pb.TaskChunk(header=header)],
+                                       (pb.TaskChunk(data=part) for part in chunks(got.payload)))
+            async with self.sending:
+                await self._send(context, messages)  # one chunk copied at a time
             self.fleet.sent(len(got.payload))
+        except TransportError as exc:
+            self.audit(context, cid, f"cut the download of task {got.seq}: {exc}")
+            self.strike(context, cid)
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
+        finally:
+            self.downloading.discard(cid)
+
+    async def _send(self, context: grpc.aio.ServicerContext, messages: Iterable[pb.TaskChunk]) -> None:
+        """Write each message within the idle timeout, at no less than the minimum rate."""
+        loop = asyncio.get_running_loop()
+        start, sent = time.monotonic(), 0
+        try:
+            async with asyncio.timeout(self.limits.idle) as deadline:
+                for message in messages:
+                    await context.write(message)
+                    deadline.reschedule(loop.time() + self.limits.idle)
+                    sent += len(message.data)
+                    elapsed = time.monotonic() - start
+                    if elapsed > self.limits.idle and sent / elapsed < self.limits.min_rate:
+                        raise TransportError(f"download too slow: {sent / elapsed:.0f} bytes/s, "
+                                             f"below {self.limits.min_rate:g}")
+        except TimeoutError:
+            raise TransportError(f"download stalled: the client read nothing for {self.limits.idle:g} s "
+                                 f"after {sent} bytes") from None
 
     async def PutReply(self, request_iterator: AsyncIterator[pb.ReplyChunk],  # noqa: N802
                        context: grpc.aio.ServicerContext) -> pb.PutAck:
         cid = await self._caller(context)
-        limit = self.fleet.max_upload_bytes()
+
+        def refuse(reason: str) -> pb.PutAck:
+            self.audit(context, cid, f"refused an upload: {reason}")
+            self.strike(context, cid)
+            return pb.PutAck(accepted=False, reason=reason)
+
         parts = aiter(request_iterator)
-        first = await anext(parts, None)
-        if first is None or not first.HasField("header"):
-            return pb.PutAck(accepted=False, reason="the upload must start with its header")
-        header = first.header
-        if header.size > limit:
-            return pb.PutAck(accepted=False, reason=f"upload of {header.size} bytes exceeds {limit}")
-        path = self.fleet.spool.new_file()
         try:
-            async with self.receiving:
-                size = await write_stream(path, (c.data async for c in parts), limit)
+            first = await asyncio.wait_for(anext(parts, None), self.limits.idle)
+        except TimeoutError:
+            return refuse(f"no header within {self.limits.idle:g} s")
+        if first is None or not first.HasField("header"):
+            return refuse("the upload must start with its header")
+        header = first.header
+        if (reason := self.fleet.precheck(cid, header)) is not None:
+            return refuse(reason)
+        if cid in self.uploading:
+            return refuse(f"client {cid} has an upload in flight")
+        self.uploading.add(cid)
+        path = None
+        try:
+            if header.size > 0:
+                path = self.fleet.spool.reserve(header.size)
+                if path is None:
+                    return refuse(f"the server's spool is full ({self.fleet.spool.used} of "
+                                  f"{self.fleet.spool.capacity} bytes)")
+                async with self.receiving:
+                    await write_stream(path, (c.data async for c in parts), header.size, self.limits.idle,
+                                       self.limits.min_rate)
         except TransportError as exc:
-            path.unlink(missing_ok=True)
-            return pb.PutAck(accepted=False, reason=str(exc))
-        reason = await self.fleet.accept(cid, header, path, size)
+            self.fleet.spool.discard(path)
+            return refuse(str(exc))
+        finally:
+            self.uploading.discard(cid)
+        reason = await self.fleet.accept(cid, header, path, header.size)
+        if reason is not None:
+            self.audit(context, cid, f"rejected the reply to task {header.seq}: {reason}")
+            self.strike(context, cid)
         return pb.PutAck(accepted=reason is None, reason=reason or "")
 
 
 class RunningServer:
     """A grpc.aio server on its own event-loop thread; `stop` shuts both down."""
 
-    def __init__(self, fleet: GrpcFleet, address: str, credentials: grpc.ServerCredentials | None):
+    def __init__(self, fleet: GrpcFleet, address: str, credentials: grpc.ServerCredentials | None,
+                 limits: StreamLimits):
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="fedloop-grpc", daemon=True)
         self._thread.start()
         try:
-            self._server, self.port = self._call(self._start(fleet, address, credentials))
+            self._server, self.port = self._call(self._start(fleet, address, credentials, limits))
+        except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+            self._halt()
+            raise ConfigError(f"cannot listen on {address}: {exc} (is another server using it?)") from None
         except BaseException:
             self._halt()
             raise
@@ -119,14 +239,15 @@ class RunningServer:
     def _call(self, coro):  # noqa: ANN001, ANN202 - runs a coroutine on the server's loop, from another thread
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
-    async def _start(self, fleet: GrpcFleet, address: str,
-                     credentials: grpc.ServerCredentials | None) -> tuple[grpc.aio.Server, int]:
+    async def _start(self, fleet: GrpcFleet, address: str, credentials: grpc.ServerCredentials | None,
+                     limits: StreamLimits) -> tuple[grpc.aio.Server, int]:
         # no BDP probing: each stream keeps gRPC's 64 KiB flow-control window, so uploads that wait their turn
-        # buffer 64 KiB each in the transport, not a whole update
+        # buffer 64 KiB each in the transport, not a whole update; no SO_REUSEPORT: a second server on the same
+        # address fails instead of splitting the clients with this one
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", MESSAGE_BYTES),
                                           ("grpc.max_send_message_length", MESSAGE_BYTES),
-                                          ("grpc.http2.bdp_probe", 0)])
-        pb_grpc.add_FederationServicer_to_server(Servicer(fleet), server)
+                                          ("grpc.http2.bdp_probe", 0), ("grpc.so_reuseport", 0)])
+        pb_grpc.add_FederationServicer_to_server(Servicer(fleet, limits), server)
         if credentials is None:
             port = server.add_insecure_port(address)
         else:
@@ -161,11 +282,11 @@ def server_credentials(cert_dir: str | Path | None, mutual_tls: bool) -> grpc.Se
 
 
 def start_server(fleet: GrpcFleet, address: str, *, cert_dir: str | Path | None, insecure: bool,
-                 mutual_tls: bool = False) -> RunningServer:
+                 mutual_tls: bool = False, limits: StreamLimits = StreamLimits()) -> RunningServer:
     """Serve `fleet` on `address` (TLS from cert_dir, or plaintext on loopback with insecure)."""
     if insecure:
-        host = address.rsplit(":", 1)[0].strip("[]")
-        if host not in ("127.0.0.1", "localhost", "::1"):
+        host = address.rsplit(":", 1)[0]
+        if not is_loopback(host):
             raise ConfigError(f"--insecure serves plaintext, which is allowed on loopback only, not {host!r}")
-        return RunningServer(fleet, address, None)
-    return RunningServer(fleet, address, server_credentials(cert_dir, mutual_tls))
+        return RunningServer(fleet, address, None, limits)
+    return RunningServer(fleet, address, server_credentials(cert_dir, mutual_tls), limits)

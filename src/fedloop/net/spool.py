@@ -7,8 +7,11 @@ number of clients and the result does not depend on arrival order.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import shutil
-import tempfile
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
@@ -42,17 +45,19 @@ class SpooledParams(Mapping[str, torch.Tensor]):
         return len(self._names)
 
 
-def check_spooled(path: Path, reference: Params, extras: Params
+def check_spooled(path: Path, reference: Params, extras: Params, max_norm: float | None = None
                   ) -> tuple[tuple[SpooledParams, SpooledParams] | None, str | None]:
     """Open an uploaded file and check it, one tensor at a time, against the global params and the task's
-    extras (an update's extras answer its task's: same names, shapes and dtypes). (params, extras), or why not."""
+    extras (an update's extras answer its task's: same names, shapes and dtypes), and the update's L2 norm against
+    `max_norm`. (params, extras), or why not."""
     expected = {**reference, **{EXTRAS + k: v for k, v in extras.items()}}
+    squares = 0.0
     try:
         with safe_open(path, framework="pt") as f:
             names = set(f.keys())
             if names != set(expected):
                 missing, extra = sorted(set(expected) - names), sorted(names - set(expected))
-                return None, f"tensor names differ from the task's: missing {missing}, unexpected {extra}"
+                return None, clean(f"tensor names differ from the task's: missing {missing}, unexpected {extra}")
             for name, ref in expected.items():
                 t = f.get_tensor(name)
                 if t.shape != ref.shape:
@@ -61,34 +66,80 @@ def check_spooled(path: Path, reference: Params, extras: Params
                     return None, f"tensor {name!r} has dtype {t.dtype}, expected {ref.dtype}"
                 if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                     return None, f"tensor {name!r} holds NaN or infinite values"
+                if max_norm is not None and name in reference and t.is_floating_point():
+                    squares += float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
     except Exception as exc:  # noqa: BLE001 - any unreadable upload is a rejection, never a crash
-        return None, f"not valid safetensors bytes ({exc})"
+        return None, clean(f"not valid safetensors bytes ({exc})")
+    if max_norm is not None and not math.sqrt(squares) <= max_norm:
+        return None, f"update norm {math.sqrt(squares):.6g} exceeds server.max_update_norm = {max_norm:g}"
     return (SpooledParams(path, list(reference)), SpooledParams(path, list(extras), EXTRAS)), None
 
 
 class Spool:
-    """A directory of uploads: a rejected one is deleted at once, an accepted one when the next round's tasks
-    open (its round has been reduced by then), and the whole directory when the server stops."""
+    """The server's uploads on disk, within a byte budget. Space is reserved from an upload's declared size before
+    any byte is written and returned when its file is deleted: at once for a rejected upload, when the next round's
+    tasks open for an accepted one (its round has been reduced by then), and the whole directory when the server
+    stops and when a server starts on it (what a killed server left)."""
 
-    def __init__(self, root: str | Path | None = None):
-        self.dir = Path(tempfile.mkdtemp(prefix="fedloop-spool-", dir=root))
+    def __init__(self, directory: str | Path, capacity: int):
+        self.dir = Path(directory)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        self.capacity = capacity
+        self.used = 0
+        self._sizes: dict[Path, int] = {}
         self._n = 0
+        self._lock = threading.Lock()
 
-    def new_file(self) -> Path:
-        self._n += 1
-        return self.dir / f"upload_{self._n}.safetensors"
+    def reserve(self, size: int) -> Path | None:
+        """A new file's path with `size` bytes reserved for it, or None when the budget cannot hold them."""
+        with self._lock:
+            if self.used + size > self.capacity:
+                return None
+            self._n += 1
+            path = self.dir / f"upload_{self._n}.safetensors"
+            self._sizes[path] = size
+            self.used += size
+            return path
+
+    def discard(self, path: Path | None) -> None:
+        """Delete an upload and return its space."""
+        if path is None:
+            return
+        with self._lock:
+            self.used -= self._sizes.pop(path, 0)
+        path.unlink(missing_ok=True)
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-async def write_stream(path: Path, parts: AsyncIterator[bytes], limit: int) -> int:
-    """Write chunks to `path` as they arrive; TransportError past `limit` bytes."""
-    size = 0
-    with open(path, "wb") as out:
-        async for part in parts:
-            size += len(part)
-            if size > limit:
-                raise TransportError(f"upload exceeds {limit} bytes")
-            out.write(part)
-    return size
+async def write_stream(path: Path, parts: AsyncIterator[bytes], size: int, idle: float, min_rate: float) -> None:
+    """Write exactly `size` bytes to `path` as they arrive. TransportError when the client sends more or fewer,
+    sends nothing for `idle` seconds, or averages less than `min_rate` bytes/s once `idle` seconds have passed."""
+    loop = asyncio.get_running_loop()
+    start = time.monotonic()
+    got = 0
+    try:
+        async with asyncio.timeout(idle) as deadline:
+            with open(path, "wb") as out:
+                async for part in parts:
+                    deadline.reschedule(loop.time() + idle)
+                    got += len(part)
+                    if got > size:
+                        raise TransportError(f"upload exceeds its declared {size} bytes")
+                    out.write(part)
+                    elapsed = time.monotonic() - start
+                    if elapsed > idle and got / elapsed < min_rate:
+                        raise TransportError(f"upload too slow: {got / elapsed:.0f} bytes/s, below {min_rate:g}")
+    except TimeoutError:
+        raise TransportError(f"upload stalled: nothing for {idle:g} s after {got} bytes") from None
+    if got != size:
+        raise TransportError(f"upload ended after {got} of its declared {size} bytes")
+
+
+def clean(text: str, limit: int = 300) -> str:
+    """A client-supplied string made safe for logs and files: control characters (newlines included) escaped,
+    cut to `limit` characters."""
+    out = "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in str(text))
+    return out if len(out) <= limit else out[:limit] + "..."

@@ -1,0 +1,533 @@
+"""Hostile clients against a real server process over loopback (issue 10): each test plays one attack with a raw
+gRPC client built on the generated stubs and a valid credential, next to honest client processes, and checks that
+the server neither crashes, stalls, lets itself be steered, nor fills its disk."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from conftest import blobs
+from safetensors.torch import load_file
+from test_net import CONFIG, SIZES, cli, finish, served_tasks, start_client, start_server, wait_for_line
+
+from fedloop.net import fedloop_pb2 as pb
+from fedloop.net import fedloop_pb2_grpc as pb_grpc
+from fedloop.net.certs import _issue, _key_pem, ca_dir, make_certs
+from fedloop.net.codec import chunks, encode
+from fedloop.store import load_checkpoint
+
+pytestmark = pytest.mark.slow
+
+ATTACKERS = range(5, 14)  # credentials beyond the five honest clients'
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("attacks")
+    data = blobs(n_train=sum(SIZES), n_test=60, dim=6, classes=3, seed=4)
+    start = 0
+    for c, n in enumerate(SIZES):
+        rows = slice(start, start + n)
+        np.savez(root / f"client{c}.npz", x_train=data.x_train[rows].numpy(), y_train=data.y_train[rows].numpy(),
+                 x_test=data.x_test[c * 10:(c + 1) * 10].numpy(), y_test=data.y_test[c * 10:(c + 1) * 10].numpy())
+        start += n
+    np.savez(root / "server.npz", x_train=data.x_train[:5].numpy(), y_train=data.y_train[:5].numpy(),
+             x_test=data.x_test.numpy(), y_test=data.y_test.numpy())
+    make_certs(root / "certs", [str(c) for c in range(14)])
+    return root
+
+
+def config(root: Path, name: str, min_clients: int, deadline: float = 30, **server: object) -> Path:
+    path = root / f"{name}.toml"
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in server.items())
+    path.write_text(CONFIG.format(server_data=root / "server.npz", min_clients=min_clients, deadline=deadline)
+                    + "stream_idle_timeout = 2.0\n" + extra)
+    return path
+
+
+def edit(path: Path, old: str, new: str) -> Path:
+    path.write_text(path.read_text().replace(old, new))
+    return path
+
+
+class Raw:
+    """A hostile client: the generated stubs, a valid credential, and no fedloop client code. Its channel keeps
+    gRPC's 64 KiB flow-control window (no BDP probing), so a download it does not read stalls the server's writes."""
+
+    def __init__(self, root: Path, port: int, cid: int):
+        creds = grpc.ssl_channel_credentials(root_certificates=(root / "certs" / "ca.pem").read_bytes())
+        self.channel = grpc.secure_channel(f"127.0.0.1:{port}", creds, options=[("grpc.http2.bdp_probe", 0)])
+        self.stub = pb_grpc.FederationStub(self.channel)
+        self.meta = [("authorization", f"Bearer {(root / 'certs' / f'client-{cid}.token').read_text().strip()}")]
+        self.cid = cid
+
+    def join(self, n: int = SIZES[0], test: int = 10) -> pb.JoinReply:
+        return self.stub.Join(pb.JoinRequest(num_examples=n, num_test=test), metadata=self.meta, timeout=30)
+
+    def tasks(self):
+        return served_tasks(self.stub, self.meta)
+
+    def put(self, header: pb.ReplyHeader, payload: bytes = b"", delay: float = 0.0, size: int | None = None,
+            chunk: int = 128 << 10) -> pb.PutAck:
+        header.size = len(payload) if size is None else size
+
+        def stream():
+            yield pb.ReplyChunk(header=header)
+            for part in chunks(payload, chunk):
+                time.sleep(delay)
+                yield pb.ReplyChunk(data=part)
+
+        return self.stub.PutReply(stream(), metadata=self.meta, timeout=120)
+
+    def zeros(self, header: pb.TaskHeader, params: dict) -> pb.PutAck:
+        """An honest-looking (zero) update for a fit task."""
+        return self.put(pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=SIZES[0], seq=header.seq),
+                        encode({k: torch.zeros_like(v) for k, v in params.items()}))
+
+    def evaluation(self, header: pb.TaskHeader, n: int, **metrics: float) -> pb.PutAck:
+        return self.put(pb.ReplyHeader(round=header.round, kind=pb.REPLY_EVALUATE, num_examples=n, metrics=metrics,
+                                       seq=header.seq))
+
+
+def rows(run: Path) -> list[dict]:
+    return [json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.jsonl"))
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def honest(root: Path, port: int, ids=range(1, 5)) -> list[subprocess.Popen]:
+    return [start_client(root, port, c) for c in ids]
+
+
+def test_1_an_evaluation_with_a_negative_count_is_a_failure_not_a_crash(site, tmp_path):
+    server, port = start_server(site, config(site, "crash", min_clients=5), tmp_path / "run")
+    clients = honest(site, port)
+    attacker = Raw(site, port, 0)
+    attacker.join()
+    refused = []
+    for header, params in attacker.tasks():
+        if header.kind == pb.TASK_FIT:
+            assert attacker.zeros(header, params).accepted
+        else:
+            refused.append(attacker.evaluation(header, -sum(SIZES) * 10, loss=0.1, accuracy=0.5).reason)
+    log = finish(server)
+    assert "rounds 3" in log and refused and all("num_examples" in r and "outside 1..10" in r for r in refused)
+    assert all(0 < r["fed_accuracy"] <= 1 for r in rows(tmp_path / "run"))
+    for c in clients:
+        finish(c)
+
+
+def test_2_a_client_gets_one_stream_each_way_and_slow_or_stalled_streams_are_cut(site, tmp_path):
+    server, port = start_server(site, edit(config(site, "slots", min_clients=2), "federated = true",
+                                           "federated = false"), tmp_path / "run")
+    attacker = Raw(site, port, 0)
+    attacker.join()
+    others = honest(site, port, [1])
+    header, params = next(iter(attacker.tasks()))
+    payload = encode({k: torch.zeros_like(v) for k, v in params.items()})
+    fit = pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=SIZES[0], seq=header.seq)
+    slow: list[pb.PutAck] = []
+    trickle = threading.Thread(target=lambda: slow.append(attacker.put(fit, payload, delay=0.5, chunk=64)))
+    trickle.start()
+    time.sleep(1.0)
+    second = attacker.put(pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=SIZES[0],
+                                         seq=header.seq), payload)
+    trickle.join(timeout=60)
+    assert not second.accepted and "has an upload in flight" in second.reason
+    assert not slow[0].accepted and re.search(r"upload (too slow|stalled)", slow[0].reason)
+    # a download it does not read: the server cuts it, and the client gets its task again when it asks
+    stream = attacker.stub.GetTask(pb.TaskRequest(after_seq=0), metadata=attacker.meta, timeout=60)
+    assert next(stream).header.status == pb.POLL_TASK
+    with pytest.raises(grpc.RpcError) as cut:
+        time.sleep(5)
+        for _ in stream:
+            pass
+    assert "download stalled" in cut.value.details()
+    header, params = next(iter(attacker.tasks()))
+    assert attacker.zeros(header, params).accepted
+    for header, params in attacker.tasks():
+        assert attacker.zeros(header, params).accepted
+    log = finish(server)
+    assert "rounds 3" in log and "cut the download of task" in log
+    finish(others[0])
+
+
+def test_2_eight_hostile_clients_cannot_hold_the_honest_ones_back(site, tmp_path):
+    """Eight clients each hold a download open unread and trickle an upload, over and over, as long as the run
+    lasts (16 streams: every slot the server used to have); three honest clients still get their tasks and their
+    updates in, every round."""
+    cfg = edit(config(site, "dos", min_clients=11, deadline=8, min_updates=3, retries=0),
+               "federated = true", "federated = false")
+    edit(cfg, "clients_per_round = 4", "clients_per_round = 11")
+    server, port = start_server(site, cfg, tmp_path / "run")
+    stop = threading.Event()
+
+    def stall(cid: int) -> None:
+        raw = Raw(site, port, cid)
+        raw.join(n=20, test=0)
+        while not stop.is_set():
+            try:
+                stream = raw.stub.GetTask(pb.TaskRequest(after_seq=0), metadata=raw.meta, timeout=60)
+                if next(stream).header.status == pb.POLL_DONE:
+                    return
+                stop.wait(20)  # hold the download open, unread
+                stream.cancel()
+            except grpc.RpcError:
+                stop.wait(0.2)
+
+    def trickle(cid: int) -> None:
+        raw = Raw(site, port, cid)
+        raw.join(n=20, test=0)
+        try:
+            for header, params in raw.tasks():
+                payload = encode({k: torch.zeros_like(v) for k, v in params.items()})
+                raw.put(pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=20, seq=header.seq),
+                        payload, delay=0.3, chunk=16)
+                if stop.is_set():
+                    return
+        except grpc.RpcError:
+            pass
+
+    threads = [threading.Thread(target=job, args=(cid,), daemon=True)
+               for cid in list(ATTACKERS)[:8] for job in (stall, trickle)]
+    for t in threads:
+        t.start()
+    clients = honest(site, port, [1, 2, 3])
+    log = finish(server, timeout=300)
+    stop.set()
+    assert "rounds 3" in log and "cut the download of task" in log and "upload too slow" in log
+    for r in rows(tmp_path / "run"):
+        assert not r.get("failed") and r["clients"] == 3, r
+    for c in clients:
+        finish(c)
+
+
+def test_2_a_client_refused_over_and_over_is_refused_outright_for_a_while(site, tmp_path):
+    """Floods of bad uploads cost the server a dictionary lookup per call once the client has been refused too
+    often: its calls are refused before any work, and that is logged once."""
+    server, port = start_server(site, config(site, "strikes", min_clients=2), tmp_path / "run")
+    attacker = Raw(site, port, 0)
+    attacker.join()
+    junk = os.urandom(1 << 20)
+    for _ in range(11):
+        ack = attacker.put(pb.ReplyHeader(round=1, kind=pb.REPLY_FIT, num_examples=SIZES[0], seq=7), junk)
+        assert not ack.accepted and "is not open for client 0" in ack.reason
+    with pytest.raises(grpc.RpcError) as refused:
+        attacker.put(pb.ReplyHeader(round=1, kind=pb.REPLY_FIT, num_examples=SIZES[0], seq=7), junk)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    with pytest.raises(grpc.RpcError, match="too many refused requests"):
+        attacker.join()
+    other = Raw(site, port, 1)  # the others are not affected
+    assert other.join().client_id == 1
+    server.kill()
+    log = server.communicate()[0]
+    assert log.count("11 refused requests within 60 s: refusing all its calls for 30 s (client 0,") == 1
+
+
+def test_3_a_client_cannot_claim_more_weight_or_change_its_count(site, tmp_path):
+    cfg = edit(config(site, "counts", min_clients=1), "federated = true", "federated = false")
+    server, port = start_server(site, cfg, tmp_path / "run")
+    greedy = Raw(site, port, 0)
+    with pytest.raises(grpc.RpcError, match="sample counts must be 1..1000000"):
+        greedy.join(n=10 ** 12)
+    greedy.join(n=17, test=3)
+    with pytest.raises(grpc.RpcError, match="its counts are fixed, not 10000 and 3"):
+        greedy.join(n=10_000, test=3)
+    header, params = next(iter(greedy.tasks()))
+    ack = greedy.put(pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=10_000, seq=header.seq),
+                     encode({k: torch.zeros_like(v) for k, v in params.items()}))
+    assert not ack.accepted and "differs from the 17 it joined with" in ack.reason
+    server.kill()
+    server.wait()
+
+
+def huge(params: dict) -> dict:
+    return {k: torch.full_like(v, 3e38) for k, v in params.items()}
+
+
+def test_3_a_huge_update_is_refused_by_the_norm_bound_and_never_makes_a_non_finite_model(site, tmp_path):
+    bounded = edit(config(site, "bounded", min_clients=2, max_update_norm=100.0), "federated = true",
+                   "federated = false")
+    server, port = start_server(site, bounded, tmp_path / "bounded")
+    attacker = Raw(site, port, 0)
+    attacker.join(n=1_000_000)
+    clients = honest(site, port, [1])
+    for header, params in attacker.tasks():
+        ack = attacker.put(pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=1_000_000,
+                                          seq=header.seq), encode(huge(params)))
+        assert not ack.accepted and "exceeds server.max_update_norm = 100" in ack.reason
+    assert "rounds 3" in finish(server)
+    finish(clients[0])
+    final = load_file(tmp_path / "bounded" / "model.safetensors")
+    assert all(bool(torch.isfinite(v).all()) and float(v.abs().max()) < 100 for v in final.values())
+
+    # without a bound, the loop still refuses to move to a non-finite model: the round fails, is retried, and the run
+    # ends with an error; no checkpoint holds a non-finite value, and the client is told the run failed
+    unbounded = edit(config(site, "unbounded", min_clients=1, retries=1), "federated = true", "federated = false")
+    server, port = start_server(site, unbounded, tmp_path / "unbounded")
+    attacker = Raw(site, port, 0)
+    attacker.join(n=1_000_000)
+    try:
+        for header, params in attacker.tasks():
+            attacker.put(pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=1_000_000,
+                                        seq=header.seq), encode({k: -v for k, v in huge(params).items()}))
+    except grpc.RpcError:
+        pass  # the server is gone
+    out, _ = server.communicate(timeout=60)
+    assert server.returncode == 2 and "non-finite" in out
+    for path in (tmp_path / "unbounded" / "checkpoints").glob("*.safetensors"):
+        state, _ = load_checkpoint(path)
+        assert all(bool(torch.isfinite(v).all()) for v in state.params.values())
+
+
+def spool_bytes(run: Path) -> int:
+    return sum(f.stat().st_size for f in (run / "spool").glob("*")) if (run / "spool").is_dir() else 0
+
+
+def test_4_uploads_are_checked_before_a_byte_is_spooled_and_the_spool_is_bounded(site, tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    stale = [run / ".summary.json.abc.tmp", run / "checkpoints" / ".round_0003.safetensors.xyz.tmp"]
+    for f in stale:
+        f.write_bytes(b"left by a crash")
+    cfg = edit(config(site, "disk", min_clients=1, deadline=5, spool_bytes=400_000), "federated = true",
+               "federated = false")
+    server, port = start_server(site, cfg, run)
+    assert not any(f.exists() for f in stale)  # stale temporary files are removed at start-up
+    stranger = Raw(site, port, 13)  # a valid token that never joined
+    ack = stranger.put(pb.ReplyHeader(round=1, kind=pb.REPLY_FIT, num_examples=5, seq=12345), os.urandom(30 << 20))
+    assert not ack.accepted and "is not open for client 13" in ack.reason and spool_bytes(run) == 0
+    attacker = Raw(site, port, 0)
+    attacker.join()
+    tasks = attacker.tasks()
+
+    def fit(header: pb.TaskHeader) -> pb.ReplyHeader:
+        return pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=SIZES[0], seq=header.seq)
+
+    header, _ = next(tasks)
+    ack = attacker.put(fit(header), b"", size=10 << 30)
+    assert not ack.accepted and "declared size 10737418240 is outside" in ack.reason and spool_bytes(run) == 0
+    header, _ = next(tasks)  # that header answered the task (it was malformed); the round's retry asks again
+    ack = attacker.put(fit(header), os.urandom(300_000), size=1000)
+    assert not ack.accepted and "exceeds its declared 1000 bytes" in ack.reason and spool_bytes(run) == 0
+    header, _ = next(tasks)  # the attempt above missed its deadline; the next one
+    ack = attacker.put(fit(header), os.urandom(500_000))
+    assert not ack.accepted and "the server's spool is full (0 of 400000 bytes)" in ack.reason
+    server.send_signal(signal.SIGTERM)
+    server.communicate(timeout=60)
+    assert not (run / "spool").exists()  # a stopped server removes its spool
+    # what a killed server leaves in its spool is cleared when a server starts on the run directory
+    (run / "spool").mkdir()
+    (run / "spool" / "upload_99.safetensors").write_bytes(b"x" * 1000)
+    resumed = subprocess.Popen(cli("server", str(cfg), "--resume", str(run), "--certs", str(site / "certs")),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert "listening" in resumed.stdout.readline()
+    assert list((run / "spool").iterdir()) == []
+    resumed.kill()
+    resumed.wait()
+
+
+def test_5_forged_evaluation_counts_and_metrics_are_refused(site, tmp_path):
+    cfg = edit(config(site, "forged", min_clients=5), "rounds = 3", "rounds = 5")
+    server, port = start_server(site, cfg, tmp_path / "run")
+    clients = honest(site, port)
+    attacker = Raw(site, port, 0)
+    attacker.join()
+    refusals = []
+    forged = [dict(n=10 ** 15, accuracy=1.0, loss=0.0), dict(n=10, accuracy=float("nan"), loss=0.0),
+              dict(n=10, accuracy=1.5, loss=0.0), dict(n=10, loss=-3.0)]
+    for header, params in attacker.tasks():
+        if header.kind == pb.TASK_FIT:
+            assert attacker.zeros(header, params).accepted
+        elif forged:
+            spec = forged.pop(0)
+            refusals.append(attacker.evaluation(header, spec.pop("n"), **spec).reason)
+        else:
+            ack = attacker.put(pb.ReplyHeader(round=header.round, kind=pb.REPLY_EVALUATE, num_examples=10,
+                                              metrics={"accuracy\nFORGED": 1.0}, seq=header.seq))
+            refusals.append(ack.reason)
+    finish(server)
+    assert len(refusals) == 5 and [bool(re.search(p, r)) for p, r in zip(
+        [r"num_examples 1000000000000000 is outside 1..10", r"accuracy = nan is not finite",
+         r"accuracy = 1.5 is outside \[0, 1\]", r"loss = -3.0 is negative", r"metric name 'accuracy\\nFORGED'"],
+        refusals, strict=False)] == [True] * len(refusals)
+    assert all(0 <= r["fed_accuracy"] <= 1 for r in rows(tmp_path / "run"))
+    for c in clients:
+        finish(c)
+
+
+def rogue_certificate(root: Path, cid: int) -> tuple[Path, Path]:
+    """A certificate the CA signed for a client id it never issued (someone who stole the CA's key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    certs = root / "certs"
+    ca_key = serialization.load_pem_private_key((ca_dir(certs) / "ca.key").read_bytes(), None)
+    ca_name = x509.load_pem_x509_certificate((certs / "ca.pem").read_bytes()).subject
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _issue(f"client-{cid}", key, ca_key, ca_name, usage=ExtendedKeyUsageOID.CLIENT_AUTH)
+    out = root / "rogue"
+    out.mkdir(exist_ok=True)
+    (out / f"client-{cid}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (out / f"client-{cid}.key").write_bytes(_key_pem(key))
+    return out / f"client-{cid}.pem", out / f"client-{cid}.key"
+
+
+def mtls_client(root: Path, port: int, cert: Path, key: Path, data: str = "client0.npz") -> subprocess.CompletedProcess:
+    return subprocess.run(cli("client", "--server", f"127.0.0.1:{port}", "--data", str(root / data), "--ca-cert",
+                              str(root / "certs" / "ca.pem"), "--cert", str(cert), "--key", str(key),
+                              "--give-up-after", "5"), capture_output=True, text=True, timeout=60)
+
+
+def test_6_mutual_tls_accepts_only_issued_unrevoked_certificates_and_the_ca_key_stays_apart(site, tmp_path):
+    certs = site / "certs"
+    allowlist = tmp_path / "allowed.txt"
+    allowlist.write_text("".join(line + "\n" for line in (certs / "clients.txt").read_text().splitlines()
+                                 if not line.startswith("4 ")))  # client 4 is revoked
+    cfg = config(site, "mtls", min_clients=1)
+    server, port = start_server(site, cfg, tmp_path / "run", "--mtls", "--allowlist", str(allowlist))
+    rogue = mtls_client(site, port, *rogue_certificate(site, 99))
+    assert rogue.returncode == 2 and "UNAUTHENTICATED: certificate 'client-99' is not on the allowlist" in rogue.stderr
+    revoked = mtls_client(site, port, certs / "client-4.pem", certs / "client-4.key", "client4.npz")
+    assert revoked.returncode == 2 and "not on the allowlist (revoked, or never issued)" in revoked.stderr
+    server.kill()
+    log = server.communicate()[0]
+    assert "refused authentication: certificate 'client-99'" in log
+    # the CA's key next to the server's certificates: the server refuses to start
+    exposed = tmp_path / "exposed"
+    exposed.mkdir()
+    for name in ("ca.pem", "server.pem", "server.key", "tokens.txt"):
+        (exposed / name).write_bytes((certs / name).read_bytes())
+    (exposed / "backup.key").write_bytes((ca_dir(certs) / "ca.key").read_bytes())
+    proc = subprocess.run(cli("server", str(cfg), "--certs", str(exposed), "--out", str(tmp_path / "r2")),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "backup.key: the CA's private key lies next to the server's certificates" \
+        in proc.stderr
+
+
+def test_7_plaintext_is_for_loopback_only_on_both_sides(site, tmp_path):
+    proc = subprocess.run(cli("client", "--server", "10.9.9.9:50051", "--data", str(site / "client0.npz"),
+                              "--insecure", "--token-file", str(site / "certs" / "client-0.token")),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "allowed on loopback only, not to '10.9.9.9'" in proc.stderr
+    server = subprocess.Popen(cli("server", str(config(site, "plain", min_clients=1)), "--insecure", "--address",
+                                  "127.0.0.2:0", "--tokens", str(site / "certs" / "tokens.txt"), "--out",
+                                  str(tmp_path / "run")), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert "listening on port" in server.stdout.readline()  # 127.0.0.0/8 is loopback
+    server.kill()
+    server.wait()
+
+
+def test_8_refusals_are_logged_with_the_peer_and_client_strings_cannot_forge_log_lines(site, tmp_path):
+    cfg = edit(config(site, "audit", min_clients=1), "federated = true", "federated = false")
+    server, port = start_server(site, cfg, tmp_path / "run")
+    stranger = Raw(site, port, 0)
+    stranger.meta = [("authorization", "Bearer not-a-token-s3cr3t")]
+    with pytest.raises(grpc.RpcError, match="unknown or revoked client token"):
+        stranger.join()
+    attacker = Raw(site, port, 0)
+    attacker.join()
+    for header, _ in attacker.tasks():
+        attacker.put(pb.ReplyHeader(round=header.round, kind=pb.REPLY_FAILURE, seq=header.seq,
+                                    reason="boom\nWARNING fedloop.loop: round 9: everything is fine"))
+        break
+    seen: list[str] = []
+    wait_for_line(server, "client 0 failed", seen)
+    server.kill()
+    log = "".join(seen) + server.communicate()[0]
+    assert re.search(r"refused authentication: unknown or revoked client token \(client unknown, peer "
+                     r"ipv4:127\.0\.0\.1:\d+\)", log)
+    assert "s3cr3t" not in log
+    assert "boom\\nWARNING fedloop.loop: round 9" in log
+    assert not any(line.startswith("WARNING fedloop.loop: round 9") for line in log.splitlines())
+
+
+def test_9_one_server_per_address_and_one_writer_per_run_directory(site, tmp_path):
+    cfg = config(site, "ports", min_clients=1)
+    first, port = start_server(site, cfg, tmp_path / "a")
+    second = subprocess.run(cli("server", str(cfg), "--certs", str(site / "certs"), "--address", f"127.0.0.1:{port}",
+                                "--out", str(tmp_path / "b")), capture_output=True, text=True, timeout=60)
+    assert second.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in second.stderr
+    twin = subprocess.run(cli("server", str(cfg), "--certs", str(site / "certs"), "--resume", str(tmp_path / "a")),
+                          capture_output=True, text=True, timeout=60)
+    assert twin.returncode == 2 and f"another process (pid {first.pid}) is writing this run directory" in twin.stderr
+    first.kill()
+    first.wait()
+
+
+def test_10_dead_and_silent_clients_are_dropped_and_a_failed_run_says_so(site, tmp_path):
+    start = time.monotonic()
+    proc = subprocess.run(cli("server", str(config(site, "noresume", min_clients=1)), "--certs", str(site / "certs"),
+                              "--resume", str(tmp_path / "empty")), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "no checkpoints/round_NNNN.safetensors to resume from" in proc.stderr
+    assert time.monotonic() - start < 30  # it did not wait for clients first
+    cfg = edit(config(site, "silent", min_clients=2, deadline=3, max_missed=2, min_updates=1),
+               "federated = true", "federated = false")
+    edit(cfg, "rounds = 3", "rounds = 5")
+    server, port = start_server(site, cfg, tmp_path / "run")
+    silent = Raw(site, port, 0)
+    silent.join()
+    clients = honest(site, port, [1])
+    polling = threading.Event()
+
+    def poll_forever():  # polls and downloads its tasks, never answers
+        after = 0
+        while not polling.is_set():
+            try:
+                stream = silent.stub.GetTask(pb.TaskRequest(after_seq=after), metadata=silent.meta, timeout=30)
+                header = next(stream).header
+                if header.status in (pb.POLL_DONE, pb.POLL_FAILED):
+                    return
+                after = max(after, header.seq)
+                list(stream)
+            except grpc.RpcError:
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=poll_forever, daemon=True)
+    thread.start()
+    log = finish(server)
+    polling.set()
+    selected = [r["selected"] for r in rows(tmp_path / "run")]
+    assert selected[:2] == [[0, 1], [0, 1]] and all(s == [1] for s in selected[2:])
+    finish(clients[0])
+    # a run that fails tells its clients so, and they exit non-zero
+    failing = edit(config(site, "failing", min_clients=2, min_updates=2, retries=0), "federated = true",
+                   "federated = false")
+    server, port = start_server(site, failing, tmp_path / "failing")
+    victim = start_client(site, port, 1, "--give-up-after", "30")
+    attacker = Raw(site, port, 0)
+    attacker.join()
+    try:
+        for header, _ in attacker.tasks():  # the other client sends garbage: the round fails, the run stops
+            attacker.put(pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=SIZES[0],
+                                        seq=header.seq), b"not safetensors")
+    except grpc.RpcError:
+        pass  # the server is gone
+    out, _ = server.communicate(timeout=60)
+    assert server.returncode == 2 and "round 1 failed" in out
+    out, _ = victim.communicate(timeout=60)
+    assert victim.returncode == 2 and "the run failed on the server" in out, (log, out)
+
+
+def test_11_a_client_learns_only_what_it_needs(site, tmp_path):
+    server, port = start_server(site, config(site, "hello", min_clients=1), tmp_path / "run")
+    hello = Raw(site, port, 0).stub.Hello(pb.HelloRequest(), metadata=Raw(site, port, 0).meta, timeout=30)
+    settings = json.loads(hello.settings_json)
+    assert str(site) not in hello.settings_json
+    assert set(settings["config"]) == {"seed", "data", "model", "strategy", "client", "transforms"}
+    assert set(settings["config"]["data"]) == {"name", "test_fraction", "split", "label_column"}
+    with pytest.raises(grpc.RpcError, match="unknown or revoked client token"):
+        pb_grpc.FederationStub(Raw(site, port, 0).channel).Hello(
+            pb.HelloRequest(), metadata=[("authorization", "Bearer nope")], timeout=30)
+    server.kill()
+    server.wait()
