@@ -68,14 +68,23 @@ def simulate(model_fn: Callable[[], nn.Module], data: Dataset, partition: Partit
 
 
 def run_config(cfg: Config, out: str | Path | None = None, observers: tuple[Observer, ...] = ()) -> RunResult:
-    """Everything `fedloop run` does after parsing: data, partition, model, strategy, loop, outputs."""
+    """Everything `fedloop run` does after parsing: data, partition, model, strategy, fleet, loop, outputs. The
+    resolved config.toml names the executor that ran (what `auto` chose), so running it repeats the run."""
     data = load_data(cfg)
     partition = partition_from_config(cfg, data)
     spec = data.spec()
-    return simulate(model_fn_from_config(cfg, spec), data, partition, strategy_from_config(cfg),
-                    run_options(cfg, out=out, observers=observers), sim=sim_options(cfg),
-                    model_meta={"model": cfg.model.name, "spec": spec, "dataset": data.name},
-                    config_toml=to_toml(cfg))
+    model_fn = model_fn_from_config(cfg, spec)
+    strategy = strategy_from_config(cfg)
+    fleet = build_fleet(data, partition, strategy, model_fn, F.cross_entropy, sim_options(cfg))
+    try:
+        if cfg.sim.engine == "local":
+            cfg = cfg.model_copy(update={"sim": cfg.sim.model_copy(update={"executor": fleet.chosen})})
+        return train(fleet, model_fn, strategy, run_options(cfg, out=out, observers=observers),
+                     test=Examples.all(data.x_test, data.y_test), partition_json=partition.to_json(),
+                     model_meta={"model": cfg.model.name, "spec": spec, "dataset": data.name},
+                     config_toml=to_toml(cfg))
+    finally:
+        fleet.close()
 
 
 def load_model(run_dir: str | Path, model_fn: Callable[[], nn.Module] | None = None) -> nn.Module:

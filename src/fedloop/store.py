@@ -67,8 +67,15 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, (dumps(obj, indent=2) if isinstance(obj, dict) else json.dumps(obj, indent=2)) + "\n")
 
 
+METADATA_KEY = "fedloop"
+"""The one metadata key of fedloop's safetensors files: its value is canonical JSON (sorted keys), so a file's bytes
+depend on its content only (safetensors writes several metadata keys in an order that varies between processes)."""
+
+
 def _save_tensors(path: Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    atomic_write_bytes(path, save({k: v.detach().contiguous() for k, v in tensors.items()}, metadata=metadata))
+    canonical = json.dumps(metadata, sort_keys=True, separators=(",", ":"))
+    atomic_write_bytes(path, save({k: v.detach().contiguous() for k, v in tensors.items()},
+                                  metadata={METADATA_KEY: canonical}))
 
 
 CHECKPOINT_SECTIONS = (("params", "params"), ("opt", "opt_state"), ("extras", "extras"), ("agg", "agg_state"),
@@ -97,6 +104,8 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         tensors = load_file(path)
         with safe_open(path, "pt") as f:
             metadata = f.metadata() or {}
+        if METADATA_KEY in metadata:  # files of earlier versions hold the keys directly
+            metadata = json.loads(metadata[METADATA_KEY])
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from None
     return tensors, metadata

@@ -1,4 +1,7 @@
-"""The auto executor: times one SGD step of the workload each way, picks the fastest, logs the choice.
+"""Choosing an executor. `auto` (the default) chooses from the workload alone — its model's size, its batch, whether
+it can be batched, the clients per round and the cores — never from timing, so the same command on the same
+machine runs the same arithmetic (and writes the same bits) however busy the machine is. `auto-timed` times one SGD
+step of the workload each way and picks the fastest: sometimes faster, but a loaded machine may choose otherwise.
 
 Calibration runs on a scratch copy of one client's first batch and never touches a result. It measures
 client-steps per second for: sequential (all cores inside each step), processes (one single-threaded
@@ -20,7 +23,7 @@ from ..data.examples import Examples
 from ..types import Task
 from .executors import Executor, Job, Result, Sequential, Vectorized, batch_program
 from .processes import Processes, default_workers
-from .vectorized import train_group
+from .vectorized import train_group, unbatchable_reason
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +86,35 @@ def calibrate(app: ClientApp, task: Task, program: SGDProgram, workers: int, vec
     return rates
 
 
-class Auto:
-    """Chooses an executor per workload (model factory, loss, program) on first sight and logs why."""
+VECTOR_WORK = 400_000
+"""Batch the clients when a client's SGD step is at most this many (params x rows) multiply-adds: the measured
+crossover on this project's 2-core machine lies between 261,220 (a 26k-param MLP, batch 10: vectorized 4,772
+client-steps/s against processes 3,821) and 552,100 (the default job's 55k-param MLP: processes 3,517 against
+vectorized 3,243)."""
 
-    name = "auto"
+
+def choose_executor(app: ClientApp, per_round: int, workers: int) -> tuple[str, str]:
+    """The executor `auto` runs a workload with, and why: vectorized for clients whose steps are small enough that
+    batching wins, else one process per core when there are several cores and clients, else sequential."""
+    local = app.strategy.local
+    program = local.program()
+    model = app.model_fn()
+    why = app.strategy.unbatchable_reason() or unbatchable_reason(model, program, app.loss_fn, app.train)
+    params = sum(p.numel() for p in model.parameters())
+    rows = program.batch_size or len(app.train)
+    work = params * rows
+    if why is None and work <= VECTOR_WORK:
+        return "vectorized", f"{params:,} params x {rows} rows per step <= {VECTOR_WORK:,}"
+    reason = why or f"{params:,} params x {rows} rows per step > {VECTOR_WORK:,}"
+    if workers > 1 and per_round > 1:
+        return "processes", f"{reason}; {workers} cores, {per_round} clients per round"
+    return "sequential", f"{reason}; {workers} core(s), {per_round} client(s) per round"
+
+
+class AutoTimed:
+    """Chooses an executor per workload (model factory, loss, program) on first sight by timing it, and logs why."""
+
+    name = "auto-timed"
 
     def __init__(self, resolve: Callable[[int], ClientApp], workers: int | None = None):
         self.workers = workers or default_workers()
@@ -101,7 +129,7 @@ class Auto:
         if key not in self.choices:
             if program is None or app.strategy.unbatchable_reason() is not None:
                 self.choices[key] = "sequential"
-                log.info("auto executor: sequential (%s)", app.strategy.unbatchable_reason()
+                log.info("auto-timed executor: sequential (%s)", app.strategy.unbatchable_reason()
                          or "the strategy's client half is not an SGDProgram")
             else:
                 vectorizable = self.vectorized.reason(app, program) is None
@@ -109,20 +137,21 @@ class Auto:
                     rates = calibrate(app, job.task, program, self.workers, vectorizable,
                                       client_steps(program, sizes))
                 except Exception as exc:  # noqa: BLE001 - client code failed; its task will report it
-                    log.info("auto executor: sequential (calibration failed: %s: %s)", type(exc).__name__, exc)
+                    log.info("auto-timed executor: sequential (calibration failed: %s: %s)", type(exc).__name__,
+                             exc)
                     self.choices[key] = "sequential"
                     return self.sequential
                 top = max(rates.values())
                 best = next(k for k in PREFERENCE if k in rates and rates[k] * MARGIN >= top)
                 self.choices[key] = best
                 figures = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(rates.items(), key=lambda kv: -kv[1]))
-                log.info("auto executor: %s (client-steps per second: %s)", best, figures)
+                log.info("auto-timed executor: %s (client-steps per second: %s)", best, figures)
         executors: dict[str, Executor] = {"sequential": self.sequential, "vectorized": self.vectorized,
                                           "processes": self.processes}
         return executors[self.choices[key]]
 
     def describe(self) -> str:
-        return "auto: " + (", ".join(sorted(set(self.choices.values()))) or "no fit tasks yet")
+        return "auto-timed: " + (", ".join(sorted(set(self.choices.values()))) or "no fit tasks yet")
 
     def run(self, jobs: Sequence[Job], until: float | None = None) -> list[Result]:
         if not jobs:

@@ -2,28 +2,32 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal, get_args
 
 from .. import checks
 from ..client import DiskStates, MemoryStates
 from ..errors import ConfigError
-from .auto import Auto
+from .auto import AutoTimed, choose_executor
 from .executors import Executor, Sequential, Vectorized
 from .local import LocalFleet
 from .population import Population
-from .processes import Processes
+from .processes import Processes, default_workers
 
-ExecutorName = Literal["auto", "sequential", "vectorized", "processes", "processes-vectorized"]
+log = logging.getLogger(__name__)
+
+ExecutorName = Literal["auto", "auto-timed", "sequential", "vectorized", "processes", "processes-vectorized"]
 EngineName = Literal["local", "ray"]
 
 
 @dataclass(frozen=True)
 class SimOptions:
     """How a simulation runs its clients: the `executor` (every choice gives the same result within float
-    tolerance), the `engine` (this machine, or Ray actors, optionally on a cluster at `ray_address`), `workers`
-    (processes or actors; default one per core or per cluster CPU), and `state_dir` to keep clients' persistent
-    state on disk (one file per client) instead of in memory."""
+    tolerance; `auto` chooses from the workload alone, so a run repeats to the bit on the same machine), the
+    `engine` (this machine, or Ray actors, optionally on a cluster at `ray_address`), `workers` (processes or actors;
+    default one per core or per cluster CPU), and `state_dir` to keep clients' persistent state on disk (one file
+    per client) instead of in memory."""
 
     executor: ExecutorName = "auto"
     engine: EngineName = "local"
@@ -37,8 +41,22 @@ class SimOptions:
         checks.at_least(self, "workers", 1, optional=True)
 
 
+def resolve_executor(name: str, population: Population, workers: int | None = None) -> tuple[str, str]:
+    """The executor `name` stands for (auto: the one it chooses for this population's workload, logged with why),
+    and how to describe it."""
+    if name != "auto":
+        return name, name
+    clients = population.clients()
+    first = population.app(clients[0].client_id)
+    chosen, why = choose_executor(first, first.strategy.sampler.num_selected(len(clients)),
+                                  workers or default_workers())
+    log.info("auto executor: %s (%s)", chosen, why)
+    return chosen, f"auto: {chosen}"
+
+
 def make_executor(name: str, population: Population, workers: int | None = None) -> Executor:
     """An in-process executor; process workers resolve client apps through the population."""
+    name, _ = resolve_executor(name, population, workers)
     if name == "sequential":
         return Sequential()
     if name == "vectorized":
@@ -46,8 +64,8 @@ def make_executor(name: str, population: Population, workers: int | None = None)
     if name in ("processes", "processes-vectorized"):
         return Processes(population.app, workers, inner="vectorized" if name.endswith("vectorized")
                          else "sequential")
-    if name == "auto":
-        return Auto(population.app, workers)
+    if name == "auto-timed":
+        return AutoTimed(population.app, workers)
     raise ConfigError(f"executor {name!r} is unknown; allowed: {', '.join(get_args(ExecutorName))}")
 
 

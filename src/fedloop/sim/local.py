@@ -26,12 +26,16 @@ class LocalFleet:
 
     def __init__(self, population: Population | Sequence[ClientApp], executor: str | Executor = "sequential",
                  states: StateStore | None = None, workers: int | None = None):
-        from .engines import make_executor
+        from .engines import make_executor, resolve_executor
 
         self.population = population if not isinstance(population, Sequence) else AppList(population)
         self.states = RoundStates(states if states is not None else MemoryStates())
-        self.executor = make_executor(executor, self.population, workers) if isinstance(executor, str) \
-            else executor
+        if isinstance(executor, str):
+            self.chosen, self._label = resolve_executor(executor, self.population, workers)
+            self.executor = make_executor(self.chosen, self.population, workers)
+        else:
+            self.chosen = self._label = executor.name
+            self.executor = executor
         self._open: list[Task] = []
         self._down = 0
         self._up = 0
@@ -83,7 +87,7 @@ class LocalFleet:
     def describe(self) -> str:
         """The executor, and for auto what it chose."""
         describe = getattr(self.executor, "describe", None)
-        return describe() if describe is not None else self.executor.name
+        return describe() if describe is not None else self._label
 
     def close(self) -> None:
         self.executor.close()
