@@ -3,15 +3,18 @@
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import fedloop
-from fedloop.store import load_checkpoint
+from fedloop.store import UMASK, load_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -115,3 +118,71 @@ def test_errors_are_one_clear_line_without_traceback(tmp_path):
         proc = fedloop_cli(*args)
         assert proc.returncode == 2
         assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_an_existing_run_directory_is_refused_unless_resumed_or_overwritten(tmp_path):
+    out = tmp_path / "run"
+    assert fedloop_cli("run", "--out", str(out), "--quiet", *FAST).returncode == 0
+    first = digest(out)
+    again = fedloop_cli("run", "--out", str(out), "--quiet", *FAST)
+    assert again.returncode == 2 and "already holds a run; --resume continues it, --overwrite replaces it" \
+        in again.stderr
+    assert digest(out) == first  # nothing of it was touched
+    assert fedloop_cli("run", "--out", str(out), "--quiet", "--overwrite", *FAST).returncode == 0
+    # a file, an unwritable place, a directory that is not a run: clear errors before any data is read
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    for where, needle in ((tmp_path / "file", "exists and is not a directory"),
+                          (Path("/proc/fedloop-run"), "cannot write the run directory"),
+                          (tmp_path / "mine", "is not empty and is not a fedloop run directory")):
+        proc = fedloop_cli("run", "--out", str(where), "--overwrite", "--set", "data.name=mnist", "--set",
+                           "data.path=/nowhere")
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert (tmp_path / "mine" / "thesis.tex").read_text() == "precious"
+    mode = (out / "summary.json").stat().st_mode & 0o777
+    assert mode == 0o666 & ~UMASK  # normal permissions, not 0600
+
+
+def test_an_interrupted_run_keeps_its_files_and_resumes_to_the_uninterrupted_model(tmp_path):
+    args = ["--quiet", "--set", "rounds=8", "--set", "checkpoint.every=3", "--set", "client.epochs=1"]
+    assert fedloop_cli("run", "--out", str(tmp_path / "straight"), *args).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "fedloop.cli", "run", "--out", str(tmp_path / "cut"), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "cut" / "metrics.jsonl"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 4):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "stop interrupted" in out and "--resume" in err
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["stop_reason"] == "interrupted" and 4 <= summary["rounds"] < 8
+    fedloop.load_model(tmp_path / "cut")  # the latest model is there
+    resumed = fedloop_cli("run", "--resume", str(tmp_path / "cut"), "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    assert digest(tmp_path / "cut")["model.safetensors"] == digest(tmp_path / "straight")["model.safetensors"]
+    assert digest(tmp_path / "cut")["metrics"] == digest(tmp_path / "straight")["metrics"]
+
+
+def test_a_resumed_run_with_client_state_matches_and_may_grow_but_not_change(tmp_path):
+    args = ["--quiet", "--set", "strategy.name=scaffold", "--set", "client.epochs=1",
+            "--set", "sim.executor=vectorized"]
+    assert fedloop_cli("run", "--out", str(tmp_path / "six"), "--set", "rounds=6", *args).returncode == 0
+    assert fedloop_cli("run", "--out", str(tmp_path / "grown"), "--set", "rounds=4", *args).returncode == 0
+    grown = fedloop_cli("run", "--resume", str(tmp_path / "grown"), "--set", "rounds=6", "--quiet")
+    assert grown.returncode == 0, grown.stderr
+    assert fedloop.load_config(tmp_path / "grown" / "config.toml").rounds == 6
+    assert digest(tmp_path / "grown")["model.safetensors"] == digest(tmp_path / "six")["model.safetensors"]
+    changed = fedloop_cli("run", "--resume", str(tmp_path / "grown"), "--set", "rounds=8", "--set", "client.lr=0.1",
+                          "--set", "model.name=logreg")
+    assert changed.returncode == 2 and "client.lr, model.name differ from its config.toml" in changed.stderr
+
+
+def test_a_diverging_run_stops_with_a_clear_message_and_standard_json(tmp_path):
+    proc = fedloop_cli("run", "--out", str(tmp_path / "r"), "--quiet", "--set", "client.lr=1e6", "--set",
+                       "rounds=20", "--set", "client.epochs=1")
+    assert proc.returncode == 1 and "stop diverged" in proc.stdout and "the run diverged" in proc.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))
+    assert summary["stop_reason"] == "diverged" and summary["rounds"] < 20
+    for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.jsonl"))

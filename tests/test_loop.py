@@ -214,8 +214,9 @@ def test_a_round_whose_aggregate_is_not_finite_fails_and_is_retried():
     res = loop(fleet, rounds=3, policy=RoundPolicy(retries=20))
     assert any(r.failed for r in res.records) and any(fault == "corrupt" for _, _, fault in fleet.log)
     assert all(bool(torch.isfinite(v).all()) for v in res.state.params.values())
-    with pytest.raises(AggregationError, match="non-finite"):
-        loop(ChaosFleet(MockFleet(constant_update, 6), corrupt=1.0), policy=RoundPolicy(retries=1))
+    diverged = loop(ChaosFleet(MockFleet(constant_update, 6), corrupt=1.0), policy=RoundPolicy(retries=1))
+    assert diverged.stop_reason == "diverged" and diverged.state.round == 0  # the last finite state, kept
+    assert [(r.round, r.failed) for r in diverged.records] == [(1, True), (1, True)]
 
 
 def test_the_loop_checks_the_fleets_capabilities_before_round_1():

@@ -20,7 +20,7 @@ from rich.progress import (
 )
 
 from .config import Config, load_config
-from .errors import FedloopError
+from .errors import ConfigError, FedloopError
 from .observers import Observer
 from .types import RoundRecord, ServerState
 
@@ -62,26 +62,46 @@ class RoundLines(Observer):
               f"{record.seconds:.2f} s{status}", flush=True)
 
 
+EXIT = {"interrupted": 130, "diverged": 1}
+"""Exit codes of runs that ended with their files written but did not finish: stop reason -> code."""
+
+
+def _finished(summary: dict, out: Path) -> int:
+    """Print a run's last line; its exit code."""
+    acc = f"{summary['accuracy']:.4f}" if summary.get("accuracy") is not None else "n/a"
+    loss = f"{summary['loss']:.4f}" if summary.get("loss") is not None else "n/a"
+    print(f"rounds {summary['rounds']}  stop {summary['stop_reason']}  accuracy {acc}  loss {loss}  "
+          f"seconds {summary['seconds']:.1f}  -> {out}", flush=True)
+    if summary["stop_reason"] == "diverged":
+        print(f"error: the run diverged: its model or loss became NaN or infinite (its files hold the last finite "
+              f"round, {summary['rounds']}); try a smaller learning rate", file=sys.stderr)
+    if summary["stop_reason"] == "interrupted":
+        print(f"interrupted after round {summary['rounds']}; its files are complete: continue it with "
+              f"--resume {out}", file=sys.stderr)
+    return EXIT.get(summary["stop_reason"], 0)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .experiment import run_config
     from .report import round_table
+    from .store import prepare_run_dir
 
-    cfg = load_config(args.config, args.set)
-    out = Path(args.out) if args.out else _default_out(cfg)
+    if args.resume and (args.out or args.overwrite):
+        raise ConfigError("--resume RUN_DIR continues that run: it takes no --out or --overwrite")
+    config = args.config or (Path(args.resume) / "config.toml" if args.resume else None)
+    cfg = load_config(config, args.set)
+    out = Path(args.resume or args.out or _default_out(cfg))
+    prepare_run_dir(out, resume=bool(args.resume), overwrite=args.overwrite)  # before any data is read
     console.print(f"[bold]fedloop[/] {cfg.strategy.name} on {cfg.data.name}, model {cfg.model.name}, "
                   f"{cfg.partition.num_clients} clients ({cfg.partition.scheme}), {cfg.rounds} rounds -> {out}")
     columns = [TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[status]}"),
                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     with Progress(*columns, console=console, disable=args.quiet) as progress:
-        result = run_config(cfg, out, (ProgressBar(progress, cfg.rounds),))
+        result = run_config(cfg, out, (ProgressBar(progress, cfg.rounds),), resume=bool(args.resume),
+                            overwrite=args.overwrite)
     if args.table:
         _stdout().print(round_table(result.history))
-    s = result.summary
-    acc = f"{s['accuracy']:.4f}" if s.get("accuracy") is not None else "n/a"
-    loss = f"{s['loss']:.4f}" if s.get("loss") is not None else "n/a"
-    print(f"rounds {s['rounds']}  stop {s['stop_reason']}  accuracy {acc}  loss {loss}  "
-          f"seconds {s['seconds']:.1f}  -> {out}")
-    return 0
+    return _finished(result.summary, out)
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
@@ -124,17 +144,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_server(args: argparse.Namespace) -> int:
     from .net.serve import serve
 
+    if args.resume and (args.out or args.overwrite):
+        raise ConfigError("--resume RUN_DIR continues that run: it takes no --out or --overwrite")
     cfg = load_config(args.config, args.set)
     out = Path(args.resume or args.out or _default_out(cfg))
     result = serve(cfg, out, cert_dir=args.certs, tokens=args.tokens, allowlist=args.allowlist,
                    insecure=args.insecure, mutual_tls=args.mtls, address=args.address, resume=args.resume is not None,
+                   overwrite=args.overwrite,
                    on_listen=lambda port: print(f"listening on port {port}; waiting for "
                                                 f"{cfg.server.min_clients} clients", flush=True),
                    observers=(RoundLines(),))
-    s = result.summary
-    acc = f"{s['accuracy']:.4f}" if s.get("accuracy") is not None else "n/a"
-    print(f"rounds {s['rounds']}  stop {s['stop_reason']}  accuracy {acc}  -> {out}", flush=True)
-    return 0
+    return _finished(result.summary, out)
 
 
 def cmd_client(args: argparse.Namespace) -> int:
@@ -172,7 +192,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a federated simulation")
     config_args(run)
-    run.add_argument("--out", help="run directory (default: runs/<data>-<strategy>-<time>)")
+    run.add_argument("--out", help="run directory (default: runs/<data>-<strategy>-<time>); refused if it holds a run")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint (its config "
+                                                         "is RUN_DIR/config.toml unless CONFIG is given; rounds may "
+                                                         "grow)")
+    run.add_argument("--overwrite", action="store_true", help="clear the run in --out first")
     run.add_argument("--quiet", action="store_true", help="no live progress display")
     run.add_argument("--table", action="store_true", help="print the round table at the end")
     run.set_defaults(func=cmd_run)
@@ -200,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "line (default: DIR/clients.txt of --certs); mTLS only")
     srv.add_argument("--insecure", action="store_true", help="plaintext, loopback only")
     srv.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    srv.add_argument("--overwrite", action="store_true", help="clear the run in --out first")
     srv.set_defaults(func=cmd_server)
 
     cli = sub.add_parser("client", help="serve one client's local data to a fedloop server")

@@ -285,3 +285,29 @@ def _toml_value(v: Any) -> str:
     if isinstance(v, list):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} as TOML")
+
+
+COMPUTATION = ("seed", "data", "partition", "model", "strategy", "client", "aggregator", "server_opt", "transforms",
+               "sim.executor", "sim.engine", "sim.workers")
+"""What changes a run's arithmetic: a resumed run must keep all of it (its rounds, evaluation, stop conditions and
+checkpoints may change)."""
+
+
+def differences(a: Config, b: Config, keys: tuple[str, ...] = COMPUTATION) -> list[str]:
+    """The dotted keys among `keys` (sections or section.key) whose values differ between two configs."""
+    def flat(cfg: Config) -> dict[str, Any]:
+        data = cfg.model_dump(mode="json")
+        out: dict[str, Any] = {}
+        for key in keys:
+            section, _, name = key.partition(".")
+            value = data[section]
+            if name:
+                out[key] = value.get(name)
+            elif isinstance(value, dict):
+                out.update({f"{section}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+    fa, fb = flat(a), flat(b)
+    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))

@@ -19,7 +19,7 @@ from .build import (
     strategy_from_config,
 )
 from .client import ClientApp, LossFn
-from .config import Config, to_toml
+from .config import Config, differences, load_config, to_toml
 from .data.examples import Dataset, Examples
 from .data.partition import Partition
 from .errors import CheckpointError, ConfigError
@@ -67,9 +67,21 @@ def simulate(model_fn: Callable[[], nn.Module], data: Dataset, partition: Partit
         fleet.close()
 
 
-def run_config(cfg: Config, out: str | Path | None = None, observers: tuple[Observer, ...] = ()) -> RunResult:
+def run_config(cfg: Config, out: str | Path | None = None, observers: tuple[Observer, ...] = (), *,
+               resume: bool = False, overwrite: bool = False) -> RunResult:
     """Everything `fedloop run` does after parsing: data, partition, model, strategy, fleet, loop, outputs. The
-    resolved config.toml names the executor that ran (what `auto` chose), so running it repeats the run."""
+    resolved config.toml names the executor that ran (what `auto` chose), so running it repeats the run. With
+    `resume`, the run continues the one in `out`, whose config must agree in everything that changes the
+    computation (its rounds may grow)."""
+    if resume:
+        if out is None:
+            raise ConfigError("resuming needs the run directory")
+        saved = load_config(Path(out) / "config.toml")
+        if cfg.sim.executor == "auto":  # compare what it resolves to, once the fleet is built
+            cfg = cfg.model_copy(update={"sim": cfg.sim.model_copy(update={"executor": saved.sim.executor})})
+        if changed := differences(cfg, saved):
+            raise ConfigError(f"{out}: cannot resume with a config that changes the computation: "
+                              f"{', '.join(changed)} differ from its config.toml")
     data = load_data(cfg)
     partition = partition_from_config(cfg, data)
     spec = data.spec()
@@ -79,7 +91,8 @@ def run_config(cfg: Config, out: str | Path | None = None, observers: tuple[Obse
     try:
         if cfg.sim.engine == "local":
             cfg = cfg.model_copy(update={"sim": cfg.sim.model_copy(update={"executor": fleet.chosen})})
-        return train(fleet, model_fn, strategy, run_options(cfg, out=out, observers=observers),
+        return train(fleet, model_fn, strategy,
+                     run_options(cfg, out=out, observers=observers, resume=resume, overwrite=overwrite),
                      test=Examples.all(data.x_test, data.y_test), partition_json=partition.to_json(),
                      model_meta={"model": cfg.model.name, "spec": spec, "dataset": data.name},
                      config_toml=to_toml(cfg))

@@ -113,6 +113,9 @@ def _finite(params: Params) -> bool:
     return all(bool(torch.isfinite(v).all()) for v in params.values() if v.is_floating_point())
 
 
+NON_FINITE = "its aggregate would make the global params non-finite"
+
+
 def _advance(strategy: Strategy, state: ServerState, agg: Aggregate | None, min_updates: int
              ) -> tuple[ServerState | None, str | None]:
     """The state after a round, or None with the reason the round failed."""
@@ -123,7 +126,7 @@ def _advance(strategy: Strategy, state: ServerState, agg: Aggregate | None, min_
         return None, f"{agg.num_clients if agg else 0} of the {min_updates} updates it needs were accepted"
     new = strategy.apply(state, agg)
     if not _finite(new.params):
-        return None, "its aggregate would make the global params non-finite"
+        return None, NON_FINITE
     return new, None
 
 
@@ -132,10 +135,25 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequen
              policy: RoundPolicy = RoundPolicy(), observers: Sequence[Observer] = ()) -> LoopResult:
     """Run rounds from `state` until a stop condition holds (see DESIGN.md, "One round").
 
-    Observers get every round record (failed attempts included) with the state after it.
+    Observers get every round record (failed attempts included) with the state after it. A KeyboardInterrupt (Ctrl-C,
+    or SIGTERM in the command line) ends the run with stop reason "interrupted" and the state of its last completed
+    round; a round whose params stay non-finite through its retries ends it with "diverged".
     """
     check_capabilities(strategy.requires, fleet, f"strategy {strategy.name!r}")
     result = LoopResult(state)
+    try:
+        _rounds(strategy, fleet, stops, evaluator, eval_every, federated_eval, policy, observers, result)
+    except KeyboardInterrupt:
+        log.warning("interrupted after round %d; the run keeps its files up to that round", result.state.round)
+        result.stop_reason = "interrupted"
+    return result
+
+
+def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], evaluator: Evaluator | None,
+            eval_every: int, federated_eval: bool, policy: RoundPolicy, observers: Sequence[Observer],
+            result: LoopResult) -> None:
+    """The rounds of run_loop, recorded in `result` as they complete."""
+    state = result.state
     attempts = 0
     while (reason := _first(stop.before(state) for stop in stops)) is None:
         start = time.perf_counter()
@@ -158,10 +176,15 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequen
             for o in observers:
                 o.round(record, state)
             if attempts > policy.retries:
+                if why == NON_FINITE:
+                    log.error("the run diverged in round %d: %s, in every one of %d attempts", state.round + 1, why,
+                              attempts)
+                    result.stop_reason = "diverged"
+                    return
                 raise AggregationError(f"round {state.round + 1} failed {attempts} times: {why}")
             continue
         attempts = 0
-        state = result.state = new
+        state = new
         metrics = {k: v for k, v in agg.metrics.items() if k != "train_loss"} if agg else {}
         if state.round % eval_every == 0 or _first(stop.before(state) for stop in stops) is not None:
             result.final_metrics = evaluate_round(state, fleet, evaluator, federated_eval, policy.round_deadline)
@@ -173,13 +196,13 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequen
         result.records.append(record)
         for o in observers:
             o.round(record, state)
+        result.state = state  # the round is complete once its record is out
         if (stop_reason := _first(stop.after(record, state) for stop in stops)) is not None:
             result.stop_reason = stop_reason
-            return result
+            return
     result.stop_reason = reason
     if not any(not r.failed for r in result.records):
         result.final_metrics = evaluate_round(state, fleet, evaluator, federated_eval, policy.round_deadline)
-    return result
 
 
 def _first(reasons: Iterable[str | None]) -> str | None:

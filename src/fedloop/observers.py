@@ -4,7 +4,10 @@ here, the command line's progress display, later a dashboard. Each gets the run'
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+import torch
 
 from .report import plot_curves
 from .store import RunDir, save_checkpoint, save_model
@@ -39,11 +42,11 @@ class RunDirWriter(Observer):
         self.partition_json = partition_json
 
     def start(self, state: ServerState, resumed: bool) -> None:
+        if self.config_toml is not None:  # a resumed run's may hold more rounds
+            self.run.write_text("config.toml", self.config_toml)
         if resumed:
             self.run.start_records(after_round=state.round)
             return
-        if self.config_toml is not None:
-            self.run.write_text("config.toml", self.config_toml)
         if self.partition_json is not None:
             self.run.write_json("partition.json", self.partition_json)
         self.run.start_records()
@@ -59,15 +62,18 @@ class RunDirWriter(Observer):
 
 class Checkpointer(Observer):
     """The full server state in checkpoints/round_NNNN.safetensors: the initial state, every `every` completed
-    rounds, and the last."""
+    rounds, and the last; with `clients` (a simulation's client states, flat), those too."""
 
-    def __init__(self, run: RunDir, every: int, meta: dict[str, Any]):
+    def __init__(self, run: RunDir, every: int, meta: dict[str, Any],
+                 clients: Callable[[], dict[str, torch.Tensor]] | None = None):
         self.run = run
         self.every = every
         self.meta = meta
+        self.clients = clients
 
     def save(self, state: ServerState) -> None:
-        save_checkpoint(self.run.checkpoint_path(state.round), state, self.meta)
+        save_checkpoint(self.run.checkpoint_path(state.round), state, self.meta,
+                        self.clients() if self.clients is not None else None)
 
     def start(self, state: ServerState, resumed: bool) -> None:
         if not resumed:

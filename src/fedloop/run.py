@@ -15,14 +15,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import checks
-from .client import LossFn, evaluate
+from .client import LossFn, RoundStates, evaluate
 from .data.examples import Examples
 from .fleet import Fleet
 from .loop import RoundPolicy, run_loop
 from .observers import Checkpointer, Observer, RunDirWriter
 from .params import from_model, load_into
-from .stops import MaxRounds, Patience, StopCondition, TargetAccuracy
-from .store import RunDir, load_checkpoint
+from .stops import Diverged, MaxRounds, Patience, StopCondition, TargetAccuracy
+from .store import RunDir, load_checkpoint, load_client_states, prepare_run_dir
 from .strategies import Strategy
 from .types import ServerState
 
@@ -78,6 +78,8 @@ class RunOptions:
     """The run directory (None: write nothing)."""
     resume: bool = False
     """Continue the run in `out` from its latest checkpoint."""
+    overwrite: bool = False
+    """Clear a previous run from `out` first (without it, or resume, an `out` that holds a run is refused)."""
     observers: tuple[Observer, ...] = ()
     stops: tuple[StopCondition, ...] = ()
     """Stop conditions besides the rounds, target accuracy and patience."""
@@ -86,9 +88,11 @@ class RunOptions:
         checks.at_least(self, "rounds", 1)
         if self.resume and self.out is None:
             checks.fail(self, "resume", "resuming needs the run directory (out)")
+        if self.resume and self.overwrite:
+            checks.fail(self, "overwrite", "a run is either resumed or overwritten")
 
     def stop_conditions(self) -> list[StopCondition]:
-        stops: list[StopCondition] = [MaxRounds(self.rounds)]
+        stops: list[StopCondition] = [MaxRounds(self.rounds), Diverged()]
         if self.stop.target_accuracy is not None:
             stops.append(TargetAccuracy(self.stop.target_accuracy))
         if self.stop.patience is not None:
@@ -126,23 +130,39 @@ def train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, o
     up to that round); it ends with the same model as an uninterrupted run when the same clients reply.
     """
     t0 = time.perf_counter()
+    run_dir = None
+    if options.out is not None:
+        run_dir = RunDir(prepare_run_dir(options.out, resume=options.resume, overwrite=options.overwrite))
+    try:
+        return _train(fleet, model_fn, strategy, options, run_dir, t0, test, loss_fn, partition_json, model_meta,
+                      config_toml)
+    finally:
+        if run_dir is not None:
+            run_dir.release()
+
+
+def _train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, options: RunOptions,
+           run_dir: RunDir | None, t0: float, test: Examples | None, loss_fn: LossFn, partition_json: dict | None,
+           model_meta: dict[str, Any] | None, config_toml: str | None) -> RunResult:
     workspace = model_fn()
     evaluator = (lambda params: evaluate(workspace, params, test, loss_fn)) if test is not None and len(test) \
         else None
-    run_dir = RunDir(options.out) if options.out is not None else None
-    if run_dir is not None:
-        run_dir.acquire()
     meta = {"strategy": strategy.name, **(model_meta or {})}
+    client_states: RoundStates | None = getattr(fleet, "states", None)  # a simulation's; deployed clients keep theirs
     if options.resume:
         assert run_dir is not None  # RunOptions checks it
-        state, _ = load_checkpoint(run_dir.latest_checkpoint())
+        path = run_dir.latest_checkpoint()
+        state, _ = load_checkpoint(path)
+        if client_states is not None:
+            client_states.restore(load_client_states(path))
         log.info("resuming %s from round %d", run_dir.path, state.round)
     else:
         state = strategy.init(initial_params(model_fn, options.seed), options.seed)
     observers: list[Observer] = []
     if run_dir is not None:
         observers += [RunDirWriter(run_dir, meta, config_toml, partition_json),
-                      Checkpointer(run_dir, options.checkpoint.every, meta)]
+                      Checkpointer(run_dir, options.checkpoint.every, meta,
+                                   client_states.export if client_states is not None else None)]
     observers += options.observers
     for o in observers:
         o.start(state, options.resume)

@@ -4,10 +4,14 @@ completed round (on its record: a target metric, patience). Each returns the sto
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
 from .types import RoundRecord, ServerState
+
+log = logging.getLogger(__name__)
 
 
 class StopCondition(Protocol):
@@ -71,3 +75,18 @@ class Patience:
         else:
             self.stale += 1
         return "patience" if self.stale >= self.evaluations else None
+
+
+class Diverged:
+    """Stop when the clients' training loss or an evaluation loss is NaN or infinite."""
+
+    def before(self, state: ServerState) -> str | None:
+        return None
+
+    def after(self, record: RoundRecord, state: ServerState) -> str | None:
+        losses = [record.train_loss, record.metrics.get("loss"), record.metrics.get("fed_loss")]
+        if any(v is not None and not math.isfinite(v) for v in losses):
+            log.error("the run diverged in round %d: a loss is NaN or infinite (try a smaller learning rate)",
+                      record.round)
+            return "diverged"
+        return None

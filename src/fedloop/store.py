@@ -6,6 +6,7 @@ import fcntl
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,18 +16,30 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .types import RoundRecord, ServerState
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over `path`."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+UMASK = _umask()
+"""The process's umask, read once at import (reading it means setting it)."""
+
+
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write to a temporary file in the same directory, fsync, then rename over `path`. The file gets `mode`, or the
+    normal permissions of a new file (0666 less the umask)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~UMASK if mode is None else mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -83,13 +96,16 @@ CHECKPOINT_SECTIONS = (("params", "params"), ("opt", "opt_state"), ("extras", "e
 """Tensor name prefix in a checkpoint -> ServerState field."""
 
 
-def save_checkpoint(path: Path, state: ServerState, meta: Mapping[str, Any] | None = None) -> None:
-    """The whole server state in one safetensors file; tensor order and scalars live in its metadata."""
+def save_checkpoint(path: Path, state: ServerState, meta: Mapping[str, Any] | None = None,
+                    clients: Mapping[str, torch.Tensor] | None = None) -> None:
+    """The whole server state in one safetensors file; tensor order and scalars live in its metadata. A simulation
+    adds its clients' persistent states (`clients`), so that a resumed run continues them exactly."""
     tensors, order = {}, {}
     for prefix, attr in CHECKPOINT_SECTIONS:
         part = getattr(state, attr)
         tensors.update({f"{prefix}/{k}": v for k, v in part.items()})
         order[prefix] = list(part)
+    tensors.update({f"clients/{k}": v for k, v in (clients or {}).items()})
     metadata = {"format": "fedloop.server_state/2", "round": str(state.round), "seed": str(state.seed),
                 "order": json.dumps(order), "meta": json.dumps(dict(meta or {}))}
     _save_tensors(path, tensors, metadata)
@@ -124,6 +140,12 @@ def load_checkpoint(path: Path) -> tuple[ServerState, dict[str, Any]]:
     return state, json.loads(md.get("meta", "{}"))
 
 
+def load_client_states(path: Path) -> dict[str, torch.Tensor]:
+    """The clients' persistent states a simulation's checkpoint carries (empty when there are none)."""
+    tensors, _ = _read_safetensors(path)
+    return {k[len("clients/"):]: v for k, v in tensors.items() if k.startswith("clients/")}
+
+
 def save_model(path: Path, params: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> None:
     """The final model: plain named tensors (loadable by any safetensors reader) plus how to rebuild it."""
     _save_tensors(path, params, {"format": "fedloop.model/1", "order": json.dumps(list(params)),
@@ -135,6 +157,40 @@ def load_model_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     if md.get("format") != "fedloop.model/1":
         raise CheckpointError(f"{path}: not a fedloop model file")
     return {k: tensors[k] for k in json.loads(md["order"])}, json.loads(md.get("meta", "{}"))
+
+
+RUN_MARKERS = ("config.toml", "metrics.jsonl", "summary.json", "checkpoints", "run_id", ".lock")
+"""What only a fedloop run directory holds: --overwrite clears nothing else."""
+
+
+def prepare_run_dir(path: str | Path, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Make sure `path` can be this run's directory before anything runs, so no run mixes its files into another's
+    and no run fails late: a new run needs an empty or missing directory (or `overwrite`, which clears a previous
+    run's), a resumed one an existing run directory, and both a writable one."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path}: exists and is not a directory")
+    if path.resolve() in _HELD:
+        return path  # this process prepared it already and writes it
+    held = [p for p in path.iterdir() if p.name != ".lock"] if path.is_dir() else []
+    if resume:
+        if not held:
+            raise CheckpointError(f"{path}: no run to resume here")
+    elif held and not overwrite:
+        raise ConfigError(f"{path}: already holds a run; --resume continues it, --overwrite replaces it")
+    elif held:
+        if not any((path / m).exists() for m in RUN_MARKERS):
+            raise ConfigError(f"{path}: is not empty and is not a fedloop run directory; refusing to clear it")
+        RunDir(path).acquire()
+        for p in held:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write the run directory ({exc.strerror})") from None
+    RunDir(path).acquire()
+    return path
 
 
 _HELD: dict[Path, int] = {}
@@ -187,6 +243,12 @@ class RunDir:
         _HELD[key] = fd
         for tmp in [*self.path.glob(".*.tmp"), *self.path.glob("checkpoints/.*.tmp")]:
             tmp.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        """Stop being the directory's writer."""
+        fd = _HELD.pop(self.path.resolve(), None)
+        if fd is not None:
+            os.close(fd)
 
     def latest_checkpoint(self) -> Path:
         found = sorted(self.path.glob("checkpoints/round_*.safetensors"))

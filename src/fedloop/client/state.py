@@ -29,6 +29,12 @@ class StateStore(Protocol):
 
     def put(self, client_id: int, record: dict[str, torch.Tensor]) -> None: ...
 
+    def ids(self) -> list[int]:
+        """The clients that have a record."""
+        ...
+
+    def clear(self) -> None: ...
+
 
 class MemoryStates:
     """Records in a dict: only clients that have state take memory."""
@@ -41,6 +47,12 @@ class MemoryStates:
 
     def put(self, client_id: int, record: dict[str, torch.Tensor]) -> None:
         self._records[client_id] = record
+
+    def ids(self) -> list[int]:
+        return sorted(self._records)
+
+    def clear(self) -> None:
+        self._records.clear()
 
     def __len__(self) -> int:
         return len(self._records)
@@ -69,8 +81,15 @@ class DiskStates:
         tensors = {k: v.detach().contiguous() for k, v in record.items()}
         atomic_write_bytes(self.path(client_id), save(tensors))
 
+    def ids(self) -> list[int]:
+        return sorted(int(p.stem[len("client_"):]) for p in self.directory.glob("client_*.safetensors"))
+
+    def clear(self) -> None:
+        for p in self.directory.glob("client_*.safetensors"):
+            p.unlink()
+
     def __len__(self) -> int:
-        return sum(1 for _ in self.directory.glob("client_*.safetensors"))
+        return len(self.ids())
 
 
 class RoundStates:
@@ -96,6 +115,23 @@ class RoundStates:
         record.update({f"before/{k}": v for k, v in before.items()})
         record.update({f"after/{k}": v for k, v in after.items()})
         self.store.put(client_id, record)
+
+    def export(self) -> dict[str, torch.Tensor]:
+        """Every client's record as one flat mapping ("<client id>/<key>"), for a checkpoint."""
+        out = {}
+        for cid in self.store.ids():
+            out.update({f"{cid}/{k}": v for k, v in (self.store.get(cid) or {}).items()})
+        return out
+
+    def restore(self, flat: dict[str, torch.Tensor]) -> None:
+        """Replace every record with those of an export."""
+        records: dict[int, dict[str, torch.Tensor]] = {}
+        for key, v in flat.items():
+            client, name = key.split("/", 1)
+            records.setdefault(int(client), {})[name] = v
+        self.store.clear()
+        for cid, record in records.items():
+            self.store.put(cid, record)
 
     def latest(self, client_id: int) -> dict[str, torch.Tensor]:
         """The newest state of a client (after its last committed round)."""

@@ -64,8 +64,7 @@ def ca_dir(directory: str | Path) -> Path:
 
 
 def _private(path: Path, data: bytes) -> None:
-    atomic_write_bytes(path, data)
-    path.chmod(0o600)
+    atomic_write_bytes(path, data, mode=0o600)  # never readable by others, not even for a moment
 
 
 def make_certs(directory: str | Path, clients: list[str], hosts: list[str] | None = None) -> Path:

@@ -17,7 +17,7 @@ from ..data.examples import Examples
 from ..errors import TransportError
 from ..observers import Observer
 from ..run import CheckpointOptions, RunResult, train
-from ..store import RunDir, atomic_write_text
+from ..store import RunDir, atomic_write_text, prepare_run_dir
 from .auth import authenticator
 from .fleet import GrpcFleet
 from .server import StreamLimits, start_server
@@ -34,15 +34,14 @@ def client_settings(cfg: Config, spec: dict) -> str:
 
 def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: str | Path | None,
           allowlist: str | Path | None = None, insecure: bool = False, mutual_tls: bool = False,
-          address: str | None = None, resume: bool = False, on_listen: Callable[[int], None] | None = None,
-          observers: tuple[Observer, ...] = ()) -> RunResult:
+          address: str | None = None, resume: bool = False, overwrite: bool = False,
+          on_listen: Callable[[int], None] | None = None, observers: tuple[Observer, ...] = ()) -> RunResult:
     """Serve the run `cfg` describes in `out` (see the module docstring); clients authenticate by token (`tokens`,
     default DIR/tokens.txt of `cert_dir`) or, with `mutual_tls`, by a certificate on `allowlist` (default
     DIR/clients.txt)."""
     options = server_options(cfg)
     auth = authenticator(cert_dir, tokens, mutual_tls, allowlist)
-    run_dir = RunDir(out)
-    run_dir.acquire()
+    run_dir = RunDir(prepare_run_dir(out, resume=resume, overwrite=overwrite))
     if resume:
         run_dir.latest_checkpoint()  # no checkpoint: fail now, not after the clients joined
     data = load_data(cfg)
@@ -55,7 +54,7 @@ def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: 
         registry.unlink(missing_ok=True)  # the sample counts clients joined with belong to one run
     spool = Spool(run_dir.path / "spool", options.spool_bytes)
     fleet = GrpcFleet(auth, client_settings(cfg, spec), run_id, spool, options, registry)
-    failure = "the server stopped"
+    failure: str | None = "the server stopped"
     try:
         server = start_server(fleet, address or options.address, cert_dir=cert_dir, insecure=insecure,
                               mutual_tls=mutual_tls,
@@ -73,13 +72,18 @@ def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: 
                            test=Examples.all(data.x_test, data.y_test),
                            model_meta={"model": cfg.model.name, "spec": spec, "dataset": data.name},
                            config_toml=to_toml(cfg))
-            failure = ""
+            # an interrupted server tells its clients nothing: they keep reconnecting until it resumes
+            failure = {"diverged": "the run diverged", "interrupted": None}.get(result.stop_reason, "")
             return result
+        except KeyboardInterrupt:
+            failure = None
+            raise
         except BaseException as exc:
             failure = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             raise
         finally:
-            fleet.finish(drain=min(options.round_deadline or 30.0, 30.0), failure=failure or None)
+            if failure is not None:
+                fleet.finish(drain=min(options.round_deadline or 30.0, 30.0), failure=failure or None)
             server.stop(grace=5)
     finally:
         spool.remove()
