@@ -1,5 +1,6 @@
 """The command line, run as a real process: run, partition, report, and errors without tracebacks."""
 
+import argparse
 import json
 import os
 import re
@@ -186,3 +187,59 @@ def test_a_diverging_run_stops_with_a_clear_message_and_standard_json(tmp_path):
     assert summary["stop_reason"] == "diverged" and summary["rounds"] < 20
     for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.jsonl"))
+
+
+def test_without_a_terminal_each_round_is_one_plain_line_and_log_txt_has_them(tmp_path):
+    proc = fedloop_cli("run", "--out", str(tmp_path / "r"), *FAST)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("round ")]
+    assert [int(line.split(":")[0].split()[1]) for line in lines] == [1, 2, 3, 4]
+    assert re.fullmatch(r"round 2: 10 updates, 0 failures, train_loss \d\.\d{4}, loss \d\.\d{4}, accuracy \d\.\d{4}, "
+                        r"fed_loss \d\.\d{4}, fed_accuracy \d\.\d{4}, \d+\.\d\d s", lines[1]), lines[1]
+    log = (tmp_path / "r" / "log.txt").read_text()
+    assert "auto executor:" in log and all(line in log for line in lines)
+    assert proc.stdout.splitlines()[-1].startswith("rounds 4  stop rounds  accuracy ")
+    rep = fedloop_cli("report", str(tmp_path / "r"))
+    assert re.fullmatch(r"rounds 4  stop rounds  accuracy \d\.\d{4}  loss \d\.\d{4}  moved \d+\.\d MB",
+                        rep.stdout.splitlines()[-1])
+
+
+def test_in_a_terminal_the_live_bar_fits_80_columns_and_log_lines_stay_above_it(tmp_path):
+    import pty
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "80", "LINES": "24", "TERM": "xterm"}
+    proc = subprocess.Popen([sys.executable, "-m", "fedloop.cli", "run", "--out", str(tmp_path / "r"), *FAST],
+                            stdin=slave, stdout=slave, stderr=slave, env=env, close_fds=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(timeout=120) == 0
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode(errors="replace"))
+    lines = [line.rstrip() for part in screen.split("\n") for line in part.split("\r") if line.strip()]
+    bars = [line for line in lines if line.startswith("round ") and "━" in line]
+    logs = [line for line in lines if "fedloop.sim" in line or "auto executor" in line]
+    assert bars and logs and max(len(line) for line in bars + logs) <= 80, [line for line in lines if len(line) > 80]
+    assert bars and "acc" in bars[-1] and "round 4/4" in bars[-1]
+    assert any("auto executor:" in line and "━" not in line for line in lines)  # a log line on its own
+    assert not any(re.match(r"round \d+: ", line) for line in lines)  # the bar, not plain round lines
+
+
+def test_every_argument_has_help_and_there_is_a_version():
+    from fedloop.cli import build_parser
+
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"fedloop {name} {action.dest}"
+    proc = fedloop_cli("--version")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"fedloop {fedloop.__version__}"

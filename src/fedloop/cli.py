@@ -3,26 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
+from . import __version__
 from .config import Config, load_config
 from .errors import ConfigError, FedloopError
-from .observers import Observer
-from .types import RoundRecord, ServerState
+from .progress import ProgressBar, RoundLines, log_to, new_progress, setup_logging
 
 console = Console(stderr=True)
 
@@ -36,30 +27,6 @@ def _stdout() -> Console:
 def _default_out(cfg: Config) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg.data.name}-{cfg.strategy.name}-{stamp}"
-
-
-class ProgressBar(Observer):
-    """The live progress line of `fedloop run`: round, train loss, the latest test loss and accuracy, ETA."""
-
-    def __init__(self, progress: Progress, total: int):
-        self.progress = progress
-        self.bar = progress.add_task("rounds", total=total, status="")
-        self.latest: dict[str, float] = {}
-
-    def round(self, record: RoundRecord, state: ServerState) -> None:
-        self.latest.update({k: v for k, v in record.metrics.items() if k in ("accuracy", "loss")})
-        parts = [f"train_loss {record.train_loss:.4f}" if record.train_loss is not None else "no updates"]
-        parts += [f"{k} {v:.4f}" for k, v in self.latest.items()]
-        self.progress.update(self.bar, completed=state.round, status="  ".join(parts))
-
-
-class RoundLines(Observer):
-    """One printed line per round (the server's log)."""
-
-    def round(self, record: RoundRecord, state: ServerState) -> None:
-        status = " (failed; retried)" if record.failed else ""
-        print(f"round {record.round}: {record.updates} updates, {len(record.failures)} failures, "
-              f"{record.seconds:.2f} s{status}", flush=True)
 
 
 EXIT = {"interrupted": 130, "diverged": 1}
@@ -92,13 +59,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(config, args.set)
     out = Path(args.resume or args.out or _default_out(cfg))
     prepare_run_dir(out, resume=bool(args.resume), overwrite=args.overwrite)  # before any data is read
-    console.print(f"[bold]fedloop[/] {cfg.strategy.name} on {cfg.data.name}, model {cfg.model.name}, "
-                  f"{cfg.partition.num_clients} clients ({cfg.partition.scheme}), {cfg.rounds} rounds -> {out}")
-    columns = [TextColumn("round"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[status]}"),
-               TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    with Progress(*columns, console=console, disable=args.quiet) as progress:
-        result = run_config(cfg, out, (ProgressBar(progress, cfg.rounds),), resume=bool(args.resume),
-                            overwrite=args.overwrite)
+    live = console.is_terminal and not args.quiet
+    setup_logging(args.log_level, console, live, rounds=not args.quiet)
+    log_to(out)
+    print(f"fedloop {cfg.strategy.name} on {cfg.data.name}, model {cfg.model.name}, {cfg.partition.num_clients} "
+          f"clients ({cfg.partition.scheme}), {cfg.rounds} rounds -> {out}", file=sys.stderr)
+    with new_progress(console, live) as progress:
+        shown = (ProgressBar(progress, cfg.rounds), RoundLines()) if live else (RoundLines(),)
+        result = run_config(cfg, out, shown, resume=bool(args.resume), overwrite=args.overwrite)
     if args.table:
         _stdout().print(round_table(result.history))
     return _finished(result.summary, out)
@@ -130,24 +98,36 @@ def cmd_partition(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import plot_curves, round_table
+    import json
+
+    from .report import plot_curves, round_table, run_title, summary_line
     from .store import read_metrics
 
     run_dir = Path(args.run_dir)
     rows = read_metrics(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else None
+    title = ""
+    if (run_dir / "config.toml").is_file():
+        cfg = load_config(run_dir / "config.toml")
+        title = run_title({"dataset": cfg.data.name, "strategy": cfg.strategy.name, "model": cfg.model.name})
     _stdout().print(round_table(rows))
-    plot_curves(rows, run_dir / "curves.png")
+    plot_curves(rows, run_dir / "curves.png", title)
     print(f"curves -> {run_dir / 'curves.png'}")
+    print(summary_line(rows, summary))
     return 0
 
 
 def cmd_server(args: argparse.Namespace) -> int:
     from .net.serve import serve
+    from .store import prepare_run_dir
 
     if args.resume and (args.out or args.overwrite):
         raise ConfigError("--resume RUN_DIR continues that run: it takes no --out or --overwrite")
     cfg = load_config(args.config, args.set)
     out = Path(args.resume or args.out or _default_out(cfg))
+    prepare_run_dir(out, resume=args.resume is not None, overwrite=args.overwrite)
+    setup_logging(args.log_level, console, live=False)
+    log_to(out)
     result = serve(cfg, out, cert_dir=args.certs, tokens=args.tokens, allowlist=args.allowlist,
                    insecure=args.insecure, mutual_tls=args.mtls, address=args.address, resume=args.resume is not None,
                    overwrite=args.overwrite,
@@ -160,6 +140,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 def cmd_client(args: argparse.Namespace) -> int:
     from .net.client_process import run_client
 
+    setup_logging(args.log_level, console, live=False)
     answered = run_client(args.server, args.data, token_file=args.token_file, ca_cert=args.ca_cert, cert=args.cert,
                           key=args.key, insecure=args.insecure, state_dir=args.state_dir, expect_id=args.id,
                           give_up_after=args.give_up_after, threads=args.threads)
@@ -182,8 +163,13 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedloop", description="Federated learning: simulate, inspect, report.")
+    p = argparse.ArgumentParser(prog="fedloop", description="Federated learning: simulate, inspect, report, deploy.")
+    p.add_argument("--version", action="version", version=f"fedloop {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+
+    def log_level(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="how much fedloop logs (default: info)")
 
     def config_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("config", nargs="?", help="TOML config (default: the embedded digits job)")
@@ -197,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                          "is RUN_DIR/config.toml unless CONFIG is given; rounds may "
                                                          "grow)")
     run.add_argument("--overwrite", action="store_true", help="clear the run in --out first")
-    run.add_argument("--quiet", action="store_true", help="no live progress display")
+    run.add_argument("--quiet", action="store_true", help="no progress bar and no per-round lines (log.txt has them)")
+    log_level(run)
     run.add_argument("--table", action="store_true", help="print the round table at the end")
     run.set_defaults(func=cmd_run)
 
@@ -209,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     part.set_defaults(func=cmd_partition)
 
     rep = sub.add_parser("report", help="print a run's round table and redraw its plots")
-    rep.add_argument("run_dir")
+    rep.add_argument("run_dir", help="a run directory (fedloop run --out, fedloop server --out)")
     rep.set_defaults(func=cmd_report)
 
     srv = sub.add_parser("server", help="run the rounds for clients that connect over gRPC")
@@ -225,14 +212,15 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--insecure", action="store_true", help="plaintext, loopback only")
     srv.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
     srv.add_argument("--overwrite", action="store_true", help="clear the run in --out first")
+    log_level(srv)
     srv.set_defaults(func=cmd_server)
 
     cli = sub.add_parser("client", help="serve one client's local data to a fedloop server")
-    cli.add_argument("--server", required=True, metavar="HOST:PORT")
+    cli.add_argument("--server", required=True, metavar="HOST:PORT", help="the server's address")
     cli.add_argument("--data", required=True, metavar="PATH", help="this client's data, in the reader the "
                                                                      "server's config names (data.name)")
     cli.add_argument("--id", type=int, help="the client id this client expects its credential to carry")
-    cli.add_argument("--token-file", metavar="F")
+    cli.add_argument("--token-file", metavar="F", help="this client's token (client-N.token of `fedloop certs`)")
     cli.add_argument("--ca-cert", metavar="F", help="the CA that signed the server certificate (ca.pem)")
     cli.add_argument("--cert", metavar="F", help="client certificate (mutual TLS)")
     cli.add_argument("--key", metavar="F", help="client key (mutual TLS)")
@@ -243,10 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_argument("--threads", type=int, metavar="N",
                      help="PyTorch threads for local training (default: one per core). With several clients "
                           "on one machine use --threads 1: oversubscribed cores slow training by 10-100x")
+    log_level(cli)
     cli.set_defaults(func=cmd_client)
 
     cert = sub.add_parser("certs", help="create a development CA, server certificate and client credentials")
-    cert.add_argument("dir")
+    cert.add_argument("dir", help="where to write the credentials (the CA's key goes to DIR-ca)")
     cert.add_argument("--clients", type=int, default=10, help="credentials for clients 0..N-1")
     cert.add_argument("--host", action="append", default=[], help="extra server host name or IP (repeatable)")
     cert.add_argument("--add", nargs="+", metavar="ID", help="issue credentials for more clients with DIR's CA")
@@ -260,10 +249,8 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)  # a stop request cleans up like Ctrl-C: spool removed, clients told
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("fedloop.sim").setLevel(logging.INFO)  # the executor choice and any fallback
-    logging.getLogger("fedloop.net").setLevel(logging.INFO)  # joins, rejected uploads, reconnects
+    signal.signal(signal.SIGTERM, _interrupt)  # a stop request ends a run like Ctrl-C: its files written
+    setup_logging(getattr(args, "log_level", "info"), console, live=False)
     try:
         return args.func(args)
     except FedloopError as exc:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .report import plot_curves
+from .report import plot_curves, run_title
 from .store import RunDir, save_checkpoint, save_model
 from .types import RoundRecord, ServerState
 
@@ -57,7 +57,7 @@ class RunDirWriter(Observer):
     def end(self, result: RunResult) -> None:
         save_model(self.run.path / "model.safetensors", result.state.params, self.meta)
         self.run.write_json("summary.json", result.summary)
-        plot_curves(self.run.records, self.run.path / "curves.png")
+        plot_curves(self.run.records, self.run.path / "curves.png", run_title(self.meta))
 
 
 class Checkpointer(Observer):
