@@ -528,3 +528,82 @@ def test_a_client_answers_several_open_tasks_in_turn_over_grpc(site, tmp_path):
     finally:
         fleet.finish()
         server.stop(grace=1)
+
+
+def test_a_stopped_server_leaves_its_clients_waiting_and_resumes_to_the_uninterrupted_model(site, tmp_path):
+    """SIGTERM (or Ctrl-C) on the server: it writes its files and stops without telling the clients the run is
+    over; they keep reconnecting, and the resumed server ends with the simulator's model."""
+    root, data = site
+    config = write_config(root, "pause", deadline=30)
+    address = f"127.0.0.1:{free_port()}"
+    server, _ = start_server(root, config, tmp_path / "run", "--address", address)
+    port = int(address.rsplit(":", 1)[1])
+    clients = [start_client(root, port, c) for c in range(len(SIZES))]
+    seen: list[str] = []
+    wait_for_line(server, "round 1:", seen)
+    server.send_signal(signal.SIGTERM)
+    out, _ = server.communicate(timeout=60)
+    assert server.returncode == 130 and "stop interrupted" in out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stop_reason"] == "interrupted"
+    time.sleep(2)
+    assert all(c.poll() is None for c in clients)  # still waiting for the server to come back
+    changed = subprocess.run(cli("server", str(config), "--resume", str(tmp_path / "run"), "--certs",
+                                 str(root / "certs"), "--address", address, "--set", "client.lr=0.5"),
+                             capture_output=True, text=True, timeout=60)
+    assert changed.returncode == 2 and "client.lr differ from its config.toml" in changed.stderr
+    resumed = subprocess.Popen(cli("server", str(config), "--resume", str(tmp_path / "run"), "--certs",
+                                   str(root / "certs"), "--address", address),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert "rounds 3" in finish(resumed)
+    for c in clients:
+        assert "the run is over" in finish(c)
+    final = load_file(tmp_path / "run" / "model.safetensors")
+    expected = simulated_params(data, config, 3)
+    assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_a_client_whose_data_the_model_cannot_take_is_refused_at_join(site, tmp_path):
+    root, _ = site
+    np.savez(tmp_path / "wide.npz", x_train=np.zeros((9, 7), np.float32), y_train=np.zeros(9, np.int64),
+             x_test=np.zeros((2, 7), np.float32), y_test=np.zeros(2, np.int64))
+    np.savez(tmp_path / "labels.npz", x_train=np.zeros((9, 6), np.float32), y_train=np.arange(9),
+             x_test=np.zeros((2, 6), np.float32), y_test=np.zeros(2, np.int64))
+    server, port = start_server(root, write_config(root, "shapes", min_clients=1), tmp_path / "run")
+    certs = root / "certs"
+    for data, needle in ((tmp_path / "wide.npz", "the client's examples have shape (7,); the model takes (6,)"),
+                         (tmp_path / "labels.npz", "the client's labels go up to 8; the model has 3 classes")):
+        proc = subprocess.run(cli("client", "--server", f"127.0.0.1:{port}", "--data", str(data), "--token-file",
+                                  str(certs / "client-0.token"), "--ca-cert", str(certs / "ca.pem")),
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    server.kill()
+    server.wait()
+
+
+def test_a_client_says_when_it_cannot_reach_the_server_and_gives_up_on_time(site):
+    root, _ = site
+    certs = root / "certs"
+    start = time.monotonic()
+    proc = subprocess.run(cli("client", "--server", f"127.0.0.1:{free_port()}", "--data", str(root / "client0.npz"),
+                              "--token-file", str(certs / "client-0.token"), "--ca-cert", str(certs / "ca.pem"),
+                              "--give-up-after", "3"), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "cannot reach the server" in proc.stderr
+    assert "no successful call for 3 s" in proc.stderr and time.monotonic() - start < 3 + 4  # interpreter start
+    proc = subprocess.run(cli("client", "--server", "localhost", "--data", str(root / "client0.npz"), "--insecure"),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--server 'localhost': expected HOST:PORT" in proc.stderr
+
+
+def test_certs_are_not_overwritten_by_accident(tmp_path):
+    make_certs(tmp_path / "c", ["0"])
+    assert (tmp_path / "c" / ".gitignore").read_text().endswith("*\n") and (tmp_path / "c-ca" / ".gitignore").exists()
+    again = subprocess.run(cli("certs", str(tmp_path / "c"), "--clients", "2"), capture_output=True, text=True,
+                           timeout=60)
+    assert again.returncode == 2 and "ca.pem: already exists" in again.stderr
+    none = subprocess.run(cli("certs", str(tmp_path / "d"), "--clients", "0"), capture_output=True, text=True,
+                          timeout=60)
+    assert none.returncode == 2 and "--clients must be at least 1" in none.stderr
+    forced = subprocess.run(cli("certs", str(tmp_path / "c"), "--clients", "2", "--force"), capture_output=True,
+                            text=True, timeout=60)
+    assert forced.returncode == 0 and len((tmp_path / "c" / "tokens.txt").read_text().splitlines()) == 2

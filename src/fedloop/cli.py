@@ -156,7 +156,7 @@ def cmd_certs(args: argparse.Namespace) -> int:
         print(f"issued credentials for clients {', '.join(args.add)}; appended to tokens.txt and clients.txt in "
               f"{args.dir}")
         return 0
-    out = make_certs(args.dir, [str(i) for i in range(args.clients)], args.host)
+    out = make_certs(args.dir, [str(i) for i in range(args.clients)], args.host, force=args.force)
     print(f"wrote ca.pem, server.pem/.key, client-<id>.pem/.key/.token for clients 0..{args.clients - 1}, "
           f"tokens.txt and clients.txt -> {out}; the CA's private key -> {ca_dir(out)} (keep it off the server)")
     return 0
@@ -239,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     cert.add_argument("--clients", type=int, default=10, help="credentials for clients 0..N-1")
     cert.add_argument("--host", action="append", default=[], help="extra server host name or IP (repeatable)")
     cert.add_argument("--add", nargs="+", metavar="ID", help="issue credentials for more clients with DIR's CA")
+    cert.add_argument("--force", action="store_true", help="replace an existing CA and tokens (revokes them all)")
     cert.set_defaults(func=cmd_certs)
     return p
 

@@ -67,17 +67,28 @@ def _private(path: Path, data: bytes) -> None:
     atomic_write_bytes(path, data, mode=0o600)  # never readable by others, not even for a moment
 
 
-def make_certs(directory: str | Path, clients: list[str], hosts: list[str] | None = None) -> Path:
+def make_certs(directory: str | Path, clients: list[str], hosts: list[str] | None = None,
+               force: bool = False) -> Path:
     """Write ca.pem, server.pem/server.key, client-<id>.pem/.key/.token, tokens.txt ("<id> <token>" lines) and
-    clients.txt ("<id> <certificate fingerprint>" lines) to `directory`, and the CA's key to its -ca sibling."""
+    clients.txt ("<id> <certificate fingerprint>" lines) to `directory`, and the CA's key to its -ca sibling. An
+    existing CA or token file is only replaced with `force` (replacing it revokes every credential it issued). Both
+    directories get a .gitignore that keeps their keys and tokens out of a repository."""
     out = Path(directory)
+    if not clients:
+        raise ConfigError("--clients must be at least 1")
+    existing = [p for p in (out / "ca.pem", out / "tokens.txt", ca_dir(out) / "ca.key") if p.exists()]
+    if existing and not force:
+        raise ConfigError(f"{existing[0]}: already exists; replacing it revokes every credential it issued "
+                          f"(--force replaces it, --add issues more clients)")
     out.mkdir(parents=True, exist_ok=True)
+    ca_dir(out).mkdir(mode=0o700, exist_ok=True)
+    for d in (out, ca_dir(out)):
+        atomic_write_text(d / ".gitignore", "# private keys and tokens of `fedloop certs`: never commit them\n*\n")
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("fedloop development CA")
     ca_cert = _issue("fedloop development CA", ca_key, ca_key, ca_name, ca=True)
     pem = serialization.Encoding.PEM
     atomic_write_bytes(out / "ca.pem", ca_cert.public_bytes(pem))
-    ca_dir(out).mkdir(mode=0o700, exist_ok=True)
     _private(ca_dir(out) / "ca.key", _key_pem(ca_key))
     server_key = ec.generate_private_key(ec.SECP256R1())
     server = _issue("fedloop server", server_key, ca_key, ca_name,

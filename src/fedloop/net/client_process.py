@@ -114,6 +114,9 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
         if threads < 1:
             raise ConfigError(f"--threads {threads}: expected at least 1")
         torch.set_num_threads(threads)
+    host, _, port = server.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--server {server!r}: expected HOST:PORT")
     channel = open_channel(server, ca_cert=ca_cert, cert=cert, key=key, insecure=insecure)
     stub = pb_grpc.FederationStub(channel)
     token = _read(token_file, "token")
@@ -122,10 +125,17 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
     states, run = RoundStates(MemoryStates()), ""
     after, answered, backoff = 0, 0, 1.0
     last_contact = time.monotonic()
+    connected = False
+
+    def left() -> float:
+        """Seconds before the client gives up: every wait and call is cut to it."""
+        return max(0.1, give_up_after - (time.monotonic() - last_contact))
+
     while True:
         try:
             if app is None:
-                hello = stub.Hello(pb.HelloRequest(), metadata=meta, timeout=30)
+                hello = stub.Hello(pb.HelloRequest(), metadata=meta, timeout=min(30.0, left()))
+                connected = True
                 if hello.protocol != PROTOCOL:
                     raise TransportError(f"{server} speaks fedloop protocol {hello.protocol}; this client speaks "
                                          f"{PROTOCOL}: install the server's fedloop version")
@@ -137,8 +147,7 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
                     states = RoundStates(MemoryStates())
                 run = hello.run
                 app = build_app(json.loads(hello.settings_json), int(hello.client_id), data_path, states)
-                joined = stub.Join(pb.JoinRequest(num_examples=len(app.train), num_test=len(app.test or [])),
-                                   metadata=meta, timeout=30)
+                joined = stub.Join(join_request(app), metadata=meta, timeout=min(30.0, left()))
                 after = 0  # task numbers belong to one server process
                 log.info("joined run %s as client %d", joined.run, app.client_id)
             stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=POLL_SECONDS + 60)
@@ -163,10 +172,19 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
                 log.warning("the server does not know this client (%s); joining again", exc.details())
                 app = None
                 continue
-            if time.monotonic() - last_contact > give_up_after:
-                raise TransportError(f"{server}: no successful call for {give_up_after:.0f} s; last error "
-                                     f"{code.name}: {exc.details()}") from None
-            log.warning("lost the server (%s: %s); retrying in %.0f s", code.name, exc.details(), backoff)
-            time.sleep(backoff)
+            what = "lost the server" if connected else "cannot reach the server"
+            if time.monotonic() - last_contact >= give_up_after - 0.05:
+                raise TransportError(f"{server}: {what}; no successful call for {give_up_after:.0f} s (last error "
+                                     f"{code.name}: {exc.details()})") from None
+            wait = min(backoff, left())
+            log.warning("%s %s (%s: %s); retrying in %.0f s", what, server, code.name, exc.details(), wait)
+            time.sleep(wait)
             backoff = min(max_backoff, backoff * 2)
 
+
+def join_request(app: ClientApp) -> pb.JoinRequest:
+    """A client's counts, and what its data look like, so the server can refuse data its model cannot take."""
+    labels = app.train.labels()
+    classes = int(labels.max()) + 1 if len(labels) and not labels.is_floating_point() else 0
+    return pb.JoinRequest(num_examples=len(app.train), num_test=len(app.test or []),
+                          input_shape=list(app.train.x.shape[1:]), num_classes=classes)

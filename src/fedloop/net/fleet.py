@@ -63,8 +63,10 @@ class GrpcFleet:
     capabilities = frozenset({STAGES, CONCURRENT})
 
     def __init__(self, auth: Authenticator, settings_json: str, run_id: str, spool: Spool,
-                 options: ServerOptions | None = None, registry: Path | None = None):
+                 options: ServerOptions | None = None, registry: Path | None = None, spec: dict | None = None):
         self.auth = auth
+        self.spec = spec or {}
+        """What the model takes: input_shape and num_classes, checked against a joining client's data."""
         self.settings_json = settings_json
         self.run_id = run_id
         self.options = options or ServerOptions()
@@ -213,12 +215,20 @@ class GrpcFleet:
                 self._cond.wait(min(left, 0.5))  # "recent" also changes with time, not only on notify
 
     # --- called by the gRPC handlers, on the event loop ---
-    def join(self, client_id: int, num_examples: int, num_test: int) -> str | None:
+    def join(self, client_id: int, num_examples: int, num_test: int, input_shape: Sequence[int] = (),
+             num_classes: int = 0) -> str | None:
         """Register a client with its sample counts; why it is refused, or None. A client's counts are fixed at its
-        first join (kept in the run directory across server restarts) and capped by max_examples."""
+        first join (kept in the run directory across server restarts) and capped by max_examples; data whose
+        examples or labels the model cannot take are refused."""
         cap = self.options.max_examples
         if not 1 <= num_examples <= cap or not 0 <= num_test <= cap:
             return f"sample counts must be 1..{cap} (train) and 0..{cap} (test), not {num_examples} and {num_test}"
+        expected = tuple(self.spec.get("input_shape") or ())
+        if input_shape and expected and tuple(input_shape) != expected:
+            return f"the client's examples have shape {tuple(input_shape)}; the model takes {expected}"
+        classes = int(self.spec.get("num_classes") or 0)
+        if num_classes and classes and num_classes > classes:
+            return f"the client's labels go up to {num_classes - 1}; the model has {classes} classes"
         with self._cond:
             first = self._counts.setdefault(client_id, (num_examples, num_test))
             if first != (num_examples, num_test):

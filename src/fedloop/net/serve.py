@@ -12,9 +12,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..build import load_data, model_fn_from_config, round_policy, run_options, server_options, strategy_from_config
-from ..config import Config, to_toml
+from ..config import COMPUTATION, Config, differences, load_config, to_toml
 from ..data.examples import Examples
-from ..errors import TransportError
+from ..errors import ConfigError, TransportError
 from ..observers import Observer
 from ..run import CheckpointOptions, RunResult, train
 from ..store import RunDir, atomic_write_text, prepare_run_dir
@@ -22,6 +22,9 @@ from .auth import authenticator
 from .fleet import GrpcFleet
 from .server import StreamLimits, start_server
 from .spool import Spool
+
+DEPLOYED = tuple(k for k in COMPUTATION if not k.startswith("sim.")) + ("server.max_update_norm",)
+"""What a resumed server must keep: the computation (simulation settings aside) and its update bound."""
 
 
 def client_settings(cfg: Config, spec: dict) -> str:
@@ -44,6 +47,9 @@ def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: 
     run_dir = RunDir(prepare_run_dir(out, resume=resume, overwrite=overwrite))
     if resume:
         run_dir.latest_checkpoint()  # no checkpoint: fail now, not after the clients joined
+        if changed := differences(cfg, load_config(run_dir.path / "config.toml"), DEPLOYED):
+            raise ConfigError(f"{out}: cannot resume with a config that changes the computation: "
+                              f"{', '.join(changed)} differ from its config.toml")
     data = load_data(cfg)
     spec = data.spec()
     model_fn = model_fn_from_config(cfg, spec)
@@ -53,7 +59,7 @@ def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: 
     if not resume:
         registry.unlink(missing_ok=True)  # the sample counts clients joined with belong to one run
     spool = Spool(run_dir.path / "spool", options.spool_bytes)
-    fleet = GrpcFleet(auth, client_settings(cfg, spec), run_id, spool, options, registry)
+    fleet = GrpcFleet(auth, client_settings(cfg, spec), run_id, spool, options, registry, spec)
     failure: str | None = "the server stopped"
     try:
         server = start_server(fleet, address or options.address, cert_dir=cert_dir, insecure=insecure,
