@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import blobs
 from safetensors.torch import load_file
-from test_net import CONFIG, SIZES, cli, finish, served_tasks, start_client, start_server, wait_for_line
+from test_net import CONFIG, SIZES, cli, finish, mlp_digest, served_tasks, start_client, start_server, wait_for_line
 
 from fedloop.net import fedloop_pb2 as pb
 from fedloop.net import fedloop_pb2_grpc as pb_grpc
@@ -69,9 +69,11 @@ class Raw:
         self.stub = pb_grpc.FederationStub(self.channel)
         self.meta = [("authorization", f"Bearer {(root / 'certs' / f'client-{cid}.token').read_text().strip()}")]
         self.cid = cid
+        self.digest = mlp_digest(root)
 
     def join(self, n: int = SIZES[0], test: int = 10) -> pb.JoinReply:
-        return self.stub.Join(pb.JoinRequest(num_examples=n, num_test=test), metadata=self.meta, timeout=30)
+        return self.stub.Join(pb.JoinRequest(num_examples=n, num_test=test, model_digest=self.digest),
+                              metadata=self.meta, timeout=30)
 
     def tasks(self):
         return served_tasks(self.stub, self.meta)
@@ -524,7 +526,7 @@ def test_11_a_client_learns_only_what_it_needs(site, tmp_path):
     hello = Raw(site, port, 0).stub.Hello(pb.HelloRequest(), metadata=Raw(site, port, 0).meta, timeout=30)
     settings = json.loads(hello.settings_json)
     assert str(site) not in hello.settings_json
-    assert set(settings["config"]) == {"seed", "data", "model", "strategy", "client", "transforms"}
+    assert set(settings["config"]) == {"seed", "data", "model", "app", "strategy", "client", "transforms"}
     assert set(settings["config"]["data"]) == {"name", "test_fraction", "split", "label_column"}
     with pytest.raises(grpc.RpcError, match="unknown or revoked client token"):
         pb_grpc.FederationStub(Raw(site, port, 0).channel).Hello(

@@ -92,6 +92,14 @@ def test_unknown_dataset_name_lists_the_allowed_ones():
         load_dataset("imagenet")
 
 
+@pytest.mark.parametrize("name", ["digits", "synthetic"])
+def test_a_built_in_dataset_given_a_file_says_it_reads_none(name, tmp_path):
+    """A client's --data file must never be silently replaced by the embedded data."""
+    with pytest.raises(DataError, match=rf"mine.npz: dataset '{name}' is built in and reads no file; set data.name "
+                                        r"to the reader of this file \(mnist, .*npz, csv\)"):
+        load_dataset(name, tmp_path / "mine.npz")
+
+
 def test_bad_gzip_is_reported(tmp_path):
     mnist_dir(tmp_path, gz=True)
     (tmp_path / "train-labels-idx1-ubyte.gz").write_bytes(b"not gzip at all")

@@ -16,7 +16,8 @@ import torch
 from conftest import blobs, options
 from safetensors.torch import load_file
 
-from fedloop import FedAvg, Sampler, Scaffold, SimOptions, simulate
+from fedloop import FedAvg, Sampler, Scaffold, SimOptions, load_dataset, simulate
+from fedloop.app import model_digest
 from fedloop.build import strategy_from_config
 from fedloop.config import load_config
 from fedloop.data.examples import Dataset
@@ -158,6 +159,11 @@ def _stub(root: Path, port: int, c: int):
     return pb_grpc.FederationStub(channel), [("authorization", f"Bearer {token}")]
 
 
+def mlp_digest(root: Path) -> str:
+    """The digest of the server's model, which a client sends at join (a hostile one can copy it)."""
+    return model_digest(model_factory("mlp", load_dataset("npz", root / "server.npz").spec()))
+
+
 def served_tasks(stub, meta, raw=False):
     """A client's tasks as (header, tensors) (or the raw bytes), polled like the real client does, until the server
     says done."""
@@ -185,7 +191,8 @@ def test_malformed_uploads_are_rejected_with_their_reason_and_the_round_goes_on(
     root, _ = site
     server, port = start_server(root, write_config(root, "bad", min_clients=1, deadline=20), tmp_path / "run")
     stub, meta = _stub(root, port, 0)
-    stub.Join(pb.JoinRequest(num_examples=SIZES[0], num_test=10), metadata=meta, timeout=30)
+    stub.Join(pb.JoinRequest(num_examples=SIZES[0], num_test=10, model_digest=mlp_digest(root)), metadata=meta,
+              timeout=30)
     tasks = served_tasks(stub, meta)
 
     def next_fit():
@@ -401,7 +408,8 @@ def test_scaffold_clients_keep_their_control_variates_across_a_retried_round_and
     stub, meta = _stub(root, port, 2)
     hello = stub.Hello(pb.HelloRequest(), metadata=meta, timeout=30)
     app = build_app(json.loads(hello.settings_json), 2, str(root / "client2.npz"))
-    stub.Join(pb.JoinRequest(num_examples=len(app.train)), metadata=meta, timeout=30)
+    stub.Join(pb.JoinRequest(num_examples=len(app.train), model_digest=model_digest(app.model_fn)), metadata=meta,
+              timeout=30)
     seen: list[str] = []
     for fits, (header, raw) in enumerate(served_tasks(stub, meta, raw=True), 1):
         if fits == 1:  # round 1, first attempt: a failure, so the round is retried

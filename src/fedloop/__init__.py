@@ -11,6 +11,7 @@ The Python API in a few names:
 """
 
 from .aggregators import WeightedMean
+from .app import App
 from .client import ClientApp, FullGradient, LocalSGD, SGDProgram, Trained
 from .config import Config, load_config
 from .data import Dataset, Examples, Partition, load_dataset, make_partition
@@ -41,11 +42,11 @@ from .transforms import Clip, Transform
 __version__ = "0.1.0"
 
 __all__ = [
-    "SGD", "Adagrad", "Adam", "AggregationError", "ChaosFleet", "CheckpointError", "CheckpointOptions", "ClientApp",
-    "Clip", "Config", "ConfigError", "DataError", "Dataset", "EvalOptions", "Examples", "FedAdagrad", "FedAdam",
-    "FedAvg", "FedAvgM", "FedProx", "FedSGD", "FedYogi", "FedloopError", "FullGradient", "LocalFleet", "LocalSGD",
-    "MockFleet", "Observer", "Partition", "PowerOfChoice", "RoundPolicy", "RunOptions", "RunResult", "SGDProgram",
-    "Sampler", "Scaffold", "SimOptions", "StopOptions", "Strategy", "Trained", "Transform", "TransportError",
-    "WeightedMean", "Yogi", "build_model", "gaussian_population", "load_config", "load_dataset", "load_model",
-    "make_fleet", "make_partition", "make_strategy", "run_config", "simulate",
+    "SGD", "Adagrad", "Adam", "AggregationError", "App", "ChaosFleet", "CheckpointError", "CheckpointOptions",
+    "ClientApp", "Clip", "Config", "ConfigError", "DataError", "Dataset", "EvalOptions", "Examples", "FedAdagrad",
+    "FedAdam", "FedAvg", "FedAvgM", "FedProx", "FedSGD", "FedYogi", "FedloopError", "FullGradient", "LocalFleet",
+    "LocalSGD", "MockFleet", "Observer", "Partition", "PowerOfChoice", "RoundPolicy", "RunOptions", "RunResult",
+    "SGDProgram", "Sampler", "Scaffold", "SimOptions", "StopOptions", "Strategy", "Trained", "Transform",
+    "TransportError", "WeightedMean", "Yogi", "build_model", "gaussian_population", "load_config", "load_dataset",
+    "load_model", "make_fleet", "make_partition", "make_strategy", "run_config", "simulate",
 ]

@@ -9,14 +9,16 @@ from collections.abc import Callable
 from typing import Any
 
 from torch import nn
+from torch.nn import functional as F
 
 from .aggregators import AGGREGATORS
-from .client import LocalSGD
+from .app import App, load_app
+from .client import LocalSGD, LossFn
 from .config import OWN_FIELDS, AggregatorSection, Config, ServerOptSection, default_of
 from .data.examples import Dataset
 from .data.partition import Partition, make_partition
 from .data.registry import load_dataset
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 from .loop import RoundPolicy
 from .models import model_factory
 from .net.options import ServerOptions
@@ -129,11 +131,37 @@ def resolve(cfg: Config, source: str) -> Config:
         "aggregator": AggregatorSection(name=strategy.aggregator.name, **_asdict(strategy.aggregator))})
 
 
+def app_from_config(cfg: Config) -> App | None:
+    """The user's App the config names ([app] ref), imported once."""
+    return load_app(cfg.app.ref) if cfg.app.ref else None
+
+
 def load_data(cfg: Config) -> Dataset:
+    """The config's dataset: read by the App's load_data from data.path when the App has one, else by the reader
+    data.name names."""
+    app = app_from_config(cfg)
     d = cfg.data
+    if app is not None and app.load_data is not None:
+        if d.path is None:
+            raise ConfigError(f"data.path: app {cfg.app.ref!r} reads its data from a path; set data.path")
+        return read_with(app, d.path)
     return load_dataset(d.name, d.path, seed=cfg.seed, test_fraction=d.test_fraction, split=d.split,
                         label_column=d.label_column, test_path=d.test_path, alpha=d.alpha, beta=d.beta,
                         num_users=d.num_users)
+
+
+def read_with(app: App, path: str) -> Dataset:
+    """The App's data at `path`; a DataError naming the path when its reader fails."""
+    assert app.load_data is not None
+    try:
+        data = app.load_data(path)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the user's reader failed: say where and why
+        raise DataError(f"{path}: the app's load_data failed ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, Dataset):
+        raise DataError(f"{path}: the app's load_data returned a {type(data).__name__}, not a fedloop.Dataset")
+    return data
 
 
 def partition_from_config(cfg: Config, data: Dataset) -> Partition:
@@ -143,4 +171,19 @@ def partition_from_config(cfg: Config, data: Dataset) -> Partition:
 
 
 def model_fn_from_config(cfg: Config, spec: dict) -> Callable[[], nn.Module]:
-    return model_factory(cfg.model.name, spec)
+    """The App's model factory, or the zoo model [model] names for data of this spec."""
+    app = app_from_config(cfg)
+    return app.model_fn if app is not None else model_factory(cfg.model.name, spec)
+
+
+def loss_from_config(cfg: Config) -> LossFn:
+    app = app_from_config(cfg)
+    return app.loss_fn if app is not None else F.cross_entropy
+
+
+def model_meta(cfg: Config, spec: dict, dataset: str) -> dict:
+    """How model.safetensors can be rebuilt: the zoo model and its data's spec (an App's model is the user's: its
+    file says so, and load_model then needs its model_fn)."""
+    if cfg.app.ref:
+        return {"app": cfg.app.ref, "dataset": dataset}
+    return {"model": cfg.model.name, "spec": spec, "dataset": dataset}

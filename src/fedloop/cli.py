@@ -29,6 +29,11 @@ def _default_out(cfg: Config) -> Path:
     return Path("runs") / f"{cfg.data.name}-{cfg.strategy.name}-{stamp}"
 
 
+def _sets(args: argparse.Namespace) -> list[str]:
+    """--set overrides, with --app REF as app.ref=REF."""
+    return [*args.set, f"app.ref={args.app}"] if args.app else list(args.set)
+
+
 EXIT = {"interrupted": 130, "diverged": 1}
 """Exit codes of runs that ended with their files written but did not finish: stop reason -> code."""
 
@@ -56,14 +61,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.resume and (args.out or args.overwrite):
         raise ConfigError("--resume RUN_DIR continues that run: it takes no --out or --overwrite")
     config = args.config or (Path(args.resume) / "config.toml" if args.resume else None)
-    cfg = load_config(config, args.set)
+    cfg = load_config(config, _sets(args))
     out = Path(args.resume or args.out or _default_out(cfg))
     prepare_run_dir(out, resume=bool(args.resume), overwrite=args.overwrite)  # before any data is read
     live = console.is_terminal and not args.quiet
     setup_logging(args.log_level, console, live, rounds=not args.quiet)
     log_to(out)
-    print(f"fedloop {cfg.strategy.name} on {cfg.data.name}, model {cfg.model.name}, {cfg.partition.num_clients} "
-          f"clients ({cfg.partition.scheme}), {cfg.rounds} rounds -> {out}", file=sys.stderr)
+    source = cfg.data.path or cfg.data.name if cfg.app.ref else cfg.data.name
+    print(f"fedloop {cfg.strategy.name} on {source}, model {cfg.app.ref or cfg.model.name}, "
+          f"{cfg.partition.num_clients} clients ({cfg.partition.scheme}), {cfg.rounds} rounds -> {out}",
+          file=sys.stderr)
     with new_progress(console, live) as progress:
         shown = (ProgressBar(progress, cfg.rounds), RoundLines()) if live else (RoundLines(),)
         result = run_config(cfg, out, shown, resume=bool(args.resume), overwrite=args.overwrite)
@@ -81,7 +88,7 @@ def cmd_partition(args: argparse.Namespace) -> int:
     from .data.partition import label_counts
     from .report import partition_table, plot_partition
 
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, _sets(args))
     data = load_data(cfg)
     part = partition_from_config(cfg, data)
     counts = label_counts(data.y_train.numpy(), part.train, data.num_classes)
@@ -109,7 +116,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     title = ""
     if (run_dir / "config.toml").is_file():
         cfg = load_config(run_dir / "config.toml")
-        title = run_title({"dataset": cfg.data.name, "strategy": cfg.strategy.name, "model": cfg.model.name})
+        title = run_title({"dataset": cfg.data.name, "strategy": cfg.strategy.name,
+                           "model": cfg.app.ref or cfg.model.name})
     _stdout().print(round_table(rows))
     plot_curves(rows, run_dir / "curves.png", title)
     print(f"curves -> {run_dir / 'curves.png'}")
@@ -123,7 +131,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     if args.resume and (args.out or args.overwrite):
         raise ConfigError("--resume RUN_DIR continues that run: it takes no --out or --overwrite")
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, _sets(args))
     out = Path(args.resume or args.out or _default_out(cfg))
     prepare_run_dir(out, resume=args.resume is not None, overwrite=args.overwrite)
     setup_logging(args.log_level, console, live=False)
@@ -143,7 +151,7 @@ def cmd_client(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, console, live=False)
     answered = run_client(args.server, args.data, token_file=args.token_file, ca_cert=args.ca_cert, cert=args.cert,
                           key=args.key, insecure=args.insecure, state_dir=args.state_dir, expect_id=args.id,
-                          give_up_after=args.give_up_after, threads=args.threads)
+                          give_up_after=args.give_up_after, threads=args.threads, app_ref=args.app)
     print(f"the run is over; answered {answered} tasks", flush=True)
     return 0
 
@@ -175,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("config", nargs="?", help="TOML config (default: the embedded digits job)")
         sp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (repeatable)")
+        sp.add_argument("--app", metavar="REF", help="your own model, loss and data reader: 'file.py:name' or "
+                                                     "'package.module:name' naming a fedloop.App (= --set app.ref=REF)")
 
     run = sub.add_parser("run", help="run a federated simulation")
     config_args(run)
@@ -219,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_argument("--server", required=True, metavar="HOST:PORT", help="the server's address")
     cli.add_argument("--data", required=True, metavar="PATH", help="this client's data, in the reader the "
                                                                      "server's config names (data.name)")
+    cli.add_argument("--app", metavar="REF", help="this client's copy of the server's App ('file.py:name' or "
+                                                  "'package.module:name'; default: the server's [app] ref)")
     cli.add_argument("--id", type=int, help="the client id this client expects its credential to carry")
     cli.add_argument("--token-file", metavar="F", help="this client's token (client-N.token of `fedloop certs`)")
     cli.add_argument("--ca-cert", metavar="F", help="the CA that signed the server certificate (ca.pem)")

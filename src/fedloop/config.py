@@ -141,6 +141,11 @@ class ModelConfig(_Section):
     name: ModelName = "mlp"
 
 
+class AppConfig(_Section):
+    ref: str | None = Field(None, pattern=r"^[^:]+:[A-Za-z_][A-Za-z0-9_]*$")
+    """The user's own model, loss and data reader ("package.module:name" or "file.py:name"; see fedloop.App)."""
+
+
 def default_of(cls: type, name: str) -> Any:
     """The default of dataclass `cls`'s field `name`."""
     return next(field_default(f) for f in dataclasses.fields(cls) if f.name == name)
@@ -152,6 +157,7 @@ class Config(_Section):
     data: DataConfig = Field(default_factory=lambda: DataConfig())
     partition: PartitionConfig = Field(default_factory=lambda: PartitionConfig())
     model: ModelConfig = Field(default_factory=lambda: ModelConfig())
+    app: AppConfig = Field(default_factory=lambda: AppConfig())
     strategy: StrategySection = Field(default_factory=StrategySection)
     client: ClientSection = Field(default_factory=ClientSection)
     aggregator: AggregatorSection = Field(default_factory=AggregatorSection)
@@ -287,8 +293,8 @@ def _toml_value(v: Any) -> str:
     raise TypeError(f"cannot write {v!r} as TOML")
 
 
-COMPUTATION = ("seed", "data", "partition", "model", "strategy", "client", "aggregator", "server_opt", "transforms",
-               "sim.executor", "sim.engine", "sim.workers")
+COMPUTATION = ("seed", "data", "partition", "model", "app", "strategy", "client", "aggregator", "server_opt",
+               "transforms", "sim.executor", "sim.engine", "sim.workers")
 """What changes a run's arithmetic: a resumed run must keep all of it (its rounds, evaluation, stop conditions and
 checkpoints may change)."""
 

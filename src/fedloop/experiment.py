@@ -10,9 +10,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .app import App, load_app
 from .build import (
     load_data,
+    loss_from_config,
     model_fn_from_config,
+    model_meta,
     partition_from_config,
     run_options,
     sim_options,
@@ -49,15 +52,20 @@ def build_fleet(data: Dataset, partition: Partition, strategy: Strategy, model_f
     return make_fleet(AppList(build_apps(data, partition, strategy, model_fn, loss_fn)), sim)
 
 
-def simulate(model_fn: Callable[[], nn.Module], data: Dataset, partition: Partition, strategy: Strategy,
-             options: RunOptions = RunOptions(), *, loss_fn: LossFn = F.cross_entropy, sim: SimOptions = SimOptions(),
+def simulate(model_fn: Callable[[], nn.Module] | App, data: Dataset, partition: Partition, strategy: Strategy,
+             options: RunOptions = RunOptions(), *, loss_fn: LossFn | None = None, sim: SimOptions = SimOptions(),
              model_meta: dict[str, Any] | None = None, config_toml: str | None = None) -> RunResult:
-    """Federated training of `model_fn()` over `partition` of `data` with `strategy`.
+    """Federated training of `model_fn()` over `partition` of `data` with `strategy` (an App gives the model
+    factory and the loss, as it does for `fedloop server` and `fedloop client`).
 
     With options.out, the run directory gets config.toml (when given), partition.json, metrics.jsonl,
     checkpoints/round_NNNN.safetensors, model.safetensors, summary.json and curves.png. `sim` chooses how clients
     run (executor, engine); every choice gives the same result within float tolerance.
     """
+    if isinstance(model_fn, App):
+        loss_fn = loss_fn or model_fn.loss_fn
+        model_fn = model_fn.model_fn
+    loss_fn = loss_fn or F.cross_entropy
     fleet = build_fleet(data, partition, strategy, model_fn, loss_fn, sim)
     try:
         return train(fleet, model_fn, strategy, options, test=Examples.all(data.x_test, data.y_test),
@@ -86,30 +94,36 @@ def run_config(cfg: Config, out: str | Path | None = None, observers: tuple[Obse
     partition = partition_from_config(cfg, data)
     spec = data.spec()
     model_fn = model_fn_from_config(cfg, spec)
+    loss_fn = loss_from_config(cfg)
     strategy = strategy_from_config(cfg)
-    fleet = build_fleet(data, partition, strategy, model_fn, F.cross_entropy, sim_options(cfg))
+    fleet = build_fleet(data, partition, strategy, model_fn, loss_fn, sim_options(cfg))
     try:
         if cfg.sim.engine == "local":
             cfg = cfg.model_copy(update={"sim": cfg.sim.model_copy(update={"executor": fleet.chosen})})
         return train(fleet, model_fn, strategy,
                      run_options(cfg, out=out, observers=observers, resume=resume, overwrite=overwrite),
-                     test=Examples.all(data.x_test, data.y_test), partition_json=partition.to_json(),
-                     model_meta={"model": cfg.model.name, "spec": spec, "dataset": data.name},
+                     test=Examples.all(data.x_test, data.y_test), loss_fn=loss_fn, partition_json=partition.to_json(),
+                     model_meta=model_meta(cfg, spec, data.name),
                      config_toml=to_toml(cfg))
     finally:
         fleet.close()
 
 
-def load_model(run_dir: str | Path, model_fn: Callable[[], nn.Module] | None = None) -> nn.Module:
-    """The trained model of a run directory (zoo models are rebuilt from the file; pass model_fn for one's own
-    architecture)."""
+def load_model(run_dir: str | Path, model_fn: Callable[[], nn.Module] | App | None = None) -> nn.Module:
+    """The trained model of a run directory (zoo models are rebuilt from the file, an App's from its reference when
+    it can be imported here; pass model_fn or the App for one's own architecture)."""
     path = Path(run_dir) / "model.safetensors"
     params, meta = load_model_file(path)
+    if isinstance(model_fn, App):
+        model_fn = model_fn.model_fn
     if model_fn is None:
-        if "model" not in meta:
-            raise CheckpointError(f"{path}: the run used a custom model; pass model_fn to load_model")
         try:
-            model_fn = model_factory(meta["model"], meta["spec"])
+            if "app" in meta:
+                model_fn = load_app(meta["app"]).model_fn
+            elif "model" in meta:
+                model_fn = model_factory(meta["model"], meta["spec"])
+            else:
+                raise ConfigError("the run used a custom model; pass model_fn to load_model")
         except ConfigError as exc:
             raise CheckpointError(f"{path}: {exc}") from None
     model = model_fn()

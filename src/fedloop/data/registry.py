@@ -13,6 +13,7 @@ from .tabular import holdout
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "kmnist", "emnist", "cifar10", "cifar100", "femnist",
             "shakespeare", "sent140", "synthetic", "npz", "csv")
+BUILT_IN = ("digits", "synthetic")
 DEFAULT_PATHS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
 
 
@@ -34,6 +35,10 @@ def load_dataset(name: str, path: str | Path | None = None, *, seed: int = 0, te
     """Read or generate dataset `name`; DataError names the file and what is wrong with it."""
     if name not in DATASETS:
         raise DataError(f"data.name = {name!r} is unknown; allowed: {', '.join(DATASETS)}")
+    if name in BUILT_IN and path is not None:
+        readers = ", ".join(n for n in DATASETS if n not in BUILT_IN)
+        raise DataError(f"{path}: dataset {name!r} is built in and reads no file; set data.name to the reader of "
+                        f"this file ({readers}) or use your own reader (fedloop.App)")
     if name == "digits":
         return load_digits(test_fraction, seed)
     if name == "synthetic":

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import grpc
 import torch
-from torch.nn import functional as F
 
+from ..app import model_digest
 from ..client import ClientApp, DiskStates, MemoryStates, RoundStates
 from ..config import validate
 from ..data.examples import Examples
-from ..data.registry import load_dataset
 from ..errors import ConfigError, TransportError
 from ..types import Broadcast, Evaluation, Failure, Reply, Task, Update
 from . import fedloop_pb2 as pb
@@ -77,16 +76,20 @@ def reply_chunks(reply: Reply, seq: int) -> Iterator[pb.ReplyChunk]:
         yield pb.ReplyChunk(data=part)
 
 
-def build_app(settings: dict, client_id: int, data_path: str, states: RoundStates | None = None) -> ClientApp:
-    """The client app the server's settings describe, on this client's own data."""
-    from ..build import model_fn_from_config, strategy_from_config
+def build_app(settings: dict, client_id: int, data_path: str, states: RoundStates | None = None,
+              app_ref: str | None = None) -> ClientApp:
+    """The client app the server's settings describe, on this client's own data; `app_ref` (--app) names this
+    client's copy of the server's App when the server's reference does not resolve here."""
+    from ..build import load_data, loss_from_config, model_fn_from_config, strategy_from_config
 
-    cfg = validate(settings["config"], "settings from the server")
-    d = cfg.data
-    data = load_dataset(d.name, data_path, seed=cfg.seed, test_fraction=d.test_fraction, split=d.split,
-                        label_column=d.label_column)
+    config = settings["config"]
+    if app_ref is not None or config.get("app", {}).get("ref"):
+        config = {**config, "app": {"ref": app_ref or config["app"]["ref"]}}
+    cfg = validate(config, "settings from the server")
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": data_path})})
+    data = load_data(cfg)
     return ClientApp(client_id, strategy_from_config(cfg), model_fn_from_config(cfg, settings["spec"]),
-                     F.cross_entropy, train=Examples.all(data.x_train, data.y_train),
+                     loss_from_config(cfg), train=Examples.all(data.x_train, data.y_train),
                      test=Examples.all(data.x_test, data.y_test), states=states or RoundStates(MemoryStates()))
 
 
@@ -103,12 +106,13 @@ def receive_task(client_id: int, header: pb.TaskHeader, data: bytes) -> Task:
 def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: str | None = None,
                cert: str | None = None, key: str | None = None, insecure: bool = False,
                state_dir: str | None = None, expect_id: int | None = None, max_backoff: float = 30.0,
-               give_up_after: float = 600.0, threads: int | None = None) -> int:
+               give_up_after: float = 600.0, threads: int | None = None, app_ref: str | None = None) -> int:
     """Serve tasks until the server says the run is over; returns the number of tasks answered.
 
     A lost connection is retried with exponential backoff; after `give_up_after` seconds without any
     successful call (a server that is gone, or a TLS handshake it refuses) the client stops with an error.
     `threads` sets PyTorch's intra-op threads (several clients sharing cores must not oversubscribe them).
+    `app_ref` names the user's App (as --app does) when the server's config has one.
     """
     if threads is not None:
         if threads < 1:
@@ -146,7 +150,7 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
                 elif hello.run != run:
                     states = RoundStates(MemoryStates())
                 run = hello.run
-                app = build_app(json.loads(hello.settings_json), int(hello.client_id), data_path, states)
+                app = build_app(json.loads(hello.settings_json), int(hello.client_id), data_path, states, app_ref)
                 joined = stub.Join(join_request(app), metadata=meta, timeout=min(30.0, left()))
                 after = 0  # task numbers belong to one server process
                 log.info("joined run %s as client %d", joined.run, app.client_id)
@@ -183,8 +187,10 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
 
 
 def join_request(app: ClientApp) -> pb.JoinRequest:
-    """A client's counts, and what its data look like, so the server can refuse data its model cannot take."""
+    """A client's counts, what its data look like and which model it built, so the server can refuse data its
+    model cannot take and a model that is not its own."""
     labels = app.train.labels()
     classes = int(labels.max()) + 1 if len(labels) and not labels.is_floating_point() else 0
     return pb.JoinRequest(num_examples=len(app.train), num_test=len(app.test or []),
-                          input_shape=list(app.train.x.shape[1:]), num_classes=classes)
+                          input_shape=list(app.train.x.shape[1:]), num_classes=classes,
+                          model_digest=model_digest(app.model_fn))

@@ -45,16 +45,18 @@ class HelloRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("num_examples", "num_test", "input_shape", "num_classes")
+    __slots__ = ("num_examples", "num_test", "input_shape", "num_classes", "model_digest")
     NUM_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
     NUM_TEST_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_DIGEST_FIELD_NUMBER: _ClassVar[int]
     num_examples: int
     num_test: int
     input_shape: _containers.RepeatedScalarFieldContainer[int]
     num_classes: int
-    def __init__(self, num_examples: _Optional[int] = ..., num_test: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ...) -> None: ...
+    model_digest: str
+    def __init__(self, num_examples: _Optional[int] = ..., num_test: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., num_classes: _Optional[int] = ..., model_digest: _Optional[str] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("run", "settings_json", "client_id", "protocol")

@@ -66,7 +66,8 @@ class GrpcFleet:
                  options: ServerOptions | None = None, registry: Path | None = None, spec: dict | None = None):
         self.auth = auth
         self.spec = spec or {}
-        """What the model takes: input_shape and num_classes, checked against a joining client's data."""
+        """What the model takes (input_shape, num_classes) and its model_digest, checked against a joining client's
+        data and model."""
         self.settings_json = settings_json
         self.run_id = run_id
         self.options = options or ServerOptions()
@@ -216,7 +217,7 @@ class GrpcFleet:
 
     # --- called by the gRPC handlers, on the event loop ---
     def join(self, client_id: int, num_examples: int, num_test: int, input_shape: Sequence[int] = (),
-             num_classes: int = 0) -> str | None:
+             num_classes: int = 0, model_digest: str = "") -> str | None:
         """Register a client with its sample counts; why it is refused, or None. A client's counts are fixed at its
         first join (kept in the run directory across server restarts) and capped by max_examples; data whose
         examples or labels the model cannot take are refused."""
@@ -229,6 +230,10 @@ class GrpcFleet:
         classes = int(self.spec.get("num_classes") or 0)
         if num_classes and classes and num_classes > classes:
             return f"the client's labels go up to {num_classes - 1}; the model has {classes} classes"
+        digest = self.spec.get("model_digest")
+        if digest and model_digest != digest:
+            return ("the client's model differs from the server's (its params' names, shapes or dtypes): run the "
+                    "client with the server's model or --app")
         with self._cond:
             first = self._counts.setdefault(client_id, (num_examples, num_test))
             if first != (num_examples, num_test):

@@ -11,7 +11,17 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from ..build import load_data, model_fn_from_config, round_policy, run_options, server_options, strategy_from_config
+from ..app import model_digest
+from ..build import (
+    load_data,
+    loss_from_config,
+    model_fn_from_config,
+    model_meta,
+    round_policy,
+    run_options,
+    server_options,
+    strategy_from_config,
+)
 from ..config import COMPUTATION, Config, differences, load_config, to_toml
 from ..data.examples import Examples
 from ..errors import ConfigError, TransportError
@@ -29,8 +39,8 @@ DEPLOYED = tuple(k for k in COMPUTATION if not k.startswith("sim.")) + ("server.
 
 def client_settings(cfg: Config, spec: dict) -> str:
     """What a client needs to build its app, and nothing else (no paths, no server settings): the reader of its
-    data, the model, the strategy's client half and the client-side transforms."""
-    config = cfg.model_dump(mode="json", include={"seed", "model", "strategy", "client", "transforms"})
+    data, the model (or the user's App), the strategy's client half and the client-side transforms."""
+    config = cfg.model_dump(mode="json", include={"seed", "model", "app", "strategy", "client", "transforms"})
     config["data"] = cfg.data.model_dump(mode="json", include={"name", "test_fraction", "split", "label_column"})
     return json.dumps({"config": config, "spec": spec})
 
@@ -59,7 +69,8 @@ def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: 
     if not resume:
         registry.unlink(missing_ok=True)  # the sample counts clients joined with belong to one run
     spool = Spool(run_dir.path / "spool", options.spool_bytes)
-    fleet = GrpcFleet(auth, client_settings(cfg, spec), run_id, spool, options, registry, spec)
+    fleet = GrpcFleet(auth, client_settings(cfg, spec), run_id, spool, options, registry,
+                      {**spec, "model_digest": model_digest(model_fn)})
     failure: str | None = "the server stopped"
     try:
         server = start_server(fleet, address or options.address, cert_dir=cert_dir, insecure=insecure,
@@ -75,8 +86,8 @@ def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: 
             run = replace(run_options(cfg, out=out, resume=resume, observers=observers),
                           checkpoint=CheckpointOptions(every=1), policy=round_policy(options))
             result = train(fleet, model_fn, strategy_from_config(cfg), run,
-                           test=Examples.all(data.x_test, data.y_test),
-                           model_meta={"model": cfg.model.name, "spec": spec, "dataset": data.name},
+                           test=Examples.all(data.x_test, data.y_test), loss_fn=loss_from_config(cfg),
+                           model_meta=model_meta(cfg, spec, data.name),
                            config_toml=to_toml(cfg))
             # an interrupted server tells its clients nothing: they keep reconnecting until it resumes
             failure = {"diverged": "the run diverged", "interrupted": None}.get(result.stop_reason, "")

@@ -122,7 +122,7 @@ class Servicer(pb_grpc.FederationServicer):
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:  # noqa: N802
         cid = await self._caller(context)
         reason = self.fleet.join(cid, int(request.num_examples), int(request.num_test), list(request.input_shape),
-                                 int(request.num_classes))
+                                 int(request.num_classes), request.model_digest)
         if reason is not None:
             self.audit(context, cid, f"refused join: {reason}")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)

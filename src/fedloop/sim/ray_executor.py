@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from ..app import file_modules
 from ..errors import ConfigError
 from ..types import Failure, Task
 from .executors import Job, Result
@@ -67,6 +68,8 @@ class RayExecutor:
                 raise ConfigError(f"sim.ray_address = {address!r}: cannot connect to Ray ({exc})") from None
         count = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         self._actor = ray.remote(num_cpus=1)(_Worker)
+        for module in file_modules():  # actors cannot import the user's file by name: send its code with the apps
+            ray.cloudpickle.register_pickle_by_value(module)
         self._population = ray.put(population)
         self.actors = [self._new_actor() for _ in range(count)]
 
