@@ -160,7 +160,9 @@ def test_a_strategy_with_its_own_client_training_runs_sequentially_under_vectori
         res = run(strategy, "vectorized")
     lines = [r.message for r in caplog.records if "running these clients sequentially" in r.message]
     assert len(lines) == 1 and "trains its clients with its own client_train" in lines[0]
+    assert res.summary["executor"] == "vectorized (ran sequentially because " + lines[0].split(" because ", 1)[1] + ")"
     assert_equal(res.state.params, run(strategy, "sequential").state.params)
+    assert run(CONFORMANCE["scaffold"], "vectorized").summary["executor"] == "vectorized"
 
 
 def test_vectorized_trains_the_group_as_one_batch_and_reports_train_accuracy():

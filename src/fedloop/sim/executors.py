@@ -106,6 +106,10 @@ class Vectorized:
             self._reasons[key] = why
         return self._reasons[key]
 
+    def fallbacks(self) -> list[str]:
+        """Why groups of clients ran sequentially instead of as one batch (empty when every group batched)."""
+        return sorted({why for why in self._reasons.values() if why is not None})
+
     def run(self, jobs: Sequence[Job], until: float | None = None) -> list[Result]:
         results: list[Result | None] = [None] * len(jobs)
         groups: dict[tuple, list[tuple[int, SGDProgram]]] = {}

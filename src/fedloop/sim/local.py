@@ -85,9 +85,12 @@ class LocalFleet:
         return self._down, self._up
 
     def describe(self) -> str:
-        """The executor, and for auto what it chose."""
+        """What ran: the executor, for auto what it chose, and any clients it could not batch."""
         describe = getattr(self.executor, "describe", None)
-        return describe() if describe is not None else self._label
+        label = describe() if describe is not None else self._label
+        fallbacks = getattr(self.executor, "fallbacks", None)
+        why = fallbacks() if fallbacks is not None else []
+        return f"{label} (ran sequentially because {'; '.join(why)})" if why else label
 
     def close(self) -> None:
         self.executor.close()
