@@ -250,6 +250,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def deploy(root: Path, config: Path, out: Path) -> list[dict]:
+    """A server and one client process per client file, run to the end; the server's metrics.jsonl rows."""
+    server, port = start_server(root, config, out)
+    clients = [start_client(root, port, c) for c in range(len(SIZES))]
+    finish(server)
+    for c in clients:
+        assert "the run is over" in finish(c)
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
 def simulated_params(data, config: Path, rounds: int):
     """The simulator on the clients' partition (each client's rows, in order) and seed, single-threaded like the
     client processes (`--threads 1`), so the float summation order and hence every bit match."""
@@ -466,12 +476,7 @@ def test_a_two_stage_strategy_with_an_adaptive_server_step_and_client_clipping_m
     config.write_text(config.read_text().replace("[strategy]\n", '[strategy]\nname = "power_of_choice"\n'
                                                                'candidates = 4\n')
                       .replace("clients_per_round = 4", "clients_per_round = 2"))
-    server, port = start_server(root, config, tmp_path / "run")
-    clients = [start_client(root, port, c) for c in range(len(SIZES))]
-    finish(server)
-    for c in clients:
-        assert "the run is over" in finish(c)
-    rounds = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rounds = deploy(root, config, tmp_path / "run")
     assert [len(r["selected"]) for r in rounds] == [2, 2, 2] and all(r["clipped"] == 1.0 for r in rounds)
     assert all(r["update_norm"] > 0.02 for r in rounds)
     deployed = load_file(tmp_path / "run" / "model.safetensors")
@@ -615,3 +620,20 @@ def test_certs_are_not_overwritten_by_accident(tmp_path):
     forced = subprocess.run(cli("certs", str(tmp_path / "c"), "--clients", "2", "--force"), capture_output=True,
                             text=True, timeout=60)
     assert forced.returncode == 0 and len((tmp_path / "c" / "tokens.txt").read_text().splitlines()) == 2
+
+
+def test_a_central_dp_run_with_adaptive_clipping_over_grpc_matches_the_simulator(site, tmp_path):
+    """DP-FedAvg with adaptive clipping: the server sends each round's clip norm in the tasks, clients clip before
+    upload and report the clipped bit, the server noises the sum and the count and accounts epsilon, and the final
+    model equals the simulator's, bit for bit."""
+    root, data = site
+    config = write_config(root, "central_dp", extra='[privacy]\nmode = "central"\nclipping = "adaptive"\n'
+                                                    'clip = 0.05\nnoise_multiplier = 0.8\ncount_stddev = 1.0\n')
+    rounds = deploy(root, config, tmp_path / "run")
+    assert [r["epsilon"] for r in rounds] == sorted(r["epsilon"] for r in rounds) and rounds[0]["epsilon"] > 0
+    assert len({r["clip_norm"] for r in rounds}) == len(rounds)  # the clip norm moves every round
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["epsilon"] == rounds[-1]["epsilon"] and summary["privacy"]["mode"] == "central"
+    deployed = load_file(tmp_path / "run" / "model.safetensors")
+    expected = simulated_params(data, config, 3)
+    assert all(torch.equal(deployed[k], expected[k]) for k in expected)

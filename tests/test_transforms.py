@@ -64,7 +64,7 @@ class Tagged(Transform):
         CALLS.append(("client", self.tag, task.client_id, seed))
         return update, {f"seen_{self.tag}": 1.0}
 
-    def server_aggregate(self, params, state, seed):
+    def server_aggregate(self, params, state, seed, info):
         CALLS.append(("aggregate", self.tag, seed))
         return {k: v + self.bump for k, v in params.items()}, {"count": state["count"] + 1}, {}
 

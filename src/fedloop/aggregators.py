@@ -74,11 +74,14 @@ class WeightedMean:
 
 
 def mean_metrics(updates: Sequence[Update]) -> dict[str, float]:
-    """Example-weighted mean of each client metric (clients that lack a metric are skipped for it)."""
+    """Example-weighted mean of each client metric (clients that lack a metric are skipped for it). Metrics whose
+    name starts with "_" are for the server's transforms only (e.g. DP's clipped bit) and are never released."""
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     for u in updates:
         for k, v in u.metrics.items():
+            if k.startswith("_"):
+                continue
             sums[k] = sums.get(k, 0.0) + float(v) * u.num_examples
             counts[k] = counts.get(k, 0) + u.num_examples
     return {k: sums[k] / counts[k] for k in sums if counts[k] > 0}

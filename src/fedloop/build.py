@@ -5,7 +5,7 @@ config means the same thing in every mode."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import nn
@@ -22,6 +22,7 @@ from .errors import ConfigError, DataError
 from .loop import RoundPolicy
 from .models import model_factory
 from .net.options import ServerOptions
+from .privacy.options import PrivacyOptions, calibrate_noise, privatize
 from .run import CheckpointOptions, EvalOptions, RunOptions, StopOptions
 from .sampling import Sampler
 from .server_opt import SERVER_OPTIMIZERS
@@ -64,7 +65,9 @@ def choose(where: str, registry: dict[str, type], values: dict[str, Any], defaul
     return make(where, cls, **{**base, **given})
 
 
-def strategy_from_config(cfg: Config) -> Strategy:
+def strategy_from_config(cfg: Config, calibrating: bool = False) -> Strategy:
+    """The strategy the config describes, made private as [privacy] says (`calibrating`: with a stand-in noise
+    multiplier, only to check the combination or calibrate it)."""
     s = _values(cfg.strategy)
     name = s.pop("name")
     cls = STRATEGIES[name]
@@ -80,11 +83,29 @@ def strategy_from_config(cfg: Config) -> Strategy:
     if isinstance(default_of(cls, "local"), LocalSGD):
         parts["local"] = make("client", LocalSGD, **_values(cfg.client))
     try:
-        return cls(**parts, **own)
+        strategy = cls(**parts, **own)
     except ConfigError as exc:
         if exc.key == "server_opt":
             raise ConfigError(f"server_opt.name = {parts['server_opt'].name!r}: {exc.rule}") from None
         raise _in_section(exc, "strategy") from None
+    options = privacy_options(cfg)
+    if options.mode != "none" and options.noise_multiplier is None and not calibrating:
+        raise ConfigError("privacy.target_epsilon: calibrate the noise multiplier first (build.calibrated)")
+    return privatize(strategy, options, 1.0 if calibrating and options.noise_multiplier is None else None)
+
+
+def privacy_options(cfg: Config) -> PrivacyOptions:
+    return make("privacy", PrivacyOptions, **_values(cfg.privacy))
+
+
+def calibrated(cfg: Config, population: int, sizes: Sequence[int] = ()) -> Config:
+    """The config with privacy.noise_multiplier set: calibrated by dp-accounting to spend privacy.target_epsilon
+    in the config's rounds over `population` clients (of these example counts), when only the target is given."""
+    options = privacy_options(cfg)
+    if options.mode == "none" or options.noise_multiplier is not None:
+        return cfg
+    z = calibrate_noise(strategy_from_config(cfg, calibrating=True), options, cfg.rounds, population, sizes)
+    return cfg.model_copy(update={"privacy": cfg.privacy.model_copy(update={"noise_multiplier": z})})
 
 
 def run_options(cfg: Config, **more: Any) -> RunOptions:
@@ -115,7 +136,7 @@ def resolve(cfg: Config, source: str) -> Config:
     """Check every value by building the parts; fill in the parts the config chose implicitly (the strategy's own
     server optimizer and its hyperparameters) so the resolved config says everything that ran."""
     try:
-        strategy = strategy_from_config(cfg)
+        strategy = strategy_from_config(cfg, calibrating=True)
         run_options(cfg)
         sim_options(cfg)
         server_options(cfg)

@@ -42,7 +42,9 @@ def _finished(summary: dict, out: Path) -> int:
     """Print a run's last line; its exit code."""
     acc = f"{summary['accuracy']:.4f}" if summary.get("accuracy") is not None else "n/a"
     loss = f"{summary['loss']:.4f}" if summary.get("loss") is not None else "n/a"
-    print(f"rounds {summary['rounds']}  stop {summary['stop_reason']}  accuracy {acc}  loss {loss}  "
+    eps = f"  epsilon {summary['epsilon']:.3f} (delta {summary['delta']:g})" \
+        if summary.get("epsilon") is not None else ""
+    print(f"rounds {summary['rounds']}  stop {summary['stop_reason']}  accuracy {acc}  loss {loss}{eps}  "
           f"seconds {summary['seconds']:.1f}  -> {out}", flush=True)
     if summary["stop_reason"] == "diverged":
         print(f"error: the run diverged: its model or loss became NaN or infinite (its files hold the last finite "
@@ -77,6 +79,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.table:
         _stdout().print(round_table(result.history))
     return _finished(result.summary, out)
+
+
+def cmd_privacy(args: argparse.Namespace) -> int:
+    from .build import load_data, partition_from_config, privacy_options, strategy_from_config
+    from .privacy.planner import plan
+
+    if args.epsilon is not None and args.noise is not None:
+        raise ConfigError("give --epsilon or --noise, not both")
+    for name in ("epsilon", "noise"):
+        if getattr(args, name) is not None and not getattr(args, name) > 0:
+            raise ConfigError(f"--{name} {getattr(args, name)}: must be greater than 0")
+    extra = [f"privacy.target_epsilon={args.epsilon}"] if args.epsilon is not None else \
+        [f"privacy.noise_multiplier={args.noise}"] if args.noise is not None else []
+    cfg = load_config(args.config, _sets(args) + extra)
+    data = load_data(cfg)
+    part = partition_from_config(cfg, data)
+    lines = plan(strategy_from_config(cfg, calibrating=True), privacy_options(cfg), cfg.rounds, part.num_clients,
+                 [len(t) for t in part.train], data.name, args.epsilon, args.noise)
+    print("\n".join(lines))
+    return 0
 
 
 def cmd_partition(args: argparse.Namespace) -> int:
@@ -245,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "on one machine use --threads 1: oversubscribed cores slow training by 10-100x")
     log_level(cli)
     cli.set_defaults(func=cmd_client)
+
+    priv = sub.add_parser("privacy", help="plan a privacy budget: epsilon for a noise multiplier, or the noise "
+                                          "multiplier for a target epsilon")
+    config_args(priv)
+    priv.add_argument("--epsilon", type=float, metavar="E", help="calibrate the noise multiplier for this epsilon")
+    priv.add_argument("--noise", type=float, metavar="Z", help="the epsilon this noise multiplier spends")
+    priv.set_defaults(func=cmd_privacy)
 
     cert = sub.add_parser("certs", help="create a development CA, server certificate and client credentials")
     cert.add_argument("dir", help="where to write the credentials (the CA's key goes to DIR-ca)")

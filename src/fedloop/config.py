@@ -24,6 +24,7 @@ from .data.registry import DATASETS
 from .errors import ConfigError
 from .models import MODELS
 from .net.options import ServerOptions
+from .privacy.options import PrivacyOptions
 from .run import CheckpointOptions, EvalOptions, RunOptions, StopOptions
 from .sampling import Sampler
 from .server_opt import SERVER_OPTIMIZERS
@@ -98,6 +99,7 @@ if TYPE_CHECKING:
     CheckpointSection: TypeAlias = _Built
     SimSection: TypeAlias = _Built
     ServerSection: TypeAlias = _Built
+    PrivacySection: TypeAlias = _Built
 else:
     StrategySection = create_model(
         "StrategySection", __base__=_Section, name=(Literal[tuple(STRATEGIES)], "fedavg"), **_fields(Sampler),
@@ -111,6 +113,7 @@ else:
     CheckpointSection = section("CheckpointSection", CheckpointOptions)
     SimSection = section("SimSection", SimOptions)
     ServerSection = section("ServerSection", ServerOptions)
+    PrivacySection = section("PrivacySection", PrivacyOptions)
 
 MOVED = {"server_lr": ("server_opt", "lr"), "server_momentum": ("server_opt", "momentum"),
          "weighting": ("aggregator", "weighting")}
@@ -163,6 +166,7 @@ class Config(_Section):
     aggregator: AggregatorSection = Field(default_factory=AggregatorSection)
     server_opt: ServerOptSection = Field(default_factory=ServerOptSection)
     transforms: list[TransformSection] = Field(default_factory=list)
+    privacy: PrivacySection = Field(default_factory=PrivacySection)
     eval: EvalSection = Field(default_factory=EvalSection)
     stop: StopSection = Field(default_factory=StopSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
@@ -294,7 +298,7 @@ def _toml_value(v: Any) -> str:
 
 
 COMPUTATION = ("seed", "data", "partition", "model", "app", "strategy", "client", "aggregator", "server_opt",
-               "transforms", "sim.executor", "sim.engine", "sim.workers")
+               "transforms", "privacy", "sim.executor", "sim.engine", "sim.workers")
 """What changes a run's arithmetic: a resumed run must keep all of it (its rounds, evaluation, stop conditions and
 checkpoints may change)."""
 

@@ -33,3 +33,7 @@ class TransportError(FedloopError):
 
 class CheckpointError(FedloopError):
     """A checkpoint or run directory cannot be read."""
+
+
+class PrivacyBudgetExhausted(FedloopError):
+    """Releasing another round would exceed the privacy budget (privacy.max_epsilon); nothing of it is released."""

@@ -12,6 +12,7 @@ from torch.nn import functional as F
 
 from .app import App, load_app
 from .build import (
+    calibrated,
     load_data,
     loss_from_config,
     model_fn_from_config,
@@ -87,11 +88,15 @@ def run_config(cfg: Config, out: str | Path | None = None, observers: tuple[Obse
         saved = load_config(Path(out) / "config.toml")
         if cfg.sim.executor == "auto":  # compare what it resolves to, once the fleet is built
             cfg = cfg.model_copy(update={"sim": cfg.sim.model_copy(update={"executor": saved.sim.executor})})
+        if cfg.privacy.noise_multiplier is None and cfg.privacy.target_epsilon == saved.privacy.target_epsilon:
+            cfg = cfg.model_copy(update={"privacy": cfg.privacy.model_copy(
+                update={"noise_multiplier": saved.privacy.noise_multiplier})})  # the calibration it ran with
         if changed := differences(cfg, saved):
             raise ConfigError(f"{out}: cannot resume with a config that changes the computation: "
                               f"{', '.join(changed)} differ from its config.toml")
     data = load_data(cfg)
     partition = partition_from_config(cfg, data)
+    cfg = calibrated(cfg, partition.num_clients, [len(t) for t in partition.train])
     spec = data.spec()
     model_fn = model_fn_from_config(cfg, spec)
     loss_fn = loss_from_config(cfg)

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from . import checks
-from .errors import AggregationError
+from .errors import AggregationError, PrivacyBudgetExhausted
 from .fleet import Fleet, check_capabilities, run
 from .observers import Observer
 from .reduction import reduce
 from .sampling import task_seeds
-from .stops import StopCondition
+from .stops import PrivacyBudget, StopCondition
 from .strategies.base import Strategy
 from .types import Aggregate, Broadcast, Evaluation, Failure, Params, Reply, RoundRecord, ServerState, Task, Update
 
@@ -140,6 +140,7 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequen
     round; a round whose params stay non-finite through its retries ends it with "diverged".
     """
     check_capabilities(strategy.requires, fleet, f"strategy {strategy.name!r}")
+    stops = [*stops, PrivacyBudget(strategy.transforms)]
     result = LoopResult(state)
     try:
         _rounds(strategy, fleet, stops, evaluator, eval_every, federated_eval, policy, observers, result)
@@ -161,8 +162,17 @@ def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], ev
         got = exchange(strategy, fleet, state, policy.round_deadline)
         down, up = (after - before for after, before in zip(fleet.traffic(), moved, strict=True))
         t_exchange = time.perf_counter()
-        agg, rejected = reduce(got.updates, strategy, state, got.population) if got.updates else (None, [])
-        new, why = _advance(strategy, state, agg, policy.min_updates)
+        try:
+            nobody = not got.selected and strategy.sampler.poisson
+            if nobody:
+                log.info("round %d: Poisson sampling asked no client", state.round + 1)
+            agg, rejected = reduce(got.updates, strategy, state, got.population, nobody) \
+                if got.updates or nobody else (None, [])
+        except PrivacyBudgetExhausted as exc:
+            log.warning("privacy budget: %s; the run stops after round %d", exc, state.round)
+            result.stop_reason = "privacy_budget"
+            return
+        new, why = _advance(strategy, state, agg, 0 if nobody else policy.min_updates)
         t_aggregate = time.perf_counter()
         timings = {"exchange": t_exchange - start, "aggregate": t_aggregate - t_exchange}
         failures = tuple(got.failures + rejected)

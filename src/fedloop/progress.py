@@ -18,7 +18,7 @@ from .types import RoundRecord, ServerState
 ROUNDS = logging.getLogger("fedloop.rounds")
 """Where the per-round lines go: stdout when there is no live bar, and log.txt."""
 
-SHOWN = ("loss", "accuracy", "fed_loss", "fed_accuracy")
+SHOWN = ("loss", "accuracy", "fed_loss", "fed_accuracy", "epsilon")
 PLAIN = "%(levelname)s %(name)s: %(message)s"
 STAMPED = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

@@ -6,15 +6,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
+
 from .aggregators import mean_metrics
 from .errors import AggregationError
 from .sampling import server_seed
 from .strategies.base import Strategy
-from .transforms import transform_seed
+from .transforms import RoundInfo, own_state, transform_seed
 from .types import Aggregate, Failure, ServerState, Update
 
 
-def screen(updates: Sequence[Update], strategy: Strategy) -> tuple[list[Update], list[Failure]]:
+def screen(updates: Sequence[Update], strategy: Strategy, state: ServerState) -> tuple[list[Update], list[Failure]]:
     """Each update (in client-id order) through every transform's server_update, in chain order; an update a
     transform rejects becomes a Failure with the reason."""
     ids = [u.client_id for u in updates]
@@ -22,8 +24,8 @@ def screen(updates: Sequence[Update], strategy: Strategy) -> tuple[list[Update],
         raise AggregationError(f"more than one update from a client in one round: {sorted(ids)}")
     kept, rejected = [], []
     for u in sorted(updates, key=lambda u: u.client_id):
-        for transform in strategy.transforms:
-            out = transform.server_update(u)
+        for i, transform in enumerate(strategy.transforms):
+            out = transform.server_update(u, own_state(state.transform_state, i))
             if isinstance(out, str):
                 rejected.append(Failure(u.client_id, u.round, f"update rejected: {out}"))
                 break
@@ -33,23 +35,30 @@ def screen(updates: Sequence[Update], strategy: Strategy) -> tuple[list[Update],
     return kept, rejected
 
 
-def reduce(updates: Sequence[Update], strategy: Strategy, state: ServerState, population: int = 0
-           ) -> tuple[Aggregate | None, list[Failure]]:
+def reduce(updates: Sequence[Update], strategy: Strategy, state: ServerState, population: int = 0,
+           nobody_asked: bool = False) -> tuple[Aggregate | None, list[Failure]]:
     """The aggregate of `updates` (None when no update passes the transforms) and the updates rejected.
 
-    `population` is the number of clients the round was configured from.
+    `population` is the number of clients the round was configured from. `nobody_asked`: Poisson sampling drew no
+    client this round; the aggregate is then the zero sum through the transforms (central DP still releases its
+    noise, and accounts for it), as DP-FedAvg prescribes.
     """
-    kept, rejected = screen(updates, strategy)
-    if not kept:
+    kept, rejected = screen(updates, strategy, state)
+    if not kept and not nobody_asked:
         return None, rejected
-    params, agg_state = strategy.aggregator.apply(kept, state.agg_state)
+    if kept:
+        params, agg_state = strategy.aggregator.apply(kept, state.agg_state)
+    else:
+        params, agg_state = {k: torch.zeros_like(v) for k, v in state.params.items()}, dict(state.agg_state)
     metrics = mean_metrics(kept)
     transform_state = dict(state.transform_state)
     seed = server_seed(state.seed, state.round + 1)
+    info = RoundInfo(state.round + 1, kept, population, strategy.sampler.expected(population),
+                     "poisson" if strategy.sampler.poisson else "fixed", strategy.local.program())
     for i in reversed(range(len(strategy.transforms))):
         prefix = f"{i}/"
-        own = {k[len(prefix):]: v for k, v in transform_state.items() if k.startswith(prefix)}
-        params, own, more = strategy.transforms[i].server_aggregate(params, own, transform_seed(seed, i))
+        own = own_state(transform_state, i)
+        params, own, more = strategy.transforms[i].server_aggregate(params, own, transform_seed(seed, i), info)
         transform_state = {k: v for k, v in transform_state.items() if not k.startswith(prefix)}
         transform_state.update({prefix + k: v for k, v in own.items()})
         metrics.update(more)

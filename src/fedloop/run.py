@@ -24,6 +24,7 @@ from .params import from_model, load_into
 from .stops import Diverged, MaxRounds, Patience, StopCondition, TargetAccuracy
 from .store import RunDir, load_checkpoint, load_client_states, prepare_run_dir
 from .strategies import Strategy
+from .transforms import own_state
 from .types import ServerState
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,15 @@ def initial_params(model_fn: Callable[[], nn.Module], seed: int) -> dict[str, to
         return from_model(model_fn())
 
 
+def privacy_summary(strategy: Strategy, state: ServerState) -> dict[str, Any]:
+    """epsilon and delta of the run (from its privacy transform's accountant), and the mechanism's details."""
+    for i, transform in enumerate(strategy.transforms):
+        if getattr(transform, "private", False):
+            details = transform.summary(own_state(state.transform_state, i))
+            return {"epsilon": details["epsilon"], "delta": details["delta"], "privacy": details}
+    return {}
+
+
 def train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, options: RunOptions, *,
           test: Examples | None = None, loss_fn: LossFn = F.cross_entropy, partition_json: dict | None = None,
           model_meta: dict[str, Any] | None = None, config_toml: str | None = None) -> RunResult:
@@ -176,7 +186,7 @@ def _train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, 
     summary = {"rounds": final.round, "stop_reason": result.stop_reason,
                "accuracy": result.final_metrics.get("accuracy"), "loss": result.final_metrics.get("loss"),
                **{k: v for k, v in result.final_metrics.items() if k not in ("accuracy", "loss")},
-               "seconds": round(seconds, 3), "executor": fleet.describe()}
+               "seconds": round(seconds, 3), "executor": fleet.describe(), **privacy_summary(strategy, final)}
     history = run_dir.records if run_dir is not None else [r.to_json() for r in result.records]
     outcome = RunResult(final, model, history, result.stop_reason, result.final_metrics, seconds,
                         Path(options.out) if options.out is not None else None, summary)

@@ -24,16 +24,35 @@ Sampling = Literal["uniform", "samples"]
 class Sampler:
     """Which clients a round asks: `clients_per_round` (None: every available client) or, when set, a `fraction`
     of the available ones; drawn without replacement, uniformly or with probability proportional to sample
-    counts ("samples")."""
+    counts ("samples"). With `poisson`, each available client is asked independently with probability
+    q = fraction (or clients_per_round / available), so the round's size varies: the sampling that
+    differential privacy's amplification-by-sampling analysis assumes."""
 
     clients_per_round: int | None = 10
     fraction: float | None = None
     sampling: Sampling = "uniform"
+    poisson: bool = False
 
     def __post_init__(self) -> None:
         checks.at_least(self, "clients_per_round", 1, optional=True)
         checks.in_range(self, "fraction", 0.0, 1.0, low_open=True, high_open=False, optional=True)
         checks.one_of(self, "sampling", Sampling)
+        checks.one_of(self, "poisson", (True, False))
+        if self.poisson and self.sampling != "uniform":
+            checks.fail(self, "sampling", "Poisson sampling asks each client with the same probability; "
+                                          "use sampling = 'uniform'")
+
+    def rate(self, population: int) -> float:
+        """The probability q that Poisson sampling asks a client, among `population` available ones."""
+        if self.fraction is not None:
+            return self.fraction
+        if self.clients_per_round is None or population <= 0:
+            return 1.0
+        return min(1.0, self.clients_per_round / population)
+
+    def expected(self, population: int) -> float:
+        """The expected number of clients a round asks: q N with Poisson sampling, else exactly num_selected."""
+        return self.rate(population) * population if self.poisson else float(self.num_selected(population))
 
     def num_selected(self, population: int) -> int:
         if self.fraction is not None:
@@ -48,6 +67,9 @@ class Sampler:
         if not clients:
             raise ConfigError("no clients are available to select from")
         ordered = sorted(clients, key=lambda c: c.client_id)
+        if self.poisson and k is None:
+            asked = rng.random(len(ordered)) < self.rate(len(ordered))
+            return [c for c, a in zip(ordered, asked.tolist(), strict=True) if a]
         k = self.num_selected(len(ordered)) if k is None else min(k, len(ordered))
         p = None
         if self.sampling == "samples":

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from .transforms import Transform, own_state
 from .types import RoundRecord, ServerState
 
 log = logging.getLogger(__name__)
@@ -89,4 +91,22 @@ class Diverged:
             log.error("the run diverged in round %d: a loss is NaN or infinite (try a smaller learning rate)",
                       record.round)
             return "diverged"
+        return None
+
+
+class PrivacyBudget:
+    """Stop before a round that would spend more than a privacy transform's max_epsilon (the transforms also
+    refuse to release such a round, should it differ from the last one)."""
+
+    def __init__(self, transforms: Sequence[Transform]):
+        self.transforms = list(transforms)
+
+    def before(self, state: ServerState) -> str | None:
+        for i, transform in enumerate(self.transforms):
+            if (why := transform.exhausted(own_state(state.transform_state, i))) is not None:
+                log.warning("privacy budget: %s; the run stops after round %d", why, state.round)
+                return "privacy_budget"
+        return None
+
+    def after(self, record: RoundRecord, state: ServerState) -> str | None:
         return None

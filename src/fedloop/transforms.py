@@ -10,20 +10,41 @@ secure aggregation are transforms, never special cases in the loop.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
 from . import checks
+from .client.training import SGDProgram
 from .params import Scaled, norm
-from .types import Params, Task, Update
+from .types import ConfigValue, Params, Task, Update
+
+if TYPE_CHECKING:
+    from .strategies.base import Strategy
 
 
 def transform_seed(seed: int, index: int) -> int:
     """The seed of the transform at `index` for one task (or one round's aggregate): a function of that seed."""
     return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """What a server-side aggregate step knows of its round besides the reduced update."""
+
+    round: int
+    updates: Sequence[Update]
+    """The updates reduced (after every server_update), in client-id order."""
+    population: int
+    """The clients available when the round was configured."""
+    expected: float
+    """The sampler's expected number of clients: q N (Poisson sampling) or k (fixed-size)."""
+    sampling: Literal["fixed", "poisson"]
+    program: SGDProgram
+    """The strategy's local-training program (batch size, epochs), as the clients run it."""
 
 
 class Transform:
@@ -35,19 +56,57 @@ class Transform:
         """The transform's initial server state (tensors by name)."""
         return {}
 
+    def check(self, strategy: Strategy) -> str | None:
+        """Why this transform cannot be part of `strategy` (None when it can)."""
+        return None
+
+    def task_config(self, state: Mapping[str, torch.Tensor]) -> dict[str, ConfigValue]:
+        """Entries for every fit task's config (e.g. the round's clip norm), from the transform's server state."""
+        return {}
+
+    def program(self, task: Task, program: SGDProgram) -> SGDProgram:
+        """On the client, before training: the local-training program to run (e.g. with DP-SGD's clipping)."""
+        return program
+
     def client(self, task: Task, update: dict[str, torch.Tensor], seed: int
                ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """On the client, before upload: the transformed update and metrics to report with it."""
         return update, {}
 
-    def server_update(self, update: Update) -> Update | str:
+    def server_update(self, update: Update, state: Mapping[str, torch.Tensor]) -> Update | str:
         """On the server, on one received update before reduction: the update, or why it is rejected."""
         return update
 
-    def server_aggregate(self, params: dict[str, torch.Tensor], state: dict[str, torch.Tensor], seed: int
+    def server_aggregate(self, params: dict[str, torch.Tensor], state: dict[str, torch.Tensor], seed: int,
+                         info: RoundInfo
                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
         """On the server, on the reduced update: new params, new state, metrics for the round record."""
         return params, state, {}
+
+    def exhausted(self, state: Mapping[str, torch.Tensor]) -> str | None:
+        """Why the run must stop before another round (a privacy budget spent), or None."""
+        return None
+
+    def summary(self, state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+        """What summary.json says of this transform after the run."""
+        return {}
+
+
+def own_state(transform_state: Mapping[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+    """The state of the transform at `index` (its keys without the "<index>/" prefix)."""
+    prefix = f"{index}/"
+    return {k[len(prefix):]: v for k, v in transform_state.items() if k.startswith(prefix)}
+
+
+def clip_to_norm(params: Params, max_norm: float) -> tuple[Params, float, bool]:
+    """`params` scaled to L2 norm at most `max_norm` (over all tensors together), its norm before, and whether it
+    was scaled; a ValueError when the norm is not finite."""
+    n = norm(params)
+    if not math.isfinite(n):
+        raise ValueError(f"the update's norm is {n}")
+    if n <= max_norm:
+        return params, n, False
+    return Scaled(params, max_norm / n), n, True
 
 
 @dataclass(frozen=True)
@@ -72,12 +131,8 @@ class Clip(Transform):
         checks.one_of(self, "where", ("client", "server"))
 
     def _clip(self, params: Params) -> tuple[Params, dict[str, float]]:
-        n = norm(params)
-        if not math.isfinite(n):
-            raise ValueError(f"the update's norm is {n}")
-        if n <= self.max_norm:
-            return params, {"update_norm": n, "clipped": 0.0}
-        return Scaled(params, self.max_norm / n), {"update_norm": n, "clipped": 1.0}
+        clipped, n, scaled = clip_to_norm(params, self.max_norm)
+        return clipped, {"update_norm": n, "clipped": float(scaled)}
 
     def client(self, task: Task, update: dict[str, torch.Tensor], seed: int
                ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -86,7 +141,7 @@ class Clip(Transform):
         clipped, metrics = self._clip(update)
         return dict(clipped), metrics
 
-    def server_update(self, update: Update) -> Update | str:
+    def server_update(self, update: Update, state: Mapping[str, torch.Tensor]) -> Update | str:
         if self.where == "client":
             n = norm(update.params)
             if not n <= self.max_norm * (1 + self.TOLERANCE):
@@ -100,3 +155,4 @@ class Clip(Transform):
 
 
 TRANSFORMS: dict[str, type[Transform]] = {Clip.name: Clip}
+"""What [[transforms]] may name; privacy has its own section ([privacy], privacy/options.py)."""

@@ -17,6 +17,7 @@ from .. import checks
 from ..data.examples import Examples
 from ..params import load_into, named_tensors
 from ..types import Params, Task
+from .dpsgd import train_dp
 from .evaluate import Tally
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -47,6 +48,11 @@ class SGDProgram:
     penalty: Penalty | None = None
     returns: Literal["delta", "gradient"] = "delta"
     aux: Params = field(default_factory=dict, compare=False)
+    clip: float | None = None
+    """DP-SGD: each example's gradient is clipped to this L2 norm, and batches are drawn independently per step
+    (client/dpsgd.py); None: plain SGD."""
+    noise_multiplier: float = 0.0
+    """DP-SGD: the noise added to a step's sum of clipped gradients has standard deviation noise_multiplier * clip."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,9 @@ def sgd_step(params: Sequence[torch.Tensor], grads: Sequence[torch.Tensor | None
 
 def train_program(program: SGDProgram, task: Task, ctx: ClientContext) -> Trained:
     """The per-client execution of an SGDProgram (the batched one is sim/vectorized.py)."""
+    if program.clip is not None:
+        update, steps, metrics = train_dp(program, task, ctx.model, ctx.train, ctx.loss_fn)
+        return Trained(update, len(ctx.train), steps, metrics)
     if program.returns == "gradient":
         return full_gradient(ctx, task.params)
     model = ctx.model

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..app import model_digest
 from ..build import (
+    calibrated,
     load_data,
     loss_from_config,
     model_fn_from_config,
@@ -40,7 +41,8 @@ DEPLOYED = tuple(k for k in COMPUTATION if not k.startswith("sim.")) + ("server.
 def client_settings(cfg: Config, spec: dict) -> str:
     """What a client needs to build its app, and nothing else (no paths, no server settings): the reader of its
     data, the model (or the user's App), the strategy's client half and the client-side transforms."""
-    config = cfg.model_dump(mode="json", include={"seed", "model", "app", "strategy", "client", "transforms"})
+    config = cfg.model_dump(mode="json", include={"seed", "model", "app", "strategy", "client", "transforms",
+                                                          "privacy"})
     config["data"] = cfg.data.model_dump(mode="json", include={"name", "test_fraction", "split", "label_column"})
     return json.dumps({"config": config, "spec": spec})
 
@@ -53,6 +55,10 @@ def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: 
     default DIR/tokens.txt of `cert_dir`) or, with `mutual_tls`, by a certificate on `allowlist` (default
     DIR/clients.txt)."""
     options = server_options(cfg)
+    if cfg.privacy.mode == "dp-sgd" and cfg.privacy.noise_multiplier is None:
+        raise ConfigError("privacy.target_epsilon: a server cannot calibrate DP-SGD without its clients' example "
+                          "counts; set privacy.noise_multiplier (fedloop privacy CONFIG --epsilon E finds it)")
+    cfg = calibrated(cfg, options.min_clients)  # fewer clients, less amplification: the conservative choice
     auth = authenticator(cert_dir, tokens, mutual_tls, allowlist)
     run_dir = RunDir(prepare_run_dir(out, resume=resume, overwrite=overwrite))
     if resume:

@@ -80,7 +80,7 @@ def batch_program(job: Job) -> SGDProgram | None:
     if task.kind != "fit" or task.client_id != app.client_id or len(app.train) == 0:
         return None
     try:
-        return app.strategy.client_program(task, job.state)
+        return app.strategy.training_program(task, job.state)
     except Exception:  # noqa: BLE001 - the client's own run reports the error as its Failure
         return None
 

@@ -17,12 +17,16 @@ from torch.func import functional_call, vmap
 from torch.nn import functional as F
 from torch.nn.utils.rnn import pad_sequence
 
+from ..client import dpsgd
 from ..client.training import LossFn, SGDProgram, Trained, sgd_step
 from ..data.examples import Examples
 from ..types import Params, Task
 
 MAX_ROWS = 1 << 16
 """Rows one batched step may hold (clients x batch); larger groups are split into chunks of clients."""
+
+MAX_PER_EXAMPLE = 1 << 25
+"""Per-example gradient entries (rows x params) one batched DP-SGD step may hold (128 MiB of float32)."""
 
 
 ROW_LOSSES: dict[LossFn, LossFn] = {
@@ -136,10 +140,15 @@ def train_group(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: LossF
     full = program.batch_size is None or program.returns == "gradient"
     width = max(len(d) for d in data) if full else program.batch_size
     per_chunk = max(1, MAX_ROWS // max(width or 1, 1))
+    train = _train_chunk
+    if program.clip is not None:  # DP-SGD holds one gradient per row: bound rows x params instead
+        numel = sum(p.numel() for p in model.parameters())
+        per_chunk = max(1, min(per_chunk, MAX_PER_EXAMPLE // max(1, (width or 1) * numel)))
+        train = _train_chunk_dp
     out: list[Trained] = []
     for start in range(0, len(tasks), per_chunk):
         end = start + per_chunk
-        out += _train_chunk(model, programs[start:end], loss_fn, tasks[start:end], data[start:end])
+        out += train(model, programs[start:end], loss_fn, tasks[start:end], data[start:end])
     return out
 
 
@@ -219,4 +228,81 @@ def _train_chunk(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: Loss
             metrics["train_accuracy"] = accuracies[pos]
         update: Params = {k: updates[k][pos] for k in global_params}
         results[c] = Trained(update, len(data[c]), int(steps_out[pos]), metrics)
+    return [r for r in results if r is not None]
+
+
+def _train_chunk_dp(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: LossFn, tasks: Sequence[Task],
+                    data: Sequence[Examples]) -> list[Trained]:
+    """DP-SGD for a stack of clients: the batches, per-example clipping and noise of client/dpsgd.py, each client
+    drawing from its own generators exactly as it does alone."""
+    program = programs[0]
+    assert program.clip is not None
+    full = program.returns == "gradient"
+    global_params = tasks[0].params
+    names = [n for n, _ in model.named_parameters()]
+    x, y, index = _shared_arrays(data)
+    sizes = [int(ix.numel()) for ix in index]
+    per_row = [dpsgd.batch_size(program.batch_size, n, full) for n in sizes]
+    steps_of = [dpsgd.num_steps(n, r, program.epochs, full) for n, r in zip(sizes, per_row, strict=True)]
+    width, count = max(per_row), len(tasks)
+    order = sorted(range(count), key=lambda c: -steps_of[c])  # clients still training are a prefix
+    most = steps_of[order[0]]
+    rows = torch.zeros(count, most, width, dtype=torch.long)
+    mask = torch.zeros(count, most, width)
+    for pos, c in enumerate(order):
+        gen = torch.Generator().manual_seed(tasks[c].seed)  # the same draws as client/dpsgd.train_dp
+        for s in range(steps_of[c]):
+            pick = torch.arange(sizes[c]) if full else torch.randperm(sizes[c], generator=gen)[:per_row[c]]
+            rows[pos, s, :len(pick)] = index[c][pick]
+            rows[pos, s, len(pick):] = index[c][0]
+            mask[pos, s, :len(pick)] = 1.0
+    noise = [torch.Generator().manual_seed(dpsgd.noise_seed(tasks[c].seed)) for c in order]
+    divisor = torch.tensor([float(per_row[c]) for c in order])
+    aux = _stacked_aux(programs, torch.tensor(order))
+    penalty = None if program.penalty is None else \
+        vmap(program.penalty, in_dims=(0, None, None if aux is None else 0))
+    grads_of = vmap(dpsgd.per_example_grads(model, loss_fn), in_dims=(0, 0, 0))
+    params = {k: global_params[k].detach().unsqueeze(0).repeat(count, *([1] * global_params[k].dim()))
+              for k in names}
+    buffers: list[torch.Tensor | None] = [torch.zeros_like(params[k]) for k in names] if program.momentum \
+        else [None] * len(names)
+    loss_sum, correct_sum, seen = torch.zeros(count), torch.zeros(count), torch.zeros(count)
+    scored = y.dim() == 1 and not y.is_floating_point()
+    std = program.noise_multiplier * program.clip
+    model.train()
+    for s in range(most):
+        active = sum(1 for c in order if steps_of[c] > s)
+        idx, m = rows[:active, s], mask[:active, s]
+        xb = x[idx.reshape(-1)].view(active, width, *x.shape[1:])
+        yb = y[idx.reshape(-1)].view(active, width, *y.shape[1:])
+        sub = {k: v[:active] for k, v in params.items()}
+        grads, (losses, outputs) = grads_of(sub, xb, yb)
+        summed = dpsgd.clip_and_sum(grads, program.clip, 2, m)
+        drawn = [dpsgd.add_noise({k: summed[k][pos] for k in names}, std, noise[pos]) for pos in range(active)]
+        g = {k: torch.stack([d[k] for d in drawn]) / divisor[:active].view(-1, *([1] * (summed[k].dim() - 1)))
+             for k in names}
+        if penalty is not None:
+            live = {k: v.detach().requires_grad_() for k, v in sub.items()}
+            total = penalty(live, global_params, {} if aux is None else {k: v[:active] for k, v in aux.items()})
+            pg = torch.autograd.grad(total.sum(), list(live.values()), allow_unused=True)
+            g = {k: g[k] + (p if p is not None else 0.0) for k, p in zip(live, pg, strict=True)}
+        with torch.no_grad():
+            loss_sum[:active] += (losses * m).sum(dim=1)
+            seen[:active] += m.sum(dim=1)
+            scored = scored and outputs.dim() == 3
+            if scored:
+                correct_sum[:active] += ((outputs.argmax(dim=2) == yb) * m).sum(dim=1)
+        if full:
+            params = g
+            break
+        sgd_step([params[k][:active] for k in names], [g[k] for k in names],
+                 [b[:active] if b is not None else None for b in buffers], program)
+    results: list[Trained | None] = [None] * count
+    for pos, c in enumerate(order):
+        metrics = {"train_loss": float(loss_sum[pos] / seen[pos])}
+        if scored:
+            metrics["train_accuracy"] = float(correct_sum[pos] / seen[pos])
+        update: Params = {k: (params[k][pos] if full else global_params[k] - params[k][pos]) if k in params
+                          else torch.zeros_like(global_params[k]) for k in global_params}
+        results[c] = Trained(update, sizes[c], steps_of[c], metrics)
     return [r for r in results if r is not None]

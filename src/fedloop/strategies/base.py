@@ -24,10 +24,11 @@ from .. import checks
 from ..aggregators import Aggregator, WeightedMean
 from ..client.state import ClientState
 from ..client.training import ClientContext, FullGradient, LocalSGD, LocalSpec, SGDProgram, Trained, train_program
+from ..errors import ConfigError
 from ..params import clone
 from ..sampling import Sampler, round_rng, task_seeds
 from ..server_opt import SGD, ServerOptimizer
-from ..transforms import Transform
+from ..transforms import Transform, own_state
 from ..types import Aggregate, Broadcast, ClientInfo, ConfigValue, Reply, ServerState, Task, TaskKind, Update
 
 
@@ -54,6 +55,10 @@ class Strategy:
         for part, ok, what in parts:
             if not ok:
                 checks.fail(self, part, f"expected {what}")
+        for transform in self.transforms:
+            if (why := transform.check(self)) is not None:
+                raise ConfigError(f"{transform.name} cannot be used with strategy {self.name!r}: {why}",
+                                  key="transforms", value=transform.name, rule=why)
 
     # --- server half ---
     def init(self, params: Mapping, seed: int) -> ServerState:
@@ -72,7 +77,11 @@ class Strategy:
         r = state.round + 1
         shared = self.broadcast(state, stage or kind)
         seeds = task_seeds(state.seed, r, [c.client_id for c in chosen]).tolist()
-        return [Task(c.client_id, r, kind, shared, s, dict(config or {})) for c, s in zip(chosen, seeds, strict=True)]
+        config = dict(config or {})
+        if kind == "fit":
+            for i, transform in enumerate(self.transforms):
+                config.update(transform.task_config(own_state(state.transform_state, i)))
+        return [Task(c.client_id, r, kind, shared, s, config) for c, s in zip(chosen, seeds, strict=True)]
 
     def configure(self, state: ServerState, clients: Sequence[ClientInfo]) -> list[Task]:
         """The first exchange of round state.round + 1: fit tasks for the sampler's draw."""
@@ -96,8 +105,16 @@ class Strategy:
     def client_program(self, task: Task, state: ClientState) -> SGDProgram:
         return self.local.program()
 
+    def training_program(self, task: Task, state: ClientState) -> SGDProgram:
+        """The program a client runs: the strategy's client_program, then each transform's program step (DP-SGD's
+        per-example clipping and noise)."""
+        program = self.client_program(task, state)
+        for transform in self.transforms:
+            program = transform.program(task, program)
+        return program
+
     def client_train(self, task: Task, ctx: ClientContext) -> Trained:
-        return train_program(self.client_program(task, ctx.state), task, ctx)
+        return train_program(self.training_program(task, ctx.state), task, ctx)
 
     def client_finish(self, task: Task, trained: Trained, state: ClientState) -> tuple[Update, ClientState]:
         """The update to send and the client's new state (the same object when it did not change)."""
