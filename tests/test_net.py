@@ -637,3 +637,15 @@ def test_a_central_dp_run_with_adaptive_clipping_over_grpc_matches_the_simulator
     deployed = load_file(tmp_path / "run" / "model.safetensors")
     expected = simulated_params(data, config, 3)
     assert all(torch.equal(deployed[k], expected[k]) for k in expected)
+
+
+def test_dp_sgd_clients_clip_and_noise_every_example_in_their_own_process_like_the_simulator(site, tmp_path):
+    """Sample-level DP-SGD: the per-example clipping and noise run inside each client process (the server only
+    accounts), and the final model equals the simulator's, bit for bit."""
+    root, data = site
+    config = write_config(root, "dp_sgd", extra='[privacy]\nmode = "dp-sgd"\nclip = 0.5\nnoise_multiplier = 1.1\n')
+    rounds = deploy(root, config, tmp_path / "run")
+    assert all(r["epsilon"] > 0 for r in rounds) and rounds[-1]["epsilon"] > rounds[0]["epsilon"]
+    deployed = load_file(tmp_path / "run" / "model.safetensors")
+    expected = simulated_params(data, config, 3)
+    assert all(torch.equal(deployed[k], expected[k]) for k in expected)

@@ -265,3 +265,17 @@ def test_server_side_clipping_and_the_actual_denominator():
     total = {"w": clipped.params["w"] + small.params["w"]}
     out, _, _ = dp.server_aggregate(total, state, 0, info([clipped, small], expected=10.0))
     assert torch.allclose(out["w"], total["w"] / 2, atol=1e-6)  # divided by the 2 that replied, not by 10
+
+
+def test_the_planner_quotes_the_measured_accuracy_nearest_the_planned_epsilon(tmp_path, monkeypatch):
+    from fedloop.privacy import planner
+
+    monkeypatch.setattr(planner, "RESULTS", tmp_path)
+    cells = [("none", None, 0.84), ("central", 4.0, 0.80), ("central", 4.0, 0.82), ("central", 1.0, 0.70)]
+    for i, (mode, eps, acc) in enumerate(cells):
+        (tmp_path / f"{i}.json").write_text(json.dumps({
+            "dataset": "digits", "mode": mode, "clipping": "fixed", "epsilon_target": eps, "accuracy": acc,
+            "clients": 2000, "rounds": 200}))
+    line = planner._cost("digits", PrivacyOptions("central", noise_multiplier=1.0), 3.2)
+    assert "accuracy 0.8100 at epsilon 4 vs 0.8400 without privacy" in line and "mean of 2 runs" in line
+    assert "not measured" in planner._cost("cifar10", PrivacyOptions("central", noise_multiplier=1.0), 3.2)

@@ -55,7 +55,8 @@ class HangsInActor(nn.Module):
 
 
 @pytest.mark.parametrize("executor", ["vectorized", "sequential"])
-@pytest.mark.parametrize("strategy", ["fedavg-momentum-wd", "fedsgd", "fedprox", "scaffold"])
+@pytest.mark.parametrize("strategy", ["fedavg-momentum-wd", "fedsgd", "fedprox", "scaffold", "central-dp-adaptive",
+                                      "dp-sgd"])
 def test_ray_engine_matches_the_local_reference(strategy, executor):
     res = run_sizes(CONFORMANCE[strategy], SIZES, executor, engine="ray")
     ref = run_sizes(CONFORMANCE[strategy], SIZES, "sequential")

@@ -37,6 +37,7 @@ from fedloop.data.gaussian import GaussianTeacher
 from fedloop.experiment import build_fleet
 from fedloop.fleet import run as exchange
 from fedloop.loop import run_loop
+from fedloop.privacy import PrivacyOptions, privatize
 from fedloop.run import initial_params
 from fedloop.sampling import round_rng
 from fedloop.sim import LazyPopulation, LocalFleet, gaussian_population
@@ -91,6 +92,12 @@ CONFORMANCE = {
     "clip-server": FedAvg(sampler=Sampler(4), local=LOCAL, transforms=(Clip(0.05, "server"),)),
     "custom-client-half": CountingFedAvg(sampler=Sampler(4), local=LOCAL, transforms=(Clip(0.05),)),
     "own-training": OwnTrainingFedAvg(sampler=Sampler(4)),
+    "central-dp-adaptive": privatize(FedAvg(sampler=Sampler(4), local=LOCAL), PrivacyOptions(
+        "central", clip=0.05, clipping="adaptive", noise_multiplier=0.5, count_stddev=1.0, sampling="poisson")),
+    "local-dp": privatize(FedAvg(sampler=Sampler(4), local=LOCAL), PrivacyOptions(
+        "local", clip=0.05, noise_multiplier=0.5)),
+    "dp-sgd": privatize(FedProx(mu=0.1, sampler=Sampler(4), local=LOCAL), PrivacyOptions(
+        "dp-sgd", clip=0.5, noise_multiplier=0.7)),
 }
 EXECUTORS = ["vectorized", "processes", "processes-vectorized", "auto"]
 

@@ -5,6 +5,7 @@ epsilon, and the accuracy cost measured by benchmarks/privacy.py when a measured
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -63,11 +64,12 @@ def _cost(dataset: str, options: PrivacyOptions, eps: float) -> str:
     cells = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))] if RESULTS.is_dir() else []
     cells = [c for c in cells if c.get("dataset") == dataset]
     private = [c for c in cells if c.get("mode") == options.mode and c.get("clipping") == options.clipping]
-    baseline = next((c for c in cells if c.get("mode") == "none"), None)
-    if not private or baseline is None:
+    baseline = [c["accuracy"] for c in cells if c.get("mode") == "none"]
+    if not private or not baseline:
         return f"expected accuracy cost: not measured for {dataset} with mode {options.mode} " \
                "(benchmarks/privacy.py measures it)"
-    near = min(private, key=lambda c: abs(c["epsilon_target"] - eps))
-    return (f"expected accuracy cost (benchmarks/privacy.py, {near['clients']} clients, {near['rounds']} rounds): "
-            f"accuracy {near['accuracy']:.4f} at epsilon {near['epsilon_target']:g} vs {baseline['accuracy']:.4f} "
-            f"without privacy")
+    target = min((c["epsilon_target"] for c in private), key=lambda e: abs(e - eps))
+    near = [c for c in private if c["epsilon_target"] == target]
+    return (f"expected accuracy cost (benchmarks/privacy.py, {near[0]['clients']} clients, {near[0]['rounds']} "
+            f"rounds, mean of {len(near)} runs): accuracy {statistics.mean(c['accuracy'] for c in near):.4f} at "
+            f"epsilon {target:g} vs {statistics.mean(baseline):.4f} without privacy")
