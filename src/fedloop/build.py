@@ -13,6 +13,7 @@ from torch.nn import functional as F
 
 from .aggregators import AGGREGATORS
 from .app import App, load_app
+from .attacks import AttackOptions
 from .client import LocalSGD, LossFn
 from .config import OWN_FIELDS, AggregatorSection, Config, ServerOptSection, default_of
 from .data.examples import Dataset
@@ -94,6 +95,10 @@ def strategy_from_config(cfg: Config, calibrating: bool = False) -> Strategy:
     return privatize(strategy, options, 1.0 if calibrating and options.noise_multiplier is None else None)
 
 
+def attack_options(cfg: Config) -> AttackOptions:
+    return make("attack", AttackOptions, **_values(cfg.attack))
+
+
 def privacy_options(cfg: Config) -> PrivacyOptions:
     return make("privacy", PrivacyOptions, **_values(cfg.privacy))
 
@@ -140,6 +145,7 @@ def resolve(cfg: Config, source: str) -> Config:
         run_options(cfg)
         sim_options(cfg)
         server_options(cfg)
+        attack_options(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     opt = strategy.server_opt

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .aggregators import AGGREGATORS
+from .attacks import AttackOptions
 from .client import LocalSGD
 from .data.partition import SCHEMES
 from .data.registry import DATASETS
@@ -100,6 +101,7 @@ if TYPE_CHECKING:
     SimSection: TypeAlias = _Built
     ServerSection: TypeAlias = _Built
     PrivacySection: TypeAlias = _Built
+    AttackSection: TypeAlias = _Built
 else:
     StrategySection = create_model(
         "StrategySection", __base__=_Section, name=(Literal[tuple(STRATEGIES)], "fedavg"), **_fields(Sampler),
@@ -114,6 +116,7 @@ else:
     SimSection = section("SimSection", SimOptions)
     ServerSection = section("ServerSection", ServerOptions)
     PrivacySection = section("PrivacySection", PrivacyOptions)
+    AttackSection = section("AttackSection", AttackOptions)
 
 MOVED = {"server_lr": ("server_opt", "lr"), "server_momentum": ("server_opt", "momentum"),
          "weighting": ("aggregator", "weighting")}
@@ -167,6 +170,7 @@ class Config(_Section):
     server_opt: ServerOptSection = Field(default_factory=ServerOptSection)
     transforms: list[TransformSection] = Field(default_factory=list)
     privacy: PrivacySection = Field(default_factory=PrivacySection)
+    attack: AttackSection = Field(default_factory=AttackSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     stop: StopSection = Field(default_factory=StopSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
@@ -298,7 +302,7 @@ def _toml_value(v: Any) -> str:
 
 
 COMPUTATION = ("seed", "data", "partition", "model", "app", "strategy", "client", "aggregator", "server_opt",
-               "transforms", "privacy", "sim.executor", "sim.engine", "sim.workers")
+               "transforms", "privacy", "attack", "sim.executor", "sim.engine", "sim.workers")
 """What changes a run's arithmetic: a resumed run must keep all of it (its rounds, evaluation, stop conditions and
 checkpoints may change)."""
 

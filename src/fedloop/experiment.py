@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from .app import App, load_app
+from .attacks import AttackFleet, AttackOptions, backdoor_success, poisoned
+from .attacks.options import UPDATE_ATTACKS
 from .build import (
+    attack_options,
     calibrated,
     load_data,
     loss_from_config,
@@ -35,22 +39,52 @@ from .sim import AppList, LocalFleet, SimOptions, make_fleet
 from .store import load_model_file
 from .strategies import Strategy
 
+log = logging.getLogger(__name__)
+
+
+Poison = Callable[[int, Examples], Examples]
+"""(client id, its training rows) -> the rows it trains on (a malicious client's poisoned copy)."""
+
 
 def build_apps(data: Dataset, partition: Partition, strategy: Strategy, model_fn: Callable[[], nn.Module],
-               loss_fn: LossFn) -> list[ClientApp]:
+               loss_fn: LossFn, poison: Poison | None = None) -> list[ClientApp]:
     """One client app per partition entry, each holding index views into the shared arrays."""
     tx, ty = (data.x_train, data.y_train) if partition.test_source == "train" else (data.x_test, data.y_test)
-    return [ClientApp(c, strategy, model_fn, loss_fn,
-                      train=Examples(data.x_train, data.y_train, torch.as_tensor(partition.train[c])),
-                      test=Examples(tx, ty, torch.as_tensor(partition.test[c])))
-            for c in range(partition.num_clients)]
+    apps = []
+    for c in range(partition.num_clients):
+        train = Examples(data.x_train, data.y_train, torch.as_tensor(partition.train[c]))
+        apps.append(ClientApp(c, strategy, model_fn, loss_fn, train=poison(c, train) if poison else train,
+                              test=Examples(tx, ty, torch.as_tensor(partition.test[c]))))
+    return apps
 
 
 def build_fleet(data: Dataset, partition: Partition, strategy: Strategy, model_fn: Callable[[], nn.Module],
-                loss_fn: LossFn = F.cross_entropy, sim: SimOptions = SimOptions(executor="sequential")
-                ) -> LocalFleet:
+                loss_fn: LossFn = F.cross_entropy, sim: SimOptions = SimOptions(executor="sequential"),
+                poison: Poison | None = None) -> LocalFleet:
     """The simulation fleet over a partition."""
-    return make_fleet(AppList(build_apps(data, partition, strategy, model_fn, loss_fn)), sim)
+    return make_fleet(AppList(build_apps(data, partition, strategy, model_fn, loss_fn, poison)), sim)
+
+
+def attacked(cfg: Config, data: Dataset, partition: Partition
+             ) -> tuple[AttackOptions, frozenset[int], Poison | None, Callable[[nn.Module], dict] | None]:
+    """The config's attack: its malicious clients, how their data are poisoned, and the backdoor's metric."""
+    attack = attack_options(cfg)
+    bad = attack.malicious(range(partition.num_clients))
+    if attack.kind == "none":
+        return attack, bad, None, None
+    high = float(data.x_train.max())
+    if attack.kind == "backdoor" and not 0 <= attack.target < data.num_classes:
+        raise ConfigError(f"attack.target = {attack.target}: the data have classes 0..{data.num_classes - 1}")
+
+    def poison(c: int, rows: Examples) -> Examples:
+        return poisoned(rows, attack, data.num_classes, c, high) if c in bad else rows
+
+    metric = None
+    if attack.kind == "backdoor":
+        def metric(model: nn.Module) -> dict:
+            return {"backdoor_success": backdoor_success(model, data.x_test, data.y_test, attack.target, high)}
+    log.info("attack %s: clients %s are malicious", attack.kind, sorted(bad))
+    return attack, bad, poison, metric
 
 
 def simulate(model_fn: Callable[[], nn.Module] | App, data: Dataset, partition: Partition, strategy: Strategy,
@@ -101,7 +135,10 @@ def run_config(cfg: Config, out: str | Path | None = None, observers: tuple[Obse
     model_fn = model_fn_from_config(cfg, spec)
     loss_fn = loss_from_config(cfg)
     strategy = strategy_from_config(cfg)
-    fleet = build_fleet(data, partition, strategy, model_fn, loss_fn, sim_options(cfg))
+    attack, bad, poison, metric = attacked(cfg, data, partition)
+    fleet: Any = build_fleet(data, partition, strategy, model_fn, loss_fn, sim_options(cfg), poison)
+    if attack.kind in UPDATE_ATTACKS:
+        fleet = AttackFleet(fleet, attack, bad)
     try:
         if cfg.sim.engine == "local":
             cfg = cfg.model_copy(update={"sim": cfg.sim.model_copy(update={"executor": fleet.chosen})})
@@ -109,7 +146,7 @@ def run_config(cfg: Config, out: str | Path | None = None, observers: tuple[Obse
                      run_options(cfg, out=out, observers=observers, resume=resume, overwrite=overwrite),
                      test=Examples.all(data.x_test, data.y_test), loss_fn=loss_fn, partition_json=partition.to_json(),
                      model_meta=model_meta(cfg, spec, data.name),
-                     config_toml=to_toml(cfg))
+                     config_toml=to_toml(cfg), extra_metrics=metric)
     finally:
         fleet.close()
 

@@ -25,7 +25,7 @@ from .stops import Diverged, MaxRounds, Patience, StopCondition, TargetAccuracy
 from .store import RunDir, load_checkpoint, load_client_states, prepare_run_dir
 from .strategies import Strategy
 from .transforms import own_state
-from .types import ServerState
+from .types import Params, ServerState
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,8 @@ def privacy_summary(strategy: Strategy, state: ServerState) -> dict[str, Any]:
 
 def train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, options: RunOptions, *,
           test: Examples | None = None, loss_fn: LossFn = F.cross_entropy, partition_json: dict | None = None,
-          model_meta: dict[str, Any] | None = None, config_toml: str | None = None) -> RunResult:
+          model_meta: dict[str, Any] | None = None, config_toml: str | None = None,
+          extra_metrics: Callable[[nn.Module], dict[str, float]] | None = None) -> RunResult:
     """Federated training over any fleet (simulated or networked), with the run directory and summary.
 
     With options.resume the run continues in options.out from its latest checkpoint (its metrics history is kept
@@ -145,7 +146,7 @@ def train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, o
         run_dir = RunDir(prepare_run_dir(options.out, resume=options.resume, overwrite=options.overwrite))
     try:
         return _train(fleet, model_fn, strategy, options, run_dir, t0, test, loss_fn, partition_json, model_meta,
-                      config_toml)
+                      config_toml, extra_metrics)
     finally:
         if run_dir is not None:
             run_dir.release()
@@ -153,10 +154,18 @@ def train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, o
 
 def _train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, options: RunOptions,
            run_dir: RunDir | None, t0: float, test: Examples | None, loss_fn: LossFn, partition_json: dict | None,
-           model_meta: dict[str, Any] | None, config_toml: str | None) -> RunResult:
+           model_meta: dict[str, Any] | None, config_toml: str | None,
+           extra_metrics: Callable[[nn.Module], dict[str, float]] | None = None) -> RunResult:
     workspace = model_fn()
     evaluator = (lambda params: evaluate(workspace, params, test, loss_fn)) if test is not None and len(test) \
         else None
+    if evaluator is not None and extra_metrics is not None:
+        central = evaluator
+
+        def evaluator(params: Params) -> dict[str, float]:
+            metrics = central(params)
+            load_into(workspace, params)
+            return {**metrics, **extra_metrics(workspace)}
     meta = {"strategy": strategy.name, **(model_meta or {})}
     client_states: RoundStates | None = getattr(fleet, "states", None)  # a simulation's; deployed clients keep theirs
     if options.resume:

@@ -1,33 +1,18 @@
-"""Aggregators (a strategy part): stateful (init, apply) pairs from a round's updates, sorted by client id, to the
-reduced update's tensors. They receive the updates in client-id order (loop.reduce), so the floating-point
-summation order, and therefore the result, does not depend on the order in which replies arrived; counts and
-metrics are built once by loop.reduce, not by each aggregator.
-"""
+"""The (weighted) mean: the plain FedAvg aggregator, streamed one update at a time."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal, Protocol
+from typing import ClassVar
 
 import torch
 
-from . import checks
-from .errors import AggregationError
-from .params import check_compatible
-from .types import Params, Update
-
-Weighting = Literal["samples", "uniform"]
-AggState = Mapping[str, torch.Tensor]
-
-
-class Aggregator(Protocol):
-    name: ClassVar[str]
-
-    def init(self, params: Params) -> dict[str, torch.Tensor]: ...
-
-    def apply(self, updates: Sequence[Update], state: AggState
-              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]: ...
+from .. import checks
+from ..errors import AggregationError
+from ..params import check_compatible
+from ..types import Params, Update
+from .base import AggState, Weighting
 
 
 @dataclass(frozen=True)
@@ -71,20 +56,3 @@ class WeightedMean:
             for k, v in u.params.items():
                 acc[k].add_(v, alpha=w)
         return acc, {}
-
-
-def mean_metrics(updates: Sequence[Update]) -> dict[str, float]:
-    """Example-weighted mean of each client metric (clients that lack a metric are skipped for it). Metrics whose
-    name starts with "_" are for the server's transforms only (e.g. DP's clipped bit) and are never released."""
-    sums: dict[str, float] = {}
-    counts: dict[str, int] = {}
-    for u in updates:
-        for k, v in u.metrics.items():
-            if k.startswith("_"):
-                continue
-            sums[k] = sums.get(k, 0.0) + float(v) * u.num_examples
-            counts[k] = counts.get(k, 0) + u.num_examples
-    return {k: sums[k] / counts[k] for k in sums if counts[k] > 0}
-
-
-AGGREGATORS: dict[str, type] = {WeightedMean.name: WeightedMean}

@@ -1,0 +1,83 @@
+"""Aggregators that bound each update's influence by its norm.
+
+centered_clip (Karimireddy, He & Jaggi 2021): v <- v + (1/n) sum_i clip(x_i - v, tau), `iterations` times, from the
+previous round's aggregate (kept in the aggregator's state; zero at first), so an update far from the consensus
+moves it by at most tau / n. Robust for f < n/2 with a suitable tau.
+norm_bound (Sun et al. 2019): each update clipped to L2 norm `max_norm` (or, with `adaptive`, to `factor` times the
+round's median update norm), then the plain mean. It bounds what one client can do, not what a majority can.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .. import checks
+from ..types import Params, Update
+from .base import AggState, names_of, shaped, stacked
+
+
+def _norms(updates: Sequence[Update], names: Sequence[str], center: dict[str, torch.Tensor] | None = None
+           ) -> torch.Tensor:
+    sq = torch.zeros(len(updates), dtype=torch.float64)
+    for k in names:
+        rows = stacked(updates, k)
+        sq += (rows if center is None else rows - center[k]).square().sum(dim=1)
+    return sq.sqrt()
+
+
+def _scale(norms: torch.Tensor, bound: float) -> torch.Tensor:
+    """min(1, bound / norm) per update."""
+    return torch.where(norms > bound, bound / norms.clamp(min=1e-30), torch.ones_like(norms))
+
+
+@dataclass(frozen=True)
+class CenteredClip:
+    name: ClassVar[str] = "centered_clip"
+    tau: float = 1.0
+    iterations: int = 3
+
+    def __post_init__(self) -> None:
+        checks.positive(self, "tau")
+        checks.at_least(self, "iterations", 1)
+
+    def init(self, params: Params) -> dict[str, torch.Tensor]:
+        return {}
+
+    def apply(self, updates: Sequence[Update], state: AggState
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        names = names_of(updates)
+        v = {k: state[k].reshape(-1).to(torch.float64) if k in state else
+             torch.zeros(updates[0].params[k].numel(), dtype=torch.float64) for k in names}
+        for _ in range(self.iterations):
+            scale = _scale(_norms(updates, names, v), self.tau)
+            v = {k: v[k] + ((stacked(updates, k) - v[k]) * scale[:, None]).mean(dim=0) for k in names}
+        out = {k: shaped(updates, k, v[k]) for k in names}
+        return out, {k: t.clone() for k, t in out.items()}
+
+
+@dataclass(frozen=True)
+class NormBound:
+    name: ClassVar[str] = "norm_bound"
+    max_norm: float = 1.0
+    adaptive: bool = False
+    factor: float = 1.0
+    """With `adaptive`, the bound is factor x the round's median update norm."""
+
+    def __post_init__(self) -> None:
+        checks.positive(self, "max_norm", "factor")
+        checks.one_of(self, "adaptive", (True, False))
+
+    def init(self, params: Params) -> dict[str, torch.Tensor]:
+        return {}
+
+    def apply(self, updates: Sequence[Update], state: AggState
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        names = names_of(updates)
+        norms = _norms(updates, names)
+        bound = self.factor * float(torch.median(norms)) if self.adaptive else self.max_norm
+        scale = _scale(norms, bound)
+        return {k: shaped(updates, k, (stacked(updates, k) * scale[:, None]).mean(dim=0)) for k in names}, {}

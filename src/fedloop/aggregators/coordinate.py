@@ -1,0 +1,68 @@
+"""Coordinate-wise robust aggregators, computed one tensor at a time over the stacked updates.
+
+median: each coordinate's median (the mean of the two middle values for an even count). Tolerates f < n/2
+Byzantine updates (Yin et al. 2018).
+trimmed_mean: each coordinate's mean after dropping its floor(beta n) largest and floor(beta n) smallest values;
+tolerates f <= floor(beta n) (Yin et al. 2018), so a round too small to trim one value (n < 1 / beta) is refused.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from .. import checks
+from ..types import Params, Update
+from .base import AggState, names_of, need, shaped, stacked
+
+
+def coordinate_median(rows: torch.Tensor) -> torch.Tensor:
+    """The median of each column of [n, d] rows (even n: the mean of the two middle values)."""
+    ordered, _ = torch.sort(rows, dim=0)
+    n = rows.shape[0]
+    if n % 2:
+        return ordered[n // 2]
+    return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+
+
+@dataclass(frozen=True)
+class Median:
+    name: ClassVar[str] = "median"
+
+    def init(self, params: Params) -> dict[str, torch.Tensor]:
+        return {}
+
+    def apply(self, updates: Sequence[Update], state: AggState
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        names = names_of(updates)
+        return {k: shaped(updates, k, coordinate_median(stacked(updates, k))) for k in names}, {}
+
+
+@dataclass(frozen=True)
+class TrimmedMean:
+    name: ClassVar[str] = "trimmed_mean"
+    beta: float = 0.1
+    """The fraction trimmed at each end of every coordinate."""
+
+    def __post_init__(self) -> None:
+        checks.in_range(self, "beta", 0.0, 0.5)
+
+    def init(self, params: Params) -> dict[str, torch.Tensor]:
+        return {}
+
+    def apply(self, updates: Sequence[Update], state: AggState
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        n = len(updates)
+        cut = math.floor(self.beta * n)
+        if self.beta > 0:  # a round too small to trim one value would silently be the plain mean
+            need(self, n, math.ceil(1 / self.beta), f"trims floor(beta n) values at each end (beta = {self.beta:g})")
+        names = names_of(updates)
+        out = {}
+        for k in names:
+            ordered, _ = torch.sort(stacked(updates, k), dim=0)
+            out[k] = shaped(updates, k, ordered[cut:n - cut].mean(dim=0))
+        return out, {}
