@@ -9,6 +9,7 @@ moved (N x params down + N x params up).
 
     python benchmarks/net.py                      # N = 10, 50, 200; 4 rounds each
     python benchmarks/net.py --clients 10 --rounds 3
+    python benchmarks/net.py --clients 50 200 --aggregator median
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def loopback_bytes() -> int:
     return 0
 
 
-def run(n: int, rounds: int, root: Path) -> None:
+def run(n: int, rounds: int, root: Path, aggregator: str = "mean") -> None:
     import numpy as np
 
     from fedloop.net.certs import make_certs
@@ -115,6 +116,8 @@ path = "{root / 'server.npz'}"
 name = "logreg"
 [strategy]
 clients_per_round = {n}
+[aggregator]
+name = "{aggregator}"
 [eval]
 federated = false
 every = 1000
@@ -149,14 +152,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="+", default=[10, 50, 200])
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--aggregator", default="mean", help="the server's aggregator (median, krum, ...: their peak "
+                                                          "memory grows with N x one chunk, not N x the model)")
     args = ap.parse_args()
     print(f"{os.cpu_count()} cores; model: logistic regression, {FEATURES * 10 + 10:,} params "
           f"({(FEATURES * 10 + 10) * 4 / 1e6:.1f} MB); TLS with tokens; clients as threads in "
-          f"{CLIENT_PROCESSES} processes")
+          f"{CLIENT_PROCESSES} processes; aggregator {args.aggregator}")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.clients:
-            run(n, args.rounds, Path(tmp))
+            run(n, args.rounds, Path(tmp), args.aggregator)
     print(f"wall time {time.perf_counter() - start:.0f} s")
 
 

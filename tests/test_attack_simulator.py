@@ -108,3 +108,16 @@ def test_simulate_with_an_attack_fleet_and_a_robust_aggregator():
                                     sim=SimOptions(executor="vectorized")), attack, attack.malicious(range(10)))
     assert fleet.describe() == "vectorized" and len(fleet.clients()) == 10
     assert simulate(small_model, data, part, FedAvg(sampler=Sampler(10)), options(1, 0)).state.round == 1
+
+
+def test_a_client_process_refuses_attacks_it_cannot_run_alone():
+    from fedloop.net.client_process import attacked_reply, client_attack
+    from fedloop.types import Update
+
+    with pytest.raises(ConfigError, match="--attack alie: it colludes"):
+        client_attack("alie", None, 0)
+    with pytest.raises(ConfigError, match="--attack-scale"):
+        client_attack("scaled", None, 0)
+    flip = client_attack("sign_flip", None, 0)
+    sent = attacked_reply(Update(1, 1, dict(U), 5), flip)
+    assert torch.equal(sent.params["w"], -U["w"]) and attacked_reply(Update(1, 1, dict(U), 5), None).params is not None

@@ -18,10 +18,12 @@ from safetensors.torch import load_file
 
 from fedloop import FedAvg, Sampler, Scaffold, SimOptions, load_dataset, simulate
 from fedloop.app import model_digest
+from fedloop.attacks import AttackFleet, AttackOptions
 from fedloop.build import strategy_from_config
 from fedloop.config import load_config
-from fedloop.data.examples import Dataset
+from fedloop.data.examples import Dataset, Examples
 from fedloop.data.partition import Partition
+from fedloop.experiment import build_fleet
 from fedloop.fleet import run
 from fedloop.models import model_factory
 from fedloop.net import fedloop_pb2 as pb
@@ -29,6 +31,7 @@ from fedloop.net import fedloop_pb2_grpc as pb_grpc
 from fedloop.net.certs import make_certs
 from fedloop.net.client_process import build_app, receive_task, reply_chunks
 from fedloop.net.codec import chunks, decode, encode
+from fedloop.run import train
 from fedloop.store import load_checkpoint
 from fedloop.types import ClientInfo, Failure
 
@@ -250,20 +253,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def deploy(root: Path, config: Path, out: Path) -> list[dict]:
+def deploy(root: Path, config: Path, out: Path, client_args: dict[int, list[str]] | None = None) -> list[dict]:
     """A server and one client process per client file, run to the end; the server's metrics.jsonl rows."""
     server, port = start_server(root, config, out)
-    clients = [start_client(root, port, c) for c in range(len(SIZES))]
+    clients = [start_client(root, port, c, *(client_args or {}).get(c, [])) for c in range(len(SIZES))]
     finish(server)
     for c in clients:
         assert "the run is over" in finish(c)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def simulated_params(data, config: Path, rounds: int):
+def simulated_params(data, config: Path, rounds: int, attack: AttackOptions | None = None,
+                     malicious: frozenset[int] = frozenset()):
     """The simulator on the clients' partition (each client's rows, in order) and seed, single-threaded like the
     client processes (`--threads 1`), so the float summation order and hence every bit match."""
     cfg = load_config(config)
+    if attack is not None:
+        return _attacked_params(data, cfg, rounds, attack, malicious)
     held_out = Dataset("held-out", data.x_train, data.y_train, data.x_test, data.y_test, 3)
     bounds = np.cumsum([0, *SIZES])
     part = Partition("files", [np.arange(bounds[c], bounds[c + 1]) for c in range(len(SIZES))],
@@ -274,6 +280,23 @@ def simulated_params(data, config: Path, rounds: int):
         return simulate(model_factory("mlp", held_out.spec()), held_out, part, strategy_from_config(cfg),
                         options(rounds, cfg.seed, federated=cfg.eval.federated),
                         sim=SimOptions(executor="sequential")).state.params
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _attacked_params(data, cfg, rounds: int, attack: AttackOptions, malicious: frozenset[int]):
+    """simulated_params with `malicious` clients attacking through the simulator's AttackFleet."""
+    held_out = Dataset("held-out", data.x_train, data.y_train, data.x_test, data.y_test, 3)
+    bounds = np.cumsum([0, *SIZES])
+    part = Partition("files", [np.arange(bounds[c], bounds[c + 1]) for c in range(len(SIZES))],
+                     [np.arange(c * 10, (c + 1) * 10) for c in range(len(SIZES))], "test")
+    model_fn, strategy = model_factory("mlp", held_out.spec()), strategy_from_config(cfg)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fleet = AttackFleet(build_fleet(held_out, part, strategy, model_fn), attack, malicious)
+        return train(fleet, model_fn, strategy, options(rounds, cfg.seed, federated=cfg.eval.federated),
+                     test=Examples.all(data.x_test, data.y_test)).state.params
     finally:
         torch.set_num_threads(threads)
 
@@ -649,3 +672,22 @@ def test_dp_sgd_clients_clip_and_noise_every_example_in_their_own_process_like_t
     deployed = load_file(tmp_path / "run" / "model.safetensors")
     expected = simulated_params(data, config, 3)
     assert all(torch.equal(deployed[k], expected[k]) for k in expected)
+
+
+def test_a_client_process_that_boosts_its_updates_is_contained_by_the_servers_median(site, tmp_path):
+    """One client process sends its update x50 (`fedloop client --attack scaled`); the server's coordinate-wise
+    median keeps the model where the simulator with the same attacker puts it, bit for bit, while the mean under
+    the same attack is thrown far off."""
+    root, data = site
+    config = write_config(root, "median", extra='[aggregator]\nname = "median"\n')
+    attack = {2: ["--attack", "scaled", "--attack-scale", "50"]}
+    deploy(root, config, tmp_path / "run", attack)
+    deployed = load_file(tmp_path / "run" / "model.safetensors")
+    boost = AttackOptions("scaled", fraction=0.0, scale=50.0)
+    expected = simulated_params(data, config, 3, boost, frozenset({2}))
+    assert all(torch.equal(deployed[k], expected[k]) for k in expected)
+    clean = simulated_params(data, write_config(root, "median-clean", extra='[aggregator]\nname = "median"\n'), 3)
+    mean = simulated_params(data, write_config(root, "mean"), 3, boost, frozenset({2}))
+    gap = {name: sum(float((p[k] - clean[k]).norm()) for k in clean) for name, p in
+           (("median", deployed), ("mean", mean))}
+    assert gap["mean"] > 5 * gap["median"], gap

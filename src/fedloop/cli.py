@@ -168,12 +168,14 @@ def cmd_server(args: argparse.Namespace) -> int:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    from .net.client_process import run_client
+    from .net.client_process import client_attack, run_client
 
     setup_logging(args.log_level, console, live=False)
+    attack = client_attack(args.attack, args.attack_scale, args.attack_target)
     answered = run_client(args.server, args.data, token_file=args.token_file, ca_cert=args.ca_cert, cert=args.cert,
                           key=args.key, insecure=args.insecure, state_dir=args.state_dir, expect_id=args.id,
-                          give_up_after=args.give_up_after, threads=args.threads, app_ref=args.app)
+                          give_up_after=args.give_up_after, threads=args.threads, app_ref=args.app,
+                          attack=attack)
     print(f"the run is over; answered {answered} tasks", flush=True)
     return 0
 
@@ -265,6 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_argument("--threads", type=int, metavar="N",
                      help="PyTorch threads for local training (default: one per core). With several clients "
                           "on one machine use --threads 1: oversubscribed cores slow training by 10-100x")
+    cli.add_argument("--attack", metavar="KIND", choices=["sign_flip", "gaussian", "scaled", "label_flip", "backdoor",
+                                                          "nan", "zero"],
+                     help="TEST ONLY: make this client malicious, to test a server's defences over the wire "
+                          "(sign_flip, gaussian, scaled, label_flip, backdoor, nan, zero)")
+    cli.add_argument("--attack-scale", type=float, metavar="S", help="TEST ONLY: the boost of --attack scaled, "
+                                                                     "sign_flip or backdoor")
+    cli.add_argument("--attack-target", type=int, default=0, metavar="LABEL",
+                     help="TEST ONLY: the label --attack backdoor's trigger should produce")
     log_level(cli)
     cli.set_defaults(func=cmd_client)
 

@@ -4,7 +4,7 @@ aggregators read updates with one tensor at a time, so that spooled updates neve
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import ClassVar, Literal, Protocol
 
 import torch
@@ -36,13 +36,48 @@ def names_of(updates: Sequence[Update]) -> list[str]:
     return list(first)
 
 
-def stacked(updates: Sequence[Update], name: str) -> torch.Tensor:
-    """One tensor of every update, stacked in client-id order as float64 rows: [n, numel]."""
-    return torch.stack([u.params[name].reshape(-1).to(torch.float64) for u in updates])
+CHUNK_VALUES = 1 << 24
+"""float64 values one stacked chunk of updates may hold (128 MiB): n updates are read in column chunks of
+CHUNK_VALUES // n values, so the memory of a robust aggregation grows with n x one chunk, not n x the model."""
+
+
+def column_chunks(updates: Sequence[Update], name: str) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Tensor `name` of every update, flattened, as [n, width] float64 column chunks in client-id order."""
+    numel = updates[0].params[name].numel()
+    width = max(1, CHUNK_VALUES // max(len(updates), 1))
+    for start in range(0, numel, width):
+        cols = slice(start, min(numel, start + width))
+        yield cols, torch.stack([flat_slice(u.params, name, cols).to(torch.float64) for u in updates])
+
+
+def flat_slice(params: Params, name: str, cols: slice) -> torch.Tensor:
+    """Values cols of tensor `name` flattened; a spooled update reads only the rows that hold them."""
+    read = getattr(params, "flat_slice", None)
+    return read(name, cols) if read is not None else params[name].reshape(-1)[cols]
+
+
+def per_column(updates: Sequence[Update], name: str,
+               fn: Callable[[torch.Tensor, slice], torch.Tensor]) -> torch.Tensor:
+    """fn(rows, cols) -> one value per column, over every chunk of tensor `name`: a flat float64 result."""
+    out = torch.empty(updates[0].params[name].numel(), dtype=torch.float64)
+    for cols, rows in column_chunks(updates, name):
+        out[cols] = fn(rows, cols)
+    return out
+
+
+def per_update(updates: Sequence[Update], names: Sequence[str],
+               fn: Callable[[torch.Tensor, str, slice], torch.Tensor]) -> torch.Tensor:
+    """The sum over every chunk of every tensor of fn(rows, name, cols) -> one value per update (e.g. squared
+    norms)."""
+    total = torch.zeros(len(updates), dtype=torch.float64)
+    for k in names:
+        for cols, rows in column_chunks(updates, k):
+            total += fn(rows, k, cols)
+    return total
 
 
 def shaped(updates: Sequence[Update], name: str, row: torch.Tensor) -> torch.Tensor:
-    """A float64 row back in the shape and dtype of the updates' tensor `name`."""
+    """A flat float64 result back in the shape and dtype of the updates' tensor `name`."""
     ref = updates[0].params[name]
     return row.reshape(ref.shape).to(ref.dtype)
 

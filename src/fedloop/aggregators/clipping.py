@@ -17,16 +17,20 @@ import torch
 
 from .. import checks
 from ..types import Params, Update
-from .base import AggState, names_of, shaped, stacked
+from .base import AggState, names_of, per_column, per_update, shaped
 
 
 def _norms(updates: Sequence[Update], names: Sequence[str], center: dict[str, torch.Tensor] | None = None
            ) -> torch.Tensor:
-    sq = torch.zeros(len(updates), dtype=torch.float64)
-    for k in names:
-        rows = stacked(updates, k)
-        sq += (rows if center is None else rows - center[k]).square().sum(dim=1)
-    return sq.sqrt()
+    def sq(rows: torch.Tensor, k: str, cols: slice) -> torch.Tensor:
+        return (rows if center is None else rows - center[k][cols]).square().sum(dim=1)
+
+    return per_update(updates, names, sq).sqrt()
+
+
+def _clipped_step(updates: Sequence[Update], name: str, center: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """mean_i scale_i (x_i - center) for tensor `name`."""
+    return per_column(updates, name, lambda rows, cols: ((rows - center[cols]) * scale[:, None]).mean(dim=0))
 
 
 def _scale(norms: torch.Tensor, bound: float) -> torch.Tensor:
@@ -54,7 +58,7 @@ class CenteredClip:
              torch.zeros(updates[0].params[k].numel(), dtype=torch.float64) for k in names}
         for _ in range(self.iterations):
             scale = _scale(_norms(updates, names, v), self.tau)
-            v = {k: v[k] + ((stacked(updates, k) - v[k]) * scale[:, None]).mean(dim=0) for k in names}
+            v = {k: v[k] + _clipped_step(updates, k, v[k], scale) for k in names}
         out = {k: shaped(updates, k, v[k]) for k in names}
         return out, {k: t.clone() for k, t in out.items()}
 
@@ -80,4 +84,5 @@ class NormBound:
         norms = _norms(updates, names)
         bound = self.factor * float(torch.median(norms)) if self.adaptive else self.max_norm
         scale = _scale(norms, bound)
-        return {k: shaped(updates, k, (stacked(updates, k) * scale[:, None]).mean(dim=0)) for k in names}, {}
+        return {k: shaped(updates, k, per_column(updates, k, lambda rows, _: (rows * scale[:, None]).mean(dim=0)))
+                for k in names}, {}

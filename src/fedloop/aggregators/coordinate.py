@@ -1,4 +1,4 @@
-"""Coordinate-wise robust aggregators, computed one tensor at a time over the stacked updates.
+"""Coordinate-wise robust aggregators, computed one column chunk at a time over the stacked updates.
 
 median: each coordinate's median (the mean of the two middle values for an even count). Tolerates f < n/2
 Byzantine updates (Yin et al. 2018).
@@ -17,7 +17,7 @@ import torch
 
 from .. import checks
 from ..types import Params, Update
-from .base import AggState, names_of, need, shaped, stacked
+from .base import AggState, names_of, need, per_column, shaped
 
 
 def coordinate_median(rows: torch.Tensor) -> torch.Tensor:
@@ -39,7 +39,8 @@ class Median:
     def apply(self, updates: Sequence[Update], state: AggState
               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         names = names_of(updates)
-        return {k: shaped(updates, k, coordinate_median(stacked(updates, k))) for k in names}, {}
+        return {k: shaped(updates, k, per_column(updates, k, lambda rows, _: coordinate_median(rows)))
+                for k in names}, {}
 
 
 @dataclass(frozen=True)
@@ -61,8 +62,8 @@ class TrimmedMean:
         if self.beta > 0:  # a round too small to trim one value would silently be the plain mean
             need(self, n, math.ceil(1 / self.beta), f"trims floor(beta n) values at each end (beta = {self.beta:g})")
         names = names_of(updates)
-        out = {}
-        for k in names:
-            ordered, _ = torch.sort(stacked(updates, k), dim=0)
-            out[k] = shaped(updates, k, ordered[cut:n - cut].mean(dim=0))
-        return out, {}
+
+        def trimmed(rows: torch.Tensor, _: slice) -> torch.Tensor:
+            return torch.sort(rows, dim=0).values[cut:n - cut].mean(dim=0)
+
+        return {k: shaped(updates, k, per_column(updates, k, trimmed)) for k in names}, {}

@@ -13,19 +13,16 @@ import torch
 
 from .. import checks
 from ..types import Params, Update
-from .base import AggState, Weighting, names_of, shaped, stacked
+from .base import AggState, Weighting, names_of, per_column, per_update, shaped
 
 
 def _distances(updates: Sequence[Update], names: Sequence[str], v: dict[str, torch.Tensor]) -> torch.Tensor:
-    sq = torch.zeros(len(updates), dtype=torch.float64)
-    for k in names:
-        sq += (stacked(updates, k) - v[k]).square().sum(dim=1)
-    return sq.sqrt()
+    return per_update(updates, names, lambda rows, k, cols: (rows - v[k][cols]).square().sum(dim=1)).sqrt()
 
 
 def _weighted(updates: Sequence[Update], names: Sequence[str], w: torch.Tensor) -> dict[str, torch.Tensor]:
     w = w / w.sum()
-    return {k: (stacked(updates, k) * w[:, None]).sum(dim=0) for k in names}
+    return {k: per_column(updates, k, lambda rows, _: (rows * w[:, None]).sum(dim=0)) for k in names}
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import torch
 
 from .. import checks
 from ..types import Params, Update
-from .base import AggState, names_of, need, shaped, stacked
+from .base import AggState, column_chunks, names_of, need, per_column, shaped
 from .coordinate import coordinate_median
 
 
@@ -26,8 +26,8 @@ def squared_distances(updates: Sequence[Update], names: Sequence[str]) -> torch.
     n = len(updates)
     d = torch.zeros(n, n, dtype=torch.float64)
     for k in names:
-        rows = stacked(updates, k)
-        d += torch.cdist(rows, rows).square()
+        for _, rows in column_chunks(updates, k):
+            d += torch.cdist(rows, rows).square()
     return d
 
 
@@ -46,7 +46,8 @@ def krum_select(d: torch.Tensor, f: int, m: int) -> list[int]:
 
 
 def mean_of(updates: Sequence[Update], names: Sequence[str], chosen: Sequence[int]) -> dict[str, torch.Tensor]:
-    return {k: shaped(updates, k, stacked([updates[i] for i in chosen], k).mean(dim=0)) for k in names}
+    picked = [updates[i] for i in chosen]
+    return {k: shaped(updates, k, per_column(picked, k, lambda rows, _: rows.mean(dim=0))) for k in names}
 
 
 @dataclass(frozen=True)
@@ -122,10 +123,10 @@ class Bulyan:
         names = names_of(updates)
         chosen = self.select(squared_distances(updates, names))
         beta = len(chosen) - 2 * self.f
-        out = {}
-        for k in names:
-            rows = stacked([updates[i] for i in chosen], k)
-            med = coordinate_median(rows)
-            nearest = torch.sort((rows - med).abs(), dim=0, stable=True).indices[:beta]
-            out[k] = shaped(updates, k, torch.gather(rows, 0, nearest).mean(dim=0))
-        return out, {}
+        picked = [updates[i] for i in chosen]
+
+        def around_median(rows: torch.Tensor, _: slice) -> torch.Tensor:
+            nearest = torch.sort((rows - coordinate_median(rows)).abs(), dim=0, stable=True).indices[:beta]
+            return torch.gather(rows, 0, nearest).mean(dim=0)
+
+        return {k: shaped(updates, k, per_column(picked, k, around_median)) for k in names}, {}

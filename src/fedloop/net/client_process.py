@@ -12,9 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import torch
 
 from ..app import model_digest
+from ..attacks import AttackOptions, attack_update, poisoned
+from ..attacks.options import UPDATE_ATTACKS
 from ..client import ClientApp, DiskStates, MemoryStates, RoundStates
 from ..config import validate
 from ..data.examples import Examples
@@ -77,7 +80,7 @@ def reply_chunks(reply: Reply, seq: int) -> Iterator[pb.ReplyChunk]:
 
 
 def build_app(settings: dict, client_id: int, data_path: str, states: RoundStates | None = None,
-              app_ref: str | None = None) -> ClientApp:
+              app_ref: str | None = None, attack: AttackOptions | None = None) -> ClientApp:
     """The client app the server's settings describe, on this client's own data; `app_ref` (--app) names this
     client's copy of the server's App when the server's reference does not resolve here."""
     from ..build import load_data, loss_from_config, model_fn_from_config, strategy_from_config
@@ -88,9 +91,41 @@ def build_app(settings: dict, client_id: int, data_path: str, states: RoundState
     cfg = validate(config, "settings from the server")
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": data_path})})
     data = load_data(cfg)
+    train = Examples.all(data.x_train, data.y_train)
+    if attack is not None and attack.kind in ("label_flip", "backdoor"):
+        num_classes = int(settings["spec"].get("num_classes") or data.num_classes)
+        train = poisoned(train, attack, num_classes, client_id, float(data.x_train.max()))
     return ClientApp(client_id, strategy_from_config(cfg), model_fn_from_config(cfg, settings["spec"]),
-                     loss_from_config(cfg), train=Examples.all(data.x_train, data.y_train),
+                     loss_from_config(cfg), train=train,
                      test=Examples.all(data.x_test, data.y_test), states=states or RoundStates(MemoryStates()))
+
+
+def client_attack(kind: str | None, scale: float | None, target: int) -> AttackOptions | None:
+    """The attack a test client process runs (`fedloop client --attack`): on its own uploads or its own data.
+    alie and ipm need the round's honest updates, which a client process never sees."""
+    if kind is None:
+        return None
+    if kind in ("alie", "ipm"):
+        raise ConfigError(f"--attack {kind}: it colludes with the round's honest updates, which only a simulation "
+                          "can give it")
+    if kind == "scaled" and scale is None:
+        raise ConfigError("--attack scaled: give --attack-scale (a client process does not know the round's size)")
+    try:
+        options = AttackOptions(kind, fraction=0.0, scale=scale, target=target)  # type: ignore[arg-type]
+    except ConfigError as exc:
+        raise ConfigError(f"--attack {kind}: {exc}") from None
+    log.warning("TEST ONLY: this client attacks (%s); never run it against a real federation", kind)
+    return options
+
+
+def attacked_reply(reply: Reply, attack: AttackOptions | None) -> Reply:
+    """The upload an attacking test client sends instead of its honest update."""
+    if attack is None or not isinstance(reply, Update) or attack.kind not in UPDATE_ATTACKS:
+        return reply
+    seed = int(np.random.SeedSequence([attack.seed, reply.round, reply.client_id]).generate_state(1)[0])
+    params = attack_update(attack, reply.params, [], 1, 1, seed)
+    return Update(reply.client_id, reply.round, params, reply.num_examples, reply.metrics, reply.extras,
+                  reply.version)
 
 
 def receive_task(client_id: int, header: pb.TaskHeader, data: bytes) -> Task:
@@ -106,7 +141,8 @@ def receive_task(client_id: int, header: pb.TaskHeader, data: bytes) -> Task:
 def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: str | None = None,
                cert: str | None = None, key: str | None = None, insecure: bool = False,
                state_dir: str | None = None, expect_id: int | None = None, max_backoff: float = 30.0,
-               give_up_after: float = 600.0, threads: int | None = None, app_ref: str | None = None) -> int:
+               give_up_after: float = 600.0, threads: int | None = None, app_ref: str | None = None,
+               attack: AttackOptions | None = None) -> int:
     """Serve tasks until the server says the run is over; returns the number of tasks answered.
 
     A lost connection is retried with exponential backoff; after `give_up_after` seconds without any
@@ -150,7 +186,8 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
                 elif hello.run != run:
                     states = RoundStates(MemoryStates())
                 run = hello.run
-                app = build_app(json.loads(hello.settings_json), int(hello.client_id), data_path, states, app_ref)
+                app = build_app(json.loads(hello.settings_json), int(hello.client_id), data_path, states, app_ref,
+                                attack)
                 joined = stub.Join(join_request(app), metadata=meta, timeout=min(30.0, left()))
                 after = 0  # task numbers belong to one server process
                 log.info("joined run %s as client %d", joined.run, app.client_id)
@@ -163,7 +200,8 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
                 raise TransportError(f"{server}: the run failed on the server ({clean(header.reason)})")
             if header.status != pb.POLL_TASK:
                 continue
-            reply = app.handle(receive_task(app.client_id, header, b"".join(c.data for c in stream)))
+            reply = attacked_reply(app.handle(receive_task(app.client_id, header, b"".join(c.data for c in stream))),
+                                   attack)
             ack = stub.PutReply(reply_chunks(reply, header.seq), metadata=meta, timeout=120)
             if not ack.accepted:
                 log.warning("the server rejected the reply to task %d: %s", header.seq, ack.reason)

@@ -44,6 +44,21 @@ class SpooledParams(Mapping[str, torch.Tensor]):
     def __len__(self) -> int:
         return len(self._names)
 
+    def flat_slice(self, name: str, cols: slice) -> torch.Tensor:
+        """Values cols of tensor `name` flattened, reading only the rows of its first dimension that hold them
+        (robust aggregators read n spooled updates this way, a column chunk at a time)."""
+        if name not in self._names:
+            raise KeyError(name)
+        with safe_open(self.path, framework="pt") as f:
+            part = f.get_slice(self.prefix + name)
+            shape = part.get_shape()
+            if len(shape) < 2:
+                return part[:].reshape(-1)[cols]
+            row = math.prod(shape[1:])
+            first, last = cols.start // row, -(-cols.stop // row)
+            rows = part[first:last].reshape(-1)
+            return rows[cols.start - first * row:cols.stop - first * row]
+
 
 def check_spooled(path: Path, reference: Params, extras: Params, max_norm: float | None = None
                   ) -> tuple[tuple[SpooledParams, SpooledParams] | None, str | None]:
