@@ -43,7 +43,7 @@ def _import_protocol():
     return fedloop_pb2, fedloop_pb2_grpc
 
 
-def _client(port: int, certs: Path, cid: int) -> None:
+def _client(port: int, certs: Path, cid: int, digest: str) -> None:
     import grpc
     from safetensors.numpy import load, save
 
@@ -52,7 +52,7 @@ def _client(port: int, certs: Path, cid: int) -> None:
     options = [("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)]
     stub = pb_grpc.FederationStub(grpc.secure_channel(f"127.0.0.1:{port}", creds, options=options))
     meta = [("authorization", f"Bearer {(certs / f'client-{cid}.token').read_text().strip()}")]
-    stub.Join(pb.JoinRequest(num_examples=10), metadata=meta, timeout=120)
+    stub.Join(pb.JoinRequest(num_examples=10, model_digest=digest), metadata=meta, timeout=120)
     after = 0
     while True:
         stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=300)
@@ -70,8 +70,8 @@ def _client(port: int, certs: Path, cid: int) -> None:
         after = header.seq
 
 
-def _client_process(port: int, certs: str, ids: list[int]) -> None:
-    threads = [threading.Thread(target=_client, args=(port, Path(certs), c)) for c in ids]
+def _client_process(port: int, certs: str, ids: list[int], digest: str) -> None:
+    threads = [threading.Thread(target=_client, args=(port, Path(certs), c, digest)) for c in ids]
     for t in threads:
         t.start()
     for t in threads:
@@ -99,11 +99,14 @@ def loopback_bytes() -> int:
 def run(n: int, rounds: int, root: Path, aggregator: str = "mean") -> None:
     import numpy as np
 
+    from fedloop.app import model_digest
+    from fedloop.models import model_factory
     from fedloop.net.certs import make_certs
 
     g = np.random.default_rng(0)
     x = g.normal(size=(2, FEATURES)).astype(np.float32)
     np.savez(root / "server.npz", x_train=x, y_train=np.array([0, 9]), x_test=x, y_test=np.array([0, 9]))
+    digest = model_digest(model_factory("logreg", {"input_shape": [FEATURES], "num_classes": 10}))  # sent at join
     certs = root / f"certs{n}"
     make_certs(certs, [str(c) for c in range(n)])
     config = root / f"net{n}.toml"
@@ -133,7 +136,7 @@ round_deadline = 600
     port = queue.get()
     before = loopback_bytes()
     groups = [list(range(n))[i::CLIENT_PROCESSES] for i in range(CLIENT_PROCESSES)]
-    clients = [ctx.Process(target=_client_process, args=(port, str(certs), ids)) for ids in groups if ids]
+    clients = [ctx.Process(target=_client_process, args=(port, str(certs), ids, digest)) for ids in groups if ids]
     for c in clients:
         c.start()
     out = queue.get()
