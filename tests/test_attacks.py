@@ -12,16 +12,25 @@ import time
 from pathlib import Path
 
 import grpc
-import numpy as np
 import pytest
 import torch
-from conftest import blobs
 from safetensors.torch import load_file
-from test_net import CONFIG, SIZES, cli, finish, mlp_digest, served_tasks, start_client, start_server, wait_for_line
+from test_net import (
+    CONFIG,
+    SIZES,
+    cli,
+    finish,
+    mlp_digest,
+    served_tasks,
+    start_client,
+    start_server,
+    wait_for_line,
+    write_site,
+)
 
 from fedloop.net import fedloop_pb2 as pb
 from fedloop.net import fedloop_pb2_grpc as pb_grpc
-from fedloop.net.certs import _issue, _key_pem, ca_dir, make_certs
+from fedloop.net.certs import _issue, _key_pem, ca_dir
 from fedloop.net.codec import chunks, encode
 from fedloop.store import load_checkpoint
 
@@ -33,16 +42,7 @@ ATTACKERS = range(5, 14)  # credentials beyond the five honest clients'
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("attacks")
-    data = blobs(n_train=sum(SIZES), n_test=60, dim=6, classes=3, seed=4)
-    start = 0
-    for c, n in enumerate(SIZES):
-        rows = slice(start, start + n)
-        np.savez(root / f"client{c}.npz", x_train=data.x_train[rows].numpy(), y_train=data.y_train[rows].numpy(),
-                 x_test=data.x_test[c * 10:(c + 1) * 10].numpy(), y_test=data.y_test[c * 10:(c + 1) * 10].numpy())
-        start += n
-    np.savez(root / "server.npz", x_train=data.x_train[:5].numpy(), y_train=data.y_train[:5].numpy(),
-             x_test=data.x_test.numpy(), y_test=data.y_test.numpy())
-    make_certs(root / "certs", [str(c) for c in range(14)])
+    write_site(root, max(ATTACKERS) + 1)
     return root
 
 

@@ -66,10 +66,9 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "fedloop.cli", *args]
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    """Client data files, a server holdout, credentials: what a real deployment has on disk."""
-    root = tmp_path_factory.mktemp("net")
+def write_site(root: Path, credentials: int):
+    """Client data files, a server holdout, credentials for clients 0..credentials-1: what a real deployment has on
+    disk; returns the data they were cut from."""
     data = blobs(n_train=sum(SIZES), n_test=60, dim=6, classes=3, seed=4)
     start = 0
     for c, n in enumerate(SIZES):
@@ -79,8 +78,14 @@ def site(tmp_path_factory):
         start += n
     np.savez(root / "server.npz", x_train=data.x_train[:5].numpy(), y_train=data.y_train[:5].numpy(),
              x_test=data.x_test.numpy(), y_test=data.y_test.numpy())
-    make_certs(root / "certs", [str(c) for c in range(len(SIZES))])
-    return root, data
+    make_certs(root / "certs", [str(c) for c in range(credentials)])
+    return data
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("net")
+    return root, write_site(root, len(SIZES))
 
 
 def write_config(root: Path, name: str, min_clients: int = len(SIZES), deadline: float = 60, extra: str = "") -> Path:
@@ -247,6 +252,19 @@ def wait_for_line(proc: subprocess.Popen, text: str, seen: list[str]) -> None:
     raise AssertionError(f"{text!r} never printed:\n" + "".join(seen))
 
 
+def past_round_1(root: Path, config: Path, out: Path
+                 ) -> tuple[subprocess.Popen, str, list[subprocess.Popen], list[str]]:
+    """A server on a fixed free port (so a resumed one can take it over) and all clients, once round 1 is done:
+    the server, its address, the clients and the server lines seen so far."""
+    address = f"127.0.0.1:{free_port()}"
+    server, _ = start_server(root, config, out, "--address", address)
+    port = int(address.rsplit(":", 1)[1])
+    clients = [start_client(root, port, c) for c in range(len(SIZES))]
+    seen: list[str] = []
+    wait_for_line(server, "round 1:", seen)
+    return server, address, clients, seen
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -330,12 +348,7 @@ def test_a_killed_and_resumed_server_ends_with_the_uninterrupted_model(site, tmp
     root, data = site
     config = write_config(root, "resume", deadline=30,
                           extra='[[transforms]]\nname = "clip"\nmax_norm = 0.01\nwhere = "server"\n')
-    address = f"127.0.0.1:{free_port()}"
-    server, _ = start_server(root, config, tmp_path / "run", "--address", address)
-    port = int(address.rsplit(":", 1)[1])
-    clients = [start_client(root, port, c) for c in range(len(SIZES))]
-    seen: list[str] = []
-    wait_for_line(server, "round 1:", seen)
+    server, address, clients, seen = past_round_1(root, config, tmp_path / "run")
     server.send_signal(signal.SIGKILL)
     server.wait()
     assert (tmp_path / "run" / "checkpoints" / "round_0001.safetensors").exists()
@@ -571,12 +584,7 @@ def test_a_stopped_server_leaves_its_clients_waiting_and_resumes_to_the_uninterr
     over; they keep reconnecting, and the resumed server ends with the simulator's model."""
     root, data = site
     config = write_config(root, "pause", deadline=30)
-    address = f"127.0.0.1:{free_port()}"
-    server, _ = start_server(root, config, tmp_path / "run", "--address", address)
-    port = int(address.rsplit(":", 1)[1])
-    clients = [start_client(root, port, c) for c in range(len(SIZES))]
-    seen: list[str] = []
-    wait_for_line(server, "round 1:", seen)
+    server, address, clients, seen = past_round_1(root, config, tmp_path / "run")
     server.send_signal(signal.SIGTERM)
     out, _ = server.communicate(timeout=60)
     assert server.returncode == 130 and "stop interrupted" in out

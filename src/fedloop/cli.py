@@ -7,10 +7,12 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
 from rich.console import Console
 
 from . import __version__
+from .attacks.options import Kind as AttackKind
 from .config import Config, load_config
 from .errors import ConfigError, FedloopError
 from .progress import ProgressBar, RoundLines, log_to, new_progress, setup_logging
@@ -267,10 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_argument("--threads", type=int, metavar="N",
                      help="PyTorch threads for local training (default: one per core). With several clients "
                           "on one machine use --threads 1: oversubscribed cores slow training by 10-100x")
-    cli.add_argument("--attack", metavar="KIND", choices=["sign_flip", "gaussian", "scaled", "label_flip", "backdoor",
-                                                          "nan", "zero"],
+    kinds = [k for k in get_args(AttackKind) if k != "none"]
+    cli.add_argument("--attack", metavar="KIND", choices=kinds,
                      help="TEST ONLY: make this client malicious, to test a server's defences over the wire "
-                          "(sign_flip, gaussian, scaled, label_flip, backdoor, nan, zero)")
+                          f"({', '.join(kinds)}; alie and ipm need the round's honest updates: simulation only)")
     cli.add_argument("--attack-scale", type=float, metavar="S", help="TEST ONLY: the boost of --attack scaled, "
                                                                      "sign_flip or backdoor")
     cli.add_argument("--attack-target", type=int, default=0, metavar="LABEL",

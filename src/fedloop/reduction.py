@@ -10,9 +10,9 @@ import torch
 
 from .aggregators import mean_metrics
 from .errors import AggregationError
-from .sampling import server_seed
+from .sampling import server_seed, sub_seed
 from .strategies.base import Strategy
-from .transforms import RoundInfo, own_state, transform_seed
+from .transforms import RoundInfo, own_state
 from .types import Aggregate, Failure, ServerState, Update
 
 
@@ -58,7 +58,7 @@ def reduce(updates: Sequence[Update], strategy: Strategy, state: ServerState, po
     for i in reversed(range(len(strategy.transforms))):
         prefix = f"{i}/"
         own = own_state(transform_state, i)
-        params, own, more = strategy.transforms[i].server_aggregate(params, own, transform_seed(seed, i), info)
+        params, own, more = strategy.transforms[i].server_aggregate(params, own, sub_seed(seed, i), info)
         transform_state = {k: v for k, v in transform_state.items() if not k.startswith(prefix)}
         transform_state.update({prefix + k: v for k, v in own.items()})
         metrics.update(more)

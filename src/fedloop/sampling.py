@@ -95,6 +95,12 @@ def task_seeds(seed: int, round_: int, client_ids: Sequence[int] | np.ndarray) -
     return z >> np.uint64(1)  # 63 bits: a valid seed for every torch and numpy generator
 
 
+def sub_seed(seed: int, index: int) -> int:
+    """A seed derived from `seed` for the use `index` names (the transform at that index, DP-SGD's noise): apart
+    from every other use of the same seed."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
 def task_seed(seed: int, round_: int, client_id: int) -> int:
     """The seed of one client's randomness in one round: independent of which other clients run."""
     return int(task_seeds(seed, round_, [client_id])[0])

@@ -14,7 +14,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import numpy as np
 import torch
 
 from . import checks
@@ -24,11 +23,6 @@ from .types import ConfigValue, Params, Task, Update
 
 if TYPE_CHECKING:
     from .strategies.base import Strategy
-
-
-def transform_seed(seed: int, index: int) -> int:
-    """The seed of the transform at `index` for one task (or one round's aggregate): a function of that seed."""
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, np.uint64)[0] >> np.uint64(1))
 
 
 @dataclass(frozen=True)
@@ -98,6 +92,18 @@ def own_state(transform_state: Mapping[str, torch.Tensor], index: int) -> dict[s
     return {k[len(prefix):]: v for k, v in transform_state.items() if k.startswith(prefix)}
 
 
+CLIP_TOLERANCE = 1e-4
+"""Relative slack of the server's check of client-side clipping (float32 rounding of the scaled update)."""
+
+
+def over_clip_norm(params: Params, bound: float) -> str | None:
+    """Why an update its client had to clip to `bound` is refused (None when it is within float rounding)."""
+    n = norm(params)
+    if not n <= bound * (1 + CLIP_TOLERANCE):
+        return f"update norm {n:.6g} exceeds the clip norm {bound:g} the client must apply"
+    return None
+
+
 def clip_to_norm(params: Params, max_norm: float) -> tuple[Params, float, bool]:
     """`params` scaled to L2 norm at most `max_norm` (over all tensors together), its norm before, and whether it
     was scaled; a ValueError when the norm is not finite."""
@@ -123,9 +129,6 @@ class Clip(Transform):
     max_norm: float = 1.0
     where: Literal["client", "server"] = "client"
 
-    TOLERANCE: ClassVar[float] = 1e-4
-    """Relative slack of the server's check of client-side clipping (float32 rounding of the scaled update)."""
-
     def __post_init__(self) -> None:
         checks.positive(self, "max_norm")
         checks.one_of(self, "where", ("client", "server"))
@@ -143,10 +146,7 @@ class Clip(Transform):
 
     def server_update(self, update: Update, state: Mapping[str, torch.Tensor]) -> Update | str:
         if self.where == "client":
-            n = norm(update.params)
-            if not n <= self.max_norm * (1 + self.TOLERANCE):
-                return f"update norm {n:.6g} exceeds the clip norm {self.max_norm:g} the client must apply"
-            return update
+            return over_clip_norm(update.params, self.max_norm) or update
         try:
             clipped, metrics = self._clip(update.params)
         except ValueError as exc:

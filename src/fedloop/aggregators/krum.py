@@ -50,6 +50,14 @@ def mean_of(updates: Sequence[Update], names: Sequence[str], chosen: Sequence[in
     return {k: shaped(updates, k, per_column(picked, k, lambda rows, _: rows.mean(dim=0))) for k in names}
 
 
+def krum_mean(aggregator: object, updates: Sequence[Update], f: int, m: int) -> dict[str, torch.Tensor]:
+    """The mean of the m best Krum-scored updates, after refusing a round too small for f."""
+    need(aggregator, len(updates), 2 * f + 3, f"tolerates f = {f} only with n > 2f + 2")
+    need(aggregator, len(updates), m, f"averages m = {m} updates")
+    names = names_of(updates)
+    return mean_of(updates, names, krum_select(squared_distances(updates, names), f, m))
+
+
 @dataclass(frozen=True)
 class Krum:
     name: ClassVar[str] = "krum"
@@ -64,9 +72,7 @@ class Krum:
 
     def apply(self, updates: Sequence[Update], state: AggState
               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        need(self, len(updates), 2 * self.f + 3, f"tolerates f = {self.f} only with n > 2f + 2")
-        names = names_of(updates)
-        return mean_of(updates, names, krum_select(squared_distances(updates, names), self.f, 1)), {}
+        return krum_mean(self, updates, self.f, 1), {}
 
 
 @dataclass(frozen=True)
@@ -85,12 +91,7 @@ class MultiKrum:
 
     def apply(self, updates: Sequence[Update], state: AggState
               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        n = len(updates)
-        need(self, n, 2 * self.f + 3, f"tolerates f = {self.f} only with n > 2f + 2")
-        m = n - self.f if self.m is None else self.m
-        need(self, n, m, f"averages m = {m} updates")
-        names = names_of(updates)
-        return mean_of(updates, names, krum_select(squared_distances(updates, names), self.f, m)), {}
+        return krum_mean(self, updates, self.f, len(updates) - self.f if self.m is None else self.m), {}
 
 
 @dataclass(frozen=True)

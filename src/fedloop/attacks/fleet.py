@@ -7,12 +7,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-import numpy as np
-
 from ..fleet import Fleet
 from ..types import ClientInfo, Reply, Task, Update
 from .options import UPDATE_ATTACKS, AttackOptions
-from .updates import attack_update
+from .updates import attacked
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +42,8 @@ class AttackFleet:
         out: list[Reply] = []
         for r in replies:
             if isinstance(r, Update) and r.client_id in self.malicious:
-                n = self._asked.get(r.round, len(updates))
-                seed = int(np.random.SeedSequence([self.options.seed, r.round, r.client_id]).generate_state(1)[0])
-                params = attack_update(self.options, r.params, honest, n, len(bad), seed)
                 self.log.append((r.round, r.client_id))
-                r = Update(r.client_id, r.round, params, r.num_examples, r.metrics, r.extras, r.version)
+                r = attacked(self.options, r, honest, self._asked.get(r.round, len(updates)), len(bad))
             out.append(r)
         return out
 

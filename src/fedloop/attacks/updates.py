@@ -7,9 +7,10 @@ import math
 from collections.abc import Sequence
 from statistics import NormalDist
 
+import numpy as np
 import torch
 
-from ..types import Params
+from ..types import Params, Update
 from .options import AttackOptions
 
 
@@ -54,3 +55,11 @@ def attack_update(options: AttackOptions, update: Params, honest: Sequence[Param
             out[k] = crafted.to(v.dtype)
         return out
     return dict(update)  # label_flip: the poisoning happened in training
+
+
+def attacked(options: AttackOptions, update: Update, honest: Sequence[Params], n: int, f: int) -> Update:
+    """The Update a malicious client sends in place of `update`, its randomness seeded by (seed, round, client)."""
+    seed = int(np.random.SeedSequence([options.seed, update.round, update.client_id]).generate_state(1)[0])
+    params = attack_update(options, update.params, honest, n, f, seed)
+    return Update(update.client_id, update.round, params, update.num_examples, update.metrics, update.extras,
+                  update.version)

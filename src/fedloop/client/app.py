@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..data.examples import Examples
-from ..transforms import transform_seed
+from ..sampling import sub_seed
 from ..types import ClientInfo, Evaluation, Failure, Reply, Task, Update
 from .evaluate import evaluate
 from .state import ClientState, RoundStates
@@ -74,7 +74,7 @@ class ClientApp:
             if self.strategy.transforms:
                 params, metrics = dict(update.params), dict(update.metrics)
                 for i, transform in enumerate(self.strategy.transforms):
-                    params, more = transform.client(task, params, transform_seed(task.seed, i))
+                    params, more = transform.client(task, params, sub_seed(task.seed, i))
                     metrics.update(more)
                 update = Update(update.client_id, update.round, params, update.num_examples, metrics,
                                 update.extras, update.version)

@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 from torch.func import functional_call, grad_and_value, vmap
 
 from ..data.examples import Examples
 from ..params import load_into
+from ..sampling import sub_seed
 from ..types import Params, Task
 from .evaluate import Tally
 
@@ -28,7 +28,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def noise_seed(task_seed: int) -> int:
     """The seed of a client's DP-SGD noise: a function of its task seed, apart from its batch draws."""
-    return int(np.random.SeedSequence([task_seed, 0xD95]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+    return sub_seed(task_seed, 0xD95)
 
 
 def batch_size(program_batch: int | None, n: int, full: bool) -> int:
@@ -39,6 +39,15 @@ def batch_size(program_batch: int | None, n: int, full: bool) -> int:
 def num_steps(n: int, rows: int, epochs: int, full: bool) -> int:
     """Steps per round: `epochs` expected passes over the n examples in batches of `rows` (1 for a gradient)."""
     return 1 if full else epochs * math.ceil(n / rows)
+
+
+def batches(task_seed: int, n: int, rows: int, steps: int, full: bool) -> list[torch.Tensor]:
+    """Each step's rows (positions among the client's n examples): `rows` of them uniformly without replacement,
+    drawn independently per step from the task seed; every row, once, for a full-batch program."""
+    if full:
+        return [torch.arange(n)]
+    gen = torch.Generator().manual_seed(task_seed)
+    return [torch.randperm(n, generator=gen)[:rows] for _ in range(steps)]
 
 
 def per_example_grads(model: nn.Module, loss_fn: LossFn) -> Callable:
@@ -89,20 +98,18 @@ def train_dp(program, task: Task, model: nn.Module, train: Examples, loss_fn: Lo
     n = len(train)
     rows = batch_size(program.batch_size, n, full)
     steps = num_steps(n, rows, program.epochs, full)
-    batches = torch.Generator().manual_seed(task.seed)
     noise = torch.Generator().manual_seed(noise_seed(task.seed))
     grads_of = per_example_grads(model, loss_fn)
     buffers: list[torch.Tensor | None] = [None] * len(names)
     tally = Tally()
-    for _ in range(steps):
-        pick = torch.arange(n) if full else torch.randperm(n, generator=batches)[:rows]
+    for pick in batches(task.seed, n, rows, steps, full):
         idx = train.index[pick]
         xb, yb = train.x[idx], train.y[idx]
         grads, (losses, outputs) = grads_of(params, xb, yb)
         summed = clip_and_sum(grads, program.clip, 1)
         g = {k: v / rows for k, v in add_noise(summed, program.noise_multiplier * program.clip, noise).items()}
         if program.penalty is not None:
-            g = _plus_penalty(g, params, task.params, program)
+            g = plus_penalty(g, params, lambda live: program.penalty(live, task.params, program.aux))
         tally.add(losses.mean(), outputs, yb)
         if full:
             return {k: g[k] if k in g else torch.zeros_like(v) for k, v in task.params.items()}, 1, \
@@ -113,10 +120,10 @@ def train_dp(program, task: Task, model: nn.Module, train: Examples, loss_fn: Lo
     return update, steps, tally.metrics("train_")
 
 
-def _plus_penalty(g: dict[str, torch.Tensor], params: Mapping[str, torch.Tensor], global_params: Params,
-                  program) -> dict[str, torch.Tensor]:
-    """The noised data gradient plus the gradient of the program's penalty, which reads no data."""
+def plus_penalty(g: dict[str, torch.Tensor], params: Mapping[str, torch.Tensor],
+                 penalty: Callable[[dict[str, torch.Tensor]], torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The noised data gradient plus the gradient of the program's penalty at `params` (it reads no data, so it
+    needs neither clipping nor noise); `penalty` maps live params to a scalar."""
     live = {k: v.detach().requires_grad_() for k, v in params.items()}
-    pg = torch.autograd.grad(program.penalty(live, global_params, program.aux), list(live.values()),
-                             allow_unused=True)
+    pg = torch.autograd.grad(penalty(live), list(live.values()), allow_unused=True)
     return {k: g[k] + (p if p is not None else 0.0) for k, p in zip(live, pg, strict=True)}

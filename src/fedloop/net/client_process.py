@@ -12,11 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import numpy as np
 import torch
 
 from ..app import model_digest
-from ..attacks import AttackOptions, attack_update, poisoned
+from ..attacks import AttackOptions, attacked, poisoned
 from ..attacks.options import UPDATE_ATTACKS
 from ..client import ClientApp, DiskStates, MemoryStates, RoundStates
 from ..config import validate
@@ -122,10 +121,7 @@ def attacked_reply(reply: Reply, attack: AttackOptions | None) -> Reply:
     """The upload an attacking test client sends instead of its honest update."""
     if attack is None or not isinstance(reply, Update) or attack.kind not in UPDATE_ATTACKS:
         return reply
-    seed = int(np.random.SeedSequence([attack.seed, reply.round, reply.client_id]).generate_state(1)[0])
-    params = attack_update(attack, reply.params, [], 1, 1, seed)
-    return Update(reply.client_id, reply.round, params, reply.num_examples, reply.metrics, reply.extras,
-                  reply.version)
+    return attacked(attack, reply, [], 1, 1)
 
 
 def receive_task(client_id: int, header: pb.TaskHeader, data: bytes) -> Task:

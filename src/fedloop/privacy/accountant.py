@@ -17,14 +17,14 @@ import functools
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import dp_accounting
 import torch
 from dp_accounting import pld, rdp
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PrivacyBudgetExhausted
 
 logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting warns per RDP order it leaves out of a bound
 
@@ -129,11 +129,12 @@ def _pld_epsilon(history: tuple[tuple[Release, int], ...], delta: float) -> floa
     return float(acc.get_epsilon(delta))
 
 
-def check_supported(sampling: SamplingKind, kind: AccountantKind, where: str = "privacy.accountant") -> None:
-    """PLD has no analysis of sampling without replacement in dp-accounting: say so rather than guess."""
-    if kind == "pld" and sampling == "fixed":
-        raise ConfigError(f"{where} = 'pld': dp-accounting's PLD accountant has no analysis of fixed-size sampling "
-                          "without replacement; use accountant = 'rdp' or sampling = 'poisson'")
+def within_budget(eps: float, max_epsilon: float | None, delta: float, round_: int, whose: str = "") -> None:
+    """Refuse to release round `round_` when it brings epsilon (`whose`: "a client's " for per-client accounting)
+    above max_epsilon."""
+    if max_epsilon is not None and eps > max_epsilon:
+        raise PrivacyBudgetExhausted(f"round {round_} would bring {whose}epsilon to {eps:.4g} > privacy.max_epsilon "
+                                     f"= {max_epsilon:g} (delta {delta:g}); nothing of it is released")
 
 
 def calibrate(release: Release, rounds: int, delta: float, target: float,
@@ -141,7 +142,7 @@ def calibrate(release: Release, rounds: int, delta: float, target: float,
     """The smallest noise multiplier z for which `rounds` releases like `release` (its z replaced) stay within
     epsilon `target` at `delta`; a ConfigError naming the target when no z up to 1,000 reaches it."""
     def events(z: float) -> dp_accounting.DpEvent:
-        return dp_accounting.SelfComposedDpEvent(_with_z(release, z).event(), rounds)
+        return dp_accounting.SelfComposedDpEvent(replace(release, noise_multiplier=z).event(), rounds)
 
     def fresh() -> dp_accounting.PrivacyAccountant:
         if kind == "pld":
@@ -156,10 +157,6 @@ def calibrate(release: Release, rounds: int, delta: float, target: float,
     z = dp_accounting.calibrate_dp_mechanism(fresh, events, target, delta,
                                              dp_accounting.ExplicitBracketInterval(1e-3, top), tol=1e-4)
     return float(z)
-
-
-def _with_z(release: Release, z: float) -> Release:
-    return Release(z, release.sampling, release.rate, release.population, release.sample, release.steps)
 
 
 def finite(value: float) -> float | None:

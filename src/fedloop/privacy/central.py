@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 
 from .. import checks
-from ..errors import ConfigError, PrivacyBudgetExhausted
-from ..params import norm
-from ..transforms import RoundInfo, Transform, clip_to_norm
+from ..errors import ConfigError
+from ..transforms import RoundInfo, Transform, clip_to_norm, over_clip_norm
 from ..types import ConfigValue, Params, Task, Update
 from . import accountant
 from .accountant import AccountantKind, Release
@@ -51,9 +50,6 @@ class CentralDP(Transform):
     delta: float = 1e-5
     accountant: AccountantKind = "rdp"
     max_epsilon: float | None = None
-
-    TOLERANCE: ClassVar[float] = 1e-4
-    """Relative slack of the server's check of client-side clipping (float32 rounding of the scaled update)."""
 
     def __post_init__(self) -> None:
         check_accounting(self)
@@ -105,9 +101,8 @@ class CentralDP(Transform):
             except ValueError as exc:
                 return str(exc)
             return replace(update, params=clipped, metrics={**update.metrics, "_clipped": float(scaled)})
-        n = norm(update.params)
-        if not n <= bound * (1 + self.TOLERANCE):
-            return f"update norm {n:.6g} exceeds the clip norm {bound:g} the client must apply"
+        if (why := over_clip_norm(update.params, bound)) is not None:
+            return why
         if self.clipping == "adaptive" and update.metrics.get("_clipped") not in (0.0, 1.0):
             return "the update does not say whether it was clipped (adaptive clipping needs it)"
         return update
@@ -136,9 +131,7 @@ class CentralDP(Transform):
                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
         history = accountant.append(accountant.history_from_tensor(state.get("history")), self.release(info))
         eps = accountant.epsilon(history, self.delta, self.accountant)
-        if self.max_epsilon is not None and eps > self.max_epsilon:
-            raise PrivacyBudgetExhausted(f"round {info.round} would spend epsilon {eps:.4g} > privacy.max_epsilon "
-                                         f"= {self.max_epsilon:g} (delta {self.delta:g}); nothing of it is released")
+        accountant.within_budget(eps, self.max_epsilon, self.delta, info.round)
         bound = self._clip_now(state)
         z_u, sigma_b = self.update_noise(info.expected)
         gen = torch.Generator().manual_seed(seed)

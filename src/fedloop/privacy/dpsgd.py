@@ -16,7 +16,6 @@ import torch
 
 from ..client import dpsgd
 from ..client.training import SGDProgram
-from ..errors import PrivacyBudgetExhausted
 from ..transforms import RoundInfo, Transform
 from ..types import Params, Task
 from . import accountant
@@ -83,9 +82,7 @@ class DPSGD(Transform):
             rounds[u.client_id] += 1
             examples[u.client_id] = float(u.num_examples)
         eps = self._epsilons(rounds, examples, info.program)
-        if self.max_epsilon is not None and eps > self.max_epsilon:
-            raise PrivacyBudgetExhausted(f"round {info.round} would bring a client's epsilon to {eps:.4g} > "
-                                         f"privacy.max_epsilon = {self.max_epsilon:g} (delta {self.delta:g})")
+        accountant.within_budget(eps, self.max_epsilon, self.delta, info.round, "a client's ")
         return params, {"rounds": rounds, "examples": examples, "program": _program_row(info.program)}, \
             {"epsilon": eps}
 

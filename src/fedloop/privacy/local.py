@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from .. import checks
-from ..errors import PrivacyBudgetExhausted
 from ..transforms import RoundInfo, Transform, clip_to_norm
 from ..types import Params, Task
 from . import accountant
@@ -58,9 +57,7 @@ class LocalDP(Transform):
                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
         history = accountant.append(accountant.history_from_tensor(state.get("history")), self.release())
         eps = accountant.epsilon(history, self.delta, self.accountant)
-        if self.max_epsilon is not None and eps > self.max_epsilon:
-            raise PrivacyBudgetExhausted(f"round {info.round} would bring a client's epsilon to {eps:.4g} > "
-                                         f"privacy.max_epsilon = {self.max_epsilon:g} (delta {self.delta:g})")
+        accountant.within_budget(eps, self.max_epsilon, self.delta, info.round, "a client's ")
         per_round = accountant.epsilon([(self.release(), 1)], self.delta, self.accountant)
         return params, {"history": accountant.history_to_tensor(history)}, \
             {"epsilon": eps, "epsilon_round": per_round}

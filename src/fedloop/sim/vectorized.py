@@ -8,7 +8,8 @@ truncated or padded in a way that changes a client's result.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -231,6 +232,11 @@ def _train_chunk(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: Loss
     return [r for r in results if r is not None]
 
 
+def _summed(penalty: Callable, live: dict[str, torch.Tensor], global_params: Params, aux: Params) -> torch.Tensor:
+    """The stacked clients' penalties, summed: the gradient of the sum is each client's own gradient."""
+    return penalty(live, global_params, aux).sum()
+
+
 def _train_chunk_dp(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: LossFn, tasks: Sequence[Task],
                     data: Sequence[Examples]) -> list[Trained]:
     """DP-SGD for a stack of clients: the batches, per-example clipping and noise of client/dpsgd.py, each client
@@ -250,9 +256,7 @@ def _train_chunk_dp(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: L
     rows = torch.zeros(count, most, width, dtype=torch.long)
     mask = torch.zeros(count, most, width)
     for pos, c in enumerate(order):
-        gen = torch.Generator().manual_seed(tasks[c].seed)  # the same draws as client/dpsgd.train_dp
-        for s in range(steps_of[c]):
-            pick = torch.arange(sizes[c]) if full else torch.randperm(sizes[c], generator=gen)[:per_row[c]]
+        for s, pick in enumerate(dpsgd.batches(tasks[c].seed, sizes[c], per_row[c], steps_of[c], full)):
             rows[pos, s, :len(pick)] = index[c][pick]
             rows[pos, s, len(pick):] = index[c][0]
             mask[pos, s, :len(pick)] = 1.0
@@ -282,10 +286,8 @@ def _train_chunk_dp(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: L
         g = {k: torch.stack([d[k] for d in drawn]) / divisor[:active].view(-1, *([1] * (summed[k].dim() - 1)))
              for k in names}
         if penalty is not None:
-            live = {k: v.detach().requires_grad_() for k, v in sub.items()}
-            total = penalty(live, global_params, {} if aux is None else {k: v[:active] for k, v in aux.items()})
-            pg = torch.autograd.grad(total.sum(), list(live.values()), allow_unused=True)
-            g = {k: g[k] + (p if p is not None else 0.0) for k, p in zip(live, pg, strict=True)}
+            own = {} if aux is None else {k: v[:active] for k, v in aux.items()}
+            g = dpsgd.plus_penalty(g, sub, functools.partial(_summed, penalty, global_params=global_params, aux=own))
         with torch.no_grad():
             loss_sum[:active] += (losses * m).sum(dim=1)
             seen[:active] += m.sum(dim=1)
