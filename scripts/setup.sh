@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up fedloop on a fresh machine (Python 3.11+): the CPU build of PyTorch first, so that no multi-GB CUDA build
-# is pulled in, then fedloop itself (editable) with its test tools.
+# is pulled in, then fedloop itself (editable) with its test tools, every package at the version requirements.lock
+# pins (scripts/lock.sh refreshes it), so a machine set up today and one set up next month run the same code.
 #
 # Where PyTorch comes from, in this order:
 #   1. TORCH_INDEX_URL, when set (e.g. a mirror of https://download.pytorch.org/whl/cpu);
@@ -46,4 +47,8 @@ else
   echo "PyTorch 2.13.0 (CPU build) from https://download.pytorch.org/whl/cpu"
   torch_ --index-url https://download.pytorch.org/whl/cpu
 fi
-pip_ install --quiet -e ".[test]"
+if [[ "${1:-}" == --latest ]]; then  # scripts/test-latest.sh: the newest versions pyproject.toml allows
+  pip_ install --quiet --upgrade -e ".[test]"
+else
+  pip_ install --quiet -c requirements.lock -e ".[test]"
+fi

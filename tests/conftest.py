@@ -1,5 +1,14 @@
 """Shared test helpers: small data, hand-made partitions, a small model, and short runs."""
 
+import ctypes
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +21,84 @@ from fedloop.data.partition import Partition
 from fedloop.run import EvalOptions
 
 RTOL, ATOL = 1e-5, 1e-6  # executors agree to float32 rounding of a different summation order
+
+PR_SET_CHILD_SUBREAPER = 36
+# Orphans of the processes a test starts (a client whose parent died, a pool worker left behind) are re-parented to
+# this process instead of init, so that the guard below sees every process a test left, however deep it was.
+ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def live_children() -> dict[int, str]:
+    """This process's live (not zombie) child processes: pid -> command line."""
+    me, found = os.getpid(), {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue  # ended meanwhile
+        state, ppid = text[text.rindex(")") + 2:].split()[:2]
+        if int(ppid) == me and state != "Z":
+            found[int(stat.parent.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace").strip()
+    return found
+
+
+def end_leftovers(before: dict[int, str], grace: float = 10.0) -> dict[int, str]:
+    """Processes started since `before` that are still alive after `grace` seconds, ended by pid (SIGKILL)."""
+    deadline = time.monotonic() + grace
+    while (left := {p: c for p, c in live_children().items() if p not in before}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+    return left
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """A test that starts processes (servers, clients, CLI runs, pools) ends them: one still alive at teardown
+    fails the test, and is ended by pid so it cannot linger (or hold a port) after the test run."""
+    before = live_children()
+    yield
+    left = end_leftovers(before)
+    assert not left, f"processes left running by this test (ended now): {left}"
+
+
+@pytest.fixture(autouse=True)
+def in_tmp_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in its own temporary directory, so a default output path (runs/...) lands there."""
+    monkeypatch.chdir(tmp_path)
+
+
+REPO = Path(__file__).resolve().parent.parent
+CACHES = ("__pycache__", ".pytest_cache", ".ruff_cache", ".mypy_cache", ".hypothesis")
+
+
+def repo_files() -> set[str]:
+    """Files in the repository that git does not track (ignored ones included), caches aside."""
+    proc = subprocess.run(["git", "-C", str(REPO), "ls-files", "--others", "--ignored", "--exclude-standard",
+                           "--directory", "--no-empty-directory"], capture_output=True, text=True)
+    return {line for line in proc.stdout.splitlines() if not any(c in line.split("/") for c in CACHES)}
+
+
+@pytest.fixture(autouse=True, scope="session")
+def nothing_written_into_the_repository() -> Iterator[None]:
+    """Tests write under their temporary directories only."""
+    before = repo_files()
+    yield
+    assert not repo_files() - before, f"the tests wrote into the repository: {sorted(repo_files() - before)}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_process_left_by_the_session() -> Iterator[None]:
+    """The same for module fixtures (a local Ray cluster): nothing is left when the tests end."""
+    before = live_children()
+    yield
+    left = end_leftovers(before, grace=30.0)
+    assert not left, f"processes left running by the test session (ended now): {left}"
 
 
 def blobs(n_train: int = 120, n_test: int = 40, dim: int = 5, classes: int = 3, seed: int = 0) -> Dataset:
@@ -52,6 +139,18 @@ def run_sizes(strategy, sizes, executor="sequential", rounds=3, seed=5, model=sm
     data = data if data is not None else blobs(n_train=sum(sizes))
     return simulate(model, data, manual_partition(sizes), strategy, options(rounds, seed, **kw), loss_fn=loss,
                     sim=SimOptions(executor=executor, engine=engine))
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """PyTorch on one intra-op thread, like client processes started with `--threads 1`: the float summation order,
+    and so every bit, then match theirs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def assert_close(a, b, rtol=RTOL, atol=ATOL):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import options
+from conftest import one_thread, options
 from safetensors.torch import load_file
 
 import fedloop
@@ -184,13 +184,9 @@ round_deadline = 60
     part = Partition("files", [torch.arange(c * ROWS, (c + 1) * ROWS).numpy() for c in range(3)],
                      [torch.arange(c * TESTS, (c + 1) * TESTS).numpy() for c in range(3)], "test")
     cfg = load_config(config)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         sim = fedloop.simulate(app, data, part, strategy_from_config(cfg), options(3, cfg.seed, federated=True),
                                sim=fedloop.SimOptions(executor="sequential"))
-    finally:
-        torch.set_num_threads(threads)
     deployed = load_file(tmp_path / "run" / "model.safetensors")
     assert deployed.keys() == sim.state.params.keys()
     assert all(torch.equal(deployed[k], sim.state.params[k]) for k in deployed)

@@ -460,6 +460,8 @@ def test_9_one_server_per_address_and_one_writer_per_run_directory(site, tmp_pat
     second = subprocess.run(cli("server", str(cfg), "--certs", str(site / "certs"), "--address", f"127.0.0.1:{port}",
                                 "--out", str(tmp_path / "b")), capture_output=True, text=True, timeout=60)
     assert second.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in second.stderr
+    assert second.stderr.count("\n") == 1 and "add_port" not in second.stderr  # fedloop's line, no gRPC chatter
+    assert not (tmp_path / "b").exists()  # a server that never started leaves no run directory
     twin = subprocess.run(cli("server", str(cfg), "--certs", str(site / "certs"), "--resume", str(tmp_path / "a")),
                           capture_output=True, text=True, timeout=60)
     assert twin.returncode == 2 and f"another process (pid {first.pid}) is writing this run directory" in twin.stderr

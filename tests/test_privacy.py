@@ -3,6 +3,7 @@ clipping, DP-SGD's per-example gradients, the budget stop and its resume, and th
 
 import json
 import math
+import re
 
 import dp_accounting
 import numpy as np
@@ -279,3 +280,35 @@ def test_the_planner_quotes_the_measured_accuracy_nearest_the_planned_epsilon(tm
     line = planner._cost("digits", PrivacyOptions("central", noise_multiplier=1.0), 3.2)
     assert "accuracy 0.8100 at epsilon 4 vs 0.8400 without privacy" in line and "mean of 2 runs" in line
     assert "not measured" in planner._cost("cifar10", PrivacyOptions("central", noise_multiplier=1.0), 3.2)
+
+
+def test_the_planner_says_how_loud_the_noise_is_and_warns_when_it_drowns_the_signal(capsys):
+    from fedloop.privacy.planner import LEARNS_AT
+
+    central = ["privacy", "--set", "privacy.mode=central", "--set", "privacy.sampling=poisson"]
+    assert main([*central, "--epsilon", "4"]) == 0  # the default MLP, 10 of 20 clients a round
+    out = capsys.readouterr().out
+    ratio = float(re.search(r"noise-to-signal of the released mean: ([\d.]+)", out).group(1))
+    assert ratio == pytest.approx(3.8416 * math.sqrt(55_210) / 10, rel=1e-3)
+    need = int(re.search(r"About ([\d,]+) clients per round", out).group(1).replace(",", ""))
+    assert need == math.ceil(ratio / LEARNS_AT * 10)
+    small = [*central, "--set", "model.name=logreg", "--set", "partition.num_clients=200", "--set",
+             "strategy.clients_per_round=50"]
+    assert main([*small, "--epsilon", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "noise-to-signal of the released mean: 1.09" in out and "warning" not in out
+    assert main(["privacy", "--set", "privacy.mode=local", "--noise", "1.0"]) == 0
+    ratio = float(re.search(r"noise-to-signal of the released mean: ([\d.]+)", capsys.readouterr().out).group(1))
+    assert ratio == pytest.approx(math.sqrt(55_210) / math.sqrt(10), rel=1e-3)  # m noises average down by sqrt(m)
+
+
+def test_the_planners_threshold_is_the_loudest_measured_cell_that_still_learns():
+    """LEARNS_AT is read off benchmarks/privacy.py's cells: Fashion-MNIST softmax regression (784 x 10 + 10
+    params), Poisson with 100 expected clients a round; every private cell beat 0.7 (chance is 0.1)."""
+    from fedloop.privacy.planner import LEARNS_AT, RESULTS
+
+    cells = [json.loads(p.read_text()) for p in RESULTS.glob("*.json")]
+    private = [c for c in cells if c["mode"] != "none"]
+    assert private and all(c["accuracy"] > 0.7 for c in private)
+    loudest = max(c["noise_multiplier"] * math.sqrt(7850) / c["per_round"] for c in private)
+    assert LEARNS_AT == pytest.approx(loudest, abs=0.05)

@@ -21,12 +21,21 @@ def test_curves_name_the_run_keep_colours_and_count_rounds_in_integers(monkeypat
                                                                    "model": "mlp"}))
     fig = figures[0]
     assert fig._suptitle.get_text() == "digits: fedadam, model mlp"
-    loss, acc = fig.axes
+    loss, acc, moved = fig.axes
     colour = {line.get_label(): line.get_color() for ax in (loss, acc) for line in ax.lines}
     assert colour["test loss"] == colour["test accuracy"] and colour["federated test loss"] == \
         colour["federated accuracy (mean)"]
-    for ax in (loss, acc):
+    for ax in (loss, acc, moved):
         assert all(float(t).is_integer() for t in ax.get_xticks())
+    up = next(line for line in moved.lines if line.get_label().startswith("uploaded"))
+    assert list(up.get_ydata()) == [0.0015, 0.003, 0.0045]  # MB moved so far: 1,500 bytes a round
+
+
+def test_the_bytes_panel_says_when_nothing_was_counted(monkeypatch, tmp_path):
+    figures = captured(monkeypatch)
+    report.plot_curves([{"round": 1, "train_loss": 0.5}], tmp_path / "c.png")
+    moved = figures[0].axes[2]
+    assert not moved.lines and "no bytes recorded" in moved.texts[0].get_text()
 
 
 def test_a_panel_without_data_says_so(monkeypatch, tmp_path):

@@ -12,13 +12,14 @@ from torch import nn
 from torch.nn import functional as F
 
 from .aggregators import AGGREGATORS
+from .aggregators.base import check_round_size
 from .app import App, load_app
 from .attacks import AttackOptions
 from .client import LocalSGD, LossFn
 from .config import OWN_FIELDS, AggregatorSection, Config, ServerOptSection, default_of
 from .data.examples import Dataset
 from .data.partition import Partition, make_partition
-from .data.registry import load_dataset
+from .data.registry import data_source, load_dataset
 from .errors import ConfigError, DataError
 from .loop import RoundPolicy
 from .models import model_factory
@@ -73,6 +74,11 @@ def strategy_from_config(cfg: Config, calibrating: bool = False) -> Strategy:
     name = s.pop("name")
     cls = STRATEGIES[name]
     sampler = make("strategy", Sampler, **{f.name: s.pop(f.name) for f in dataclasses.fields(Sampler)})
+    for key, value in s.items():
+        if value is not None and key not in OWN_FIELDS[name]:
+            mine = ", ".join(sorted(OWN_FIELDS[name])) or "none"
+            raise ConfigError(f"strategy.{key} = {value!r} does not apply to strategy.name = {name!r} (its own keys: "
+                              f"{mine}; every strategy takes {', '.join(f.name for f in dataclasses.fields(Sampler))})")
     own = {k: v for k, v in s.items() if k in OWN_FIELDS[name] and v is not None}
     parts: dict[str, Any] = {
         "sampler": sampler,
@@ -156,6 +162,31 @@ def resolve(cfg: Config, source: str) -> Config:
         "strategy": strategy_section,
         "server_opt": ServerOptSection(name=opt.name, **_asdict(opt)),
         "aggregator": AggregatorSection(name=strategy.aggregator.name, **_asdict(strategy.aggregator))})
+
+
+def check_runnable(cfg: Config, deployed: bool = False) -> None:
+    """What can be known wrong before a run directory is created or any data read: where the data come from, and
+    a round size that the sampler can never give or that the aggregator's assumption refuses (a simulation's
+    rounds draw from partition.num_clients clients; a server's from the clients that join)."""
+    app = app_from_config(cfg)
+    if app is not None and app.load_data is not None:
+        if cfg.data.path is None:
+            raise ConfigError(f"data.path: app {cfg.app.ref!r} reads its data from a path; set data.path")
+    else:
+        data_source(cfg.data.name, cfg.data.path)
+    strategy = strategy_from_config(cfg, calibrating=True)
+    sampler = strategy.sampler
+    if deployed:
+        if sampler.clients_per_round is not None and sampler.fraction is None:
+            check_round_size(strategy.aggregator, sampler.clients_per_round, "strategy.clients_per_round is")
+        return
+    clients = cfg.partition.num_clients
+    if sampler.clients_per_round is not None and sampler.fraction is None and sampler.clients_per_round > clients:
+        raise ConfigError(f"strategy.clients_per_round = {sampler.clients_per_round}: the run has {clients} clients "
+                          f"(partition.num_clients); at most {clients}")
+    if not sampler.poisson:  # a Poisson round's size varies: each round is checked as it comes
+        check_round_size(strategy.aggregator, sampler.num_selected(clients),
+                         f"{cfg.partition.num_clients} clients with this sampler give rounds of")
 
 
 def app_from_config(cfg: Config) -> App | None:

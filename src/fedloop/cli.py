@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import time
@@ -58,33 +59,40 @@ def _finished(summary: dict, out: Path) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .build import check_runnable
     from .experiment import run_config
     from .report import round_table
-    from .store import prepare_run_dir
+    from .store import run_directory
 
     if args.resume and (args.out or args.overwrite):
         raise ConfigError("--resume RUN_DIR continues that run: it takes no --out or --overwrite")
     config = args.config or (Path(args.resume) / "config.toml" if args.resume else None)
     cfg = load_config(config, _sets(args))
+    check_runnable(cfg)
     out = Path(args.resume or args.out or _default_out(cfg))
-    prepare_run_dir(out, resume=bool(args.resume), overwrite=args.overwrite)  # before any data is read
     live = console.is_terminal and not args.quiet
     setup_logging(args.log_level, console, live, rounds=not args.quiet)
-    log_to(out)
-    source = cfg.data.path or cfg.data.name if cfg.app.ref else cfg.data.name
-    print(f"fedloop {cfg.strategy.name} on {source}, model {cfg.app.ref or cfg.model.name}, "
-          f"{cfg.partition.num_clients} clients ({cfg.partition.scheme}), {cfg.rounds} rounds -> {out}",
-          file=sys.stderr)
-    with new_progress(console, live) as progress:
-        shown = (ProgressBar(progress, cfg.rounds), RoundLines()) if live else (RoundLines(),)
-        result = run_config(cfg, out, shown, resume=bool(args.resume), overwrite=args.overwrite)
+    with run_directory(out, resume=bool(args.resume), overwrite=args.overwrite), log_to(out):  # before data is read
+        source = cfg.data.path or cfg.data.name if cfg.app.ref else cfg.data.name
+        print(f"fedloop {cfg.strategy.name} on {source}, model {cfg.app.ref or cfg.model.name}, "
+              f"{cfg.partition.num_clients} clients ({cfg.partition.scheme}), {cfg.rounds} rounds -> {out}",
+              file=sys.stderr)
+        with new_progress(console, live) as progress:
+            shown = (ProgressBar(progress, cfg.rounds), RoundLines()) if live else (RoundLines(),)
+            result = run_config(cfg, out, shown, resume=bool(args.resume), overwrite=args.overwrite)
     if args.table:
         _stdout().print(round_table(result.history))
     return _finished(result.summary, out)
 
 
 def cmd_privacy(args: argparse.Namespace) -> int:
-    from .build import load_data, partition_from_config, privacy_options, strategy_from_config
+    from .build import (
+        load_data,
+        model_fn_from_config,
+        partition_from_config,
+        privacy_options,
+        strategy_from_config,
+    )
     from .privacy.planner import plan
 
     if args.epsilon is not None and args.noise is not None:
@@ -97,8 +105,9 @@ def cmd_privacy(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, _sets(args) + extra)
     data = load_data(cfg)
     part = partition_from_config(cfg, data)
+    num_params = sum(p.numel() for p in model_fn_from_config(cfg, data.spec())().parameters())
     lines = plan(strategy_from_config(cfg, calibrating=True), privacy_options(cfg), cfg.rounds, part.num_clients,
-                 [len(t) for t in part.train], data.name, args.epsilon, args.noise)
+                 [len(t) for t in part.train], data.name, args.epsilon, args.noise, num_params)
     print("\n".join(lines))
     return 0
 
@@ -150,22 +159,28 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
+    from .build import check_runnable
+    from .net.options import host_port
     from .net.serve import serve
-    from .store import prepare_run_dir
+    from .store import run_directory
 
     if args.resume and (args.out or args.overwrite):
         raise ConfigError("--resume RUN_DIR continues that run: it takes no --out or --overwrite")
     cfg = load_config(args.config, _sets(args))
+    check_runnable(cfg, deployed=True)
+    if args.address is not None:
+        host_port(args.address, "--address")
+    if args.certs is not None and not Path(args.certs).is_dir():
+        raise ConfigError(f"--certs {args.certs}: no such directory (`fedloop certs DIR` creates one)")
     out = Path(args.resume or args.out or _default_out(cfg))
-    prepare_run_dir(out, resume=args.resume is not None, overwrite=args.overwrite)
     setup_logging(args.log_level, console, live=False)
-    log_to(out)
-    result = serve(cfg, out, cert_dir=args.certs, tokens=args.tokens, allowlist=args.allowlist,
-                   insecure=args.insecure, mutual_tls=args.mtls, address=args.address, resume=args.resume is not None,
-                   overwrite=args.overwrite,
-                   on_listen=lambda port: print(f"listening on port {port}; waiting for "
-                                                f"{cfg.server.min_clients} clients", flush=True),
-                   observers=(RoundLines(),))
+    with run_directory(out, resume=args.resume is not None, overwrite=args.overwrite), log_to(out):
+        result = serve(cfg, out, cert_dir=args.certs, tokens=args.tokens, allowlist=args.allowlist,
+                       insecure=args.insecure, mutual_tls=args.mtls, address=args.address,
+                       resume=args.resume is not None, overwrite=args.overwrite,
+                       on_listen=lambda port: print(f"listening on port {port}; waiting for "
+                                                    f"{cfg.server.min_clients} clients", flush=True),
+                       observers=(RoundLines(),))
     return _finished(result.summary, out)
 
 
@@ -303,6 +318,9 @@ def _interrupt(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # gRPC's C core prints its own lines (handshake failures, bind errors) to stderr; fedloop says what went wrong
+    # in its own words, so they show only with --log-level debug (read once, when grpc is first imported)
+    os.environ.setdefault("GRPC_VERBOSITY", "DEBUG" if getattr(args, "log_level", "") == "debug" else "NONE")
     signal.signal(signal.SIGTERM, _interrupt)  # a stop request ends a run like Ctrl-C: its files written
     setup_logging(getattr(args, "log_level", "info"), console, live=False)
     try:

@@ -51,8 +51,20 @@ class LoopResult:
     final_metrics: dict[str, float] = field(default_factory=dict)
 
 
+_EMPTY_TOLD: set[tuple[int, ...]] = set()
+"""The sets of clients without local test rows that have been named in the log (once each)."""
+
+
 def federated_metrics(evals: Sequence[Evaluation]) -> dict[str, float]:
-    """Example-weighted means over clients' local test splits, and the spread of accuracy across clients."""
+    """Example-weighted means over clients' local test splits, and the spread of accuracy across clients (clients
+    with no local test rows count for nothing, and are named in the log once)."""
+    empty = tuple(e.client_id for e in evals if e.num_examples == 0)
+    if empty and empty not in _EMPTY_TOLD:
+        _EMPTY_TOLD.add(empty)
+        log.info("%d of %d clients have no local test rows; federated evaluation uses the other %d (clients %s)",
+                 len(empty), len(evals), len(evals) - len(empty), ", ".join(map(str, empty[:20])) +
+                 (", ..." if len(empty) > 20 else ""))
+    evals = [e for e in evals if e.num_examples > 0]
     total = sum(e.num_examples for e in evals)
     if total <= 0:  # fleets check counts; this guards the division all the same
         return {}

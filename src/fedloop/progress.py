@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
@@ -84,12 +86,20 @@ def setup_logging(level: str, console: Console, live: bool, rounds: bool = True)
         ROUNDS.addHandler(out)
 
 
-def log_to(run_dir: Path) -> None:
-    """Every log line and round line of this process also to RUN_DIR/log.txt (appended: a resumed run adds to it)."""
+@contextmanager
+def log_to(run_dir: Path) -> Iterator[None]:
+    """Every log line and round line of this process also to RUN_DIR/log.txt (appended: a resumed run adds to it),
+    until the block ends."""
     handler = logging.FileHandler(Path(run_dir) / "log.txt")
     handler.setFormatter(logging.Formatter(STAMPED))
     logging.getLogger().addHandler(handler)
     ROUNDS.addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        ROUNDS.removeHandler(handler)
+        handler.close()
 
 
 def new_progress(console: Console, live: bool) -> Progress:

@@ -30,7 +30,8 @@ def _save_png(fig, path: Path) -> None:
 
 
 COLOURS = {"train_loss": "tab:gray", "loss": "tab:blue", "fed_loss": "tab:orange", "accuracy": "tab:blue",
-           "fed_accuracy": "tab:orange", "fed_accuracy_p10": "tab:red"}
+           "fed_accuracy": "tab:orange", "fed_accuracy_p10": "tab:red", "bytes_up": "tab:green",
+           "bytes_down": "tab:purple"}
 """One colour per series, the same in every panel (test metrics blue, federated orange)."""
 
 
@@ -40,11 +41,12 @@ def run_title(meta: dict[str, Any]) -> str:
 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> None:
-    """curves.png: training loss, evaluation loss and accuracy (centralized and federated) per round."""
+    """curves.png: training loss, evaluation loss and accuracy (centralized and federated), and the bytes moved
+    so far (up and down, cumulative), per round."""
     from matplotlib.ticker import MaxNLocator
 
     plt = _figure()
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_loss, ax_acc, ax_bytes) = plt.subplots(1, 3, figsize=(16, 4))
 
     def series(key: str) -> tuple[list[int], list[float]]:
         pts = [(r["round"], r[key]) for r in rows if r.get(key) is not None and not r.get("failed")]
@@ -60,6 +62,13 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path, title: str = "") -> 
             if x:
                 ax.plot(x, y, marker="." if len(x) < 50 else None, label=label, color=COLOURS[key])
         ax.set(xlabel="round", ylabel=what, title=what.capitalize())
+    for key, label in (("bytes_up", "uploaded (clients to server)"), ("bytes_down", "downloaded (server to clients)")):
+        x, y = series(key)
+        if x:
+            ax_bytes.plot(x, np.cumsum(y) / 1e6, marker="." if len(x) < 50 else None, label=label,
+                          color=COLOURS[key])
+    ax_bytes.set(xlabel="round", ylabel="MB so far", title="Bytes moved")
+    for ax, what in ((ax_loss, "loss"), (ax_acc, "accuracy"), (ax_bytes, "bytes")):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if ax.lines:

@@ -22,7 +22,7 @@ from .loop import RoundPolicy, run_loop
 from .observers import Checkpointer, Observer, RunDirWriter
 from .params import from_model, load_into
 from .stops import Diverged, MaxRounds, Patience, StopCondition, TargetAccuracy
-from .store import RunDir, load_checkpoint, load_client_states, prepare_run_dir
+from .store import RunDir, load_client_states, prepare_run_dir
 from .strategies import Strategy
 from .transforms import own_state
 from .types import Params, ServerState
@@ -170,8 +170,7 @@ def _train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, 
     client_states: RoundStates | None = getattr(fleet, "states", None)  # a simulation's; deployed clients keep theirs
     if options.resume:
         assert run_dir is not None  # RunOptions checks it
-        path = run_dir.latest_checkpoint()
-        state, _ = load_checkpoint(path)
+        path, state = run_dir.load_latest()
         if client_states is not None:
             client_states.restore(load_client_states(path))
         log.info("resuming %s from round %d", run_dir.path, state.round)

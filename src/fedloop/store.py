@@ -8,7 +8,8 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,36 @@ def prepare_run_dir(path: str | Path, *, resume: bool = False, overwrite: bool =
     return path
 
 
+@contextmanager
+def run_directory(path: str | Path, *, resume: bool = False, overwrite: bool = False) -> Iterator[Path]:
+    """prepare_run_dir for the body; when the body fails before the run's first round is recorded, the directory is
+    left as it was found (removed when it was made here), so the same command can simply be run again."""
+    path = Path(path)
+    existed = path.exists()
+    prepare_run_dir(path, resume=resume, overwrite=overwrite)
+    try:
+        yield path
+    except BaseException:
+        if not resume and not _has_rounds(path):
+            _discard(path, existed)
+        raise
+
+
+def _has_rounds(path: Path) -> bool:
+    metrics = path / "metrics.jsonl"
+    return metrics.is_file() and metrics.stat().st_size > 0
+
+
+def _discard(path: Path, existed: bool) -> None:
+    """Remove what a run that never reached a round wrote (its lock and log included)."""
+    RunDir(path).release()
+    if not existed:
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    for p in path.iterdir():
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
 _HELD: dict[Path, int] = {}
 """Run directories this process writes, with the descriptor that holds each one's lock."""
 
@@ -255,6 +286,26 @@ class RunDir:
         if not found:
             raise CheckpointError(f"{self.path}: no checkpoints/round_NNNN.safetensors to resume from")
         return found[-1]
+
+    def load_latest(self) -> tuple[Path, ServerState]:
+        """The newest checkpoint and its state. One that cannot be read is an error naming it and, when there is
+        one, the newest earlier checkpoint that reads, and how to resume from it (nothing is removed here)."""
+        path = self.latest_checkpoint()
+        try:
+            return path, load_checkpoint(path)[0]
+        except CheckpointError as exc:
+            for older in sorted(self.path.glob("checkpoints/round_*.safetensors"), reverse=True):
+                if older >= path:
+                    continue
+                try:
+                    state, _ = load_checkpoint(older)
+                except CheckpointError:
+                    continue
+                raise CheckpointError(f"{exc}; the previous checkpoint {older.name} (round {state.round}) reads: "
+                                      f"move {path.name} (and any later one) out of {path.parent} and --resume "
+                                      f"again to continue from round {state.round}, losing the rounds after it") \
+                    from None
+            raise
 
     def append_record(self, record: RoundRecord) -> None:
         line = dumps(record.to_json())

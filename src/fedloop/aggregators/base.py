@@ -82,11 +82,19 @@ def shaped(updates: Sequence[Update], name: str, row: torch.Tensor) -> torch.Ten
     return row.reshape(ref.shape).to(ref.dtype)
 
 
-def need(aggregator: object, n: int, minimum: int, rule: str) -> None:
-    """Refuse a round of n updates when the aggregator's assumption needs at least `minimum`."""
-    if n < minimum:
-        raise ConfigError(f"aggregator {getattr(aggregator, 'name', aggregator)!r} {rule}, so it needs at least "
-                          f"{minimum} updates; this round has {n}")
+def requirements(aggregator: object) -> list[tuple[int, str]]:
+    """(minimum updates, the assumption that needs them) of an aggregator (`requires()`; none when it has none)."""
+    requires = getattr(aggregator, "requires", None)
+    return list(requires()) if requires is not None else []
+
+
+def check_round_size(aggregator: object, n: int, what: str = "this round has") -> None:
+    """Refuse n updates when one of the aggregator's assumptions needs more: at every round, and before a run starts
+    for the round size its sampler gives."""
+    for minimum, rule in requirements(aggregator):
+        if n < minimum:
+            raise ConfigError(f"aggregator {getattr(aggregator, 'name', aggregator)!r} {rule}, so it needs at least "
+                              f"{minimum} updates; {what} {n}")
 
 
 def mean_metrics(updates: Sequence[Update]) -> dict[str, float]:

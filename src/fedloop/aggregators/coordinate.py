@@ -17,7 +17,7 @@ import torch
 
 from .. import checks
 from ..types import Params, Update
-from .base import AggState, names_of, need, per_column, shaped
+from .base import AggState, check_round_size, names_of, per_column, shaped
 
 
 def coordinate_median(rows: torch.Tensor) -> torch.Tensor:
@@ -55,12 +55,16 @@ class TrimmedMean:
     def init(self, params: Params) -> dict[str, torch.Tensor]:
         return {}
 
+    def requires(self) -> list[tuple[int, str]]:
+        if self.beta == 0:
+            return []  # a round too small to trim one value would silently be the plain mean
+        return [(math.ceil(1 / self.beta), f"trims floor(beta n) values at each end (beta = {self.beta:g})")]
+
     def apply(self, updates: Sequence[Update], state: AggState
               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         n = len(updates)
         cut = math.floor(self.beta * n)
-        if self.beta > 0:  # a round too small to trim one value would silently be the plain mean
-            need(self, n, math.ceil(1 / self.beta), f"trims floor(beta n) values at each end (beta = {self.beta:g})")
+        check_round_size(self, n)
         names = names_of(updates)
 
         def trimmed(rows: torch.Tensor, _: slice) -> torch.Tensor:

@@ -17,7 +17,7 @@ import torch
 
 from .. import checks
 from ..types import Params, Update
-from .base import AggState, column_chunks, names_of, need, per_column, shaped
+from .base import AggState, check_round_size, column_chunks, names_of, per_column, shaped
 from .coordinate import coordinate_median
 
 
@@ -50,10 +50,15 @@ def mean_of(updates: Sequence[Update], names: Sequence[str], chosen: Sequence[in
     return {k: shaped(updates, k, per_column(picked, k, lambda rows, _: rows.mean(dim=0))) for k in names}
 
 
+def krum_requires(f: int, m: int | None = None) -> list[tuple[int, str]]:
+    """What Krum and multi-Krum assume of a round's size."""
+    return [(2 * f + 3, f"tolerates f = {f} only with n > 2f + 2"),
+            *([(m, f"averages m = {m} updates")] if m is not None else [])]
+
+
 def krum_mean(aggregator: object, updates: Sequence[Update], f: int, m: int) -> dict[str, torch.Tensor]:
-    """The mean of the m best Krum-scored updates, after refusing a round too small for f."""
-    need(aggregator, len(updates), 2 * f + 3, f"tolerates f = {f} only with n > 2f + 2")
-    need(aggregator, len(updates), m, f"averages m = {m} updates")
+    """The mean of the m best Krum-scored updates, after refusing a round too small for the aggregator."""
+    check_round_size(aggregator, len(updates))
     names = names_of(updates)
     return mean_of(updates, names, krum_select(squared_distances(updates, names), f, m))
 
@@ -69,6 +74,9 @@ class Krum:
 
     def init(self, params: Params) -> dict[str, torch.Tensor]:
         return {}
+
+    def requires(self) -> list[tuple[int, str]]:
+        return krum_requires(self.f)
 
     def apply(self, updates: Sequence[Update], state: AggState
               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -89,6 +97,9 @@ class MultiKrum:
     def init(self, params: Params) -> dict[str, torch.Tensor]:
         return {}
 
+    def requires(self) -> list[tuple[int, str]]:
+        return krum_requires(self.f, self.m)
+
     def apply(self, updates: Sequence[Update], state: AggState
               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         return krum_mean(self, updates, self.f, len(updates) - self.f if self.m is None else self.m), {}
@@ -105,6 +116,9 @@ class Bulyan:
     def init(self, params: Params) -> dict[str, torch.Tensor]:
         return {}
 
+    def requires(self) -> list[tuple[int, str]]:
+        return [(4 * self.f + 3, f"tolerates f = {self.f} only with n >= 4f + 3")]
+
     def select(self, d: torch.Tensor) -> list[int]:
         """theta = n - 2f updates, each the Krum choice among those not yet selected."""
         remaining = list(range(d.shape[0]))
@@ -119,8 +133,7 @@ class Bulyan:
 
     def apply(self, updates: Sequence[Update], state: AggState
               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        n = len(updates)
-        need(self, n, 4 * self.f + 3, f"tolerates f = {self.f} only with n >= 4f + 3")
+        check_round_size(self, len(updates))
         names = names_of(updates)
         chosen = self.select(squared_distances(updates, names))
         beta = len(chosen) - 2 * self.f

@@ -29,29 +29,41 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0) -> Dataset:
                    torch.from_numpy(x[te]), torch.from_numpy(y[te]), num_classes=10)
 
 
-def load_dataset(name: str, path: str | Path | None = None, *, seed: int = 0, test_fraction: float = 0.2,
-                 split: str = "balanced", label_column: str = "label", test_path: str | Path | None = None,
-                 alpha: float = 1.0, beta: float = 1.0, num_users: int = 30) -> Dataset:
-    """Read or generate dataset `name`; DataError names the file and what is wrong with it."""
+def data_source(name: str, path: str | Path | None) -> Path | None:
+    """Where dataset `name` is read from (None: built in); a DataError, before anything is read, when the
+    combination cannot work."""
     if name not in DATASETS:
         raise DataError(f"data.name = {name!r} is unknown; allowed: {', '.join(DATASETS)}")
     if name in BUILT_IN and path is not None:
         readers = ", ".join(n for n in DATASETS if n not in BUILT_IN)
         raise DataError(f"{path}: dataset {name!r} is built in and reads no file; set data.name to the reader of "
                         f"this file ({readers}) or use your own reader (fedloop.App)")
+    if name in BUILT_IN:
+        return None
+    where = Path(path) if path is not None else DEFAULT_PATHS.get(name)
+    if where is None:
+        raise DataError(f"data.path is required for dataset {name!r} (no default location is known)")
+    if path is None and not where.is_dir():
+        raise DataError(f"{where}: {name} not found; install Debian's dataset-fashion-mnist package "
+                        "or set data.path")
+    if not where.exists():
+        raise DataError(f"{where}: data.path does not exist")
+    return where
+
+
+def load_dataset(name: str, path: str | Path | None = None, *, seed: int = 0, test_fraction: float = 0.2,
+                 split: str = "balanced", label_column: str = "label", test_path: str | Path | None = None,
+                 alpha: float = 1.0, beta: float = 1.0, num_users: int = 30) -> Dataset:
+    """Read or generate dataset `name`; DataError names the file and what is wrong with it."""
+    where = data_source(name, path)
     if name == "digits":
         return load_digits(test_fraction, seed)
     if name == "synthetic":
         return make_synthetic_dataset(alpha, beta, num_users, seed)
-    where = Path(path) if path is not None else DEFAULT_PATHS.get(name)
-    if where is None:
-        raise DataError(f"data.path is required for dataset {name!r} (no default location is known)")
+    assert where is not None
     if name in ("mnist", "fashion-mnist", "kmnist", "emnist"):
         from .idx import load_idx_dataset
 
-        if name in DEFAULT_PATHS and path is None and not where.is_dir():
-            raise DataError(f"{where}: {name} not found; install Debian's dataset-fashion-mnist package "
-                            "or set data.path")
         return load_idx_dataset(name, where, split)
     if name in ("cifar10", "cifar100"):
         from .cifar import load_cifar

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +42,18 @@ def _make(name: str, x: np.ndarray, y: np.ndarray, xt: np.ndarray, yt: np.ndarra
 
 def load_npz(path: Path, test_fraction: float, seed: int) -> Dataset:
     """Keys x_train, y_train, x_test, y_test; or x, y (a test split is held out); optional users_train."""
+    what = "arrays x_train, y_train, x_test, y_test (or x, y), as numpy.savez writes them"
     try:
+        if not Path(path).is_file():
+            raise FileNotFoundError(path)
+        if not zipfile.is_zipfile(path):  # np.load would read a .npy array, or refuse a pickle, instead
+            raise DataError(f"{path}: not an .npz archive; fedloop's npz reader takes the {what}")
         arch = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npz archive ({exc})") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable .npz archive ({exc}); fedloop's npz reader takes the {what}") \
+            from None
     keys = set(arch.files)
     if {"x_train", "y_train", "x_test", "y_test"} <= keys:
         x, y, xt, yt = arch["x_train"], arch["y_train"], arch["x_test"], arch["y_test"]

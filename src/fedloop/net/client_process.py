@@ -25,6 +25,7 @@ from ..types import Broadcast, Evaluation, Failure, Reply, Task, Update
 from . import fedloop_pb2 as pb
 from . import fedloop_pb2_grpc as pb_grpc
 from .codec import KIND_NAMES, PROTOCOL, chunks, config_from_proto, decode, encode, split_extras
+from .options import host_port
 from .server import MESSAGE_BYTES, POLL_SECONDS, is_loopback
 from .spool import clean
 
@@ -59,6 +60,40 @@ def open_channel(server: str, *, ca_cert: str | None, cert: str | None, key: str
                                          private_key=_read(key, "client key"),
                                          certificate_chain=_read(cert, "client certificate"))
     return grpc.secure_channel(server, creds, options=options)
+
+
+def speaks_tls(server: str, timeout: float = 3.0) -> bool | None:
+    """Whether the server completes a TLS handshake (its certificate unchecked: this only asks which protocol it
+    speaks, to say so when the client's is the other one); None when nothing answers."""
+    import socket
+    import ssl
+
+    host, port = host_port(server, "--server")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    try:
+        with socket.create_connection((host.strip("[]"), port), timeout=timeout) as sock:
+            try:
+                with context.wrap_socket(sock, server_hostname=host.strip("[]")):
+                    return True
+            except (ssl.SSLError, OSError):
+                return False
+    except OSError:
+        return None
+
+
+def check_protocol(server: str, insecure: bool) -> bool:
+    """A ConfigError when the client speaks plaintext to a TLS server, or TLS to a plaintext one; whether the
+    server answered the question at all."""
+    tls = speaks_tls(server)
+    if insecure and tls:
+        raise ConfigError(f"{server}: the server speaks TLS: give --ca-cert (the ca.pem of `fedloop certs`) "
+                          "instead of --insecure")
+    if not insecure and tls is False:
+        raise ConfigError(f"{server}: the server speaks plaintext (it was started with --insecure): give "
+                          "--insecure instead of --ca-cert")
+    return tls is not None
 
 
 def reply_chunks(reply: Reply, seq: int) -> Iterator[pb.ReplyChunk]:
@@ -150,10 +185,20 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
         if threads < 1:
             raise ConfigError(f"--threads {threads}: expected at least 1")
         torch.set_num_threads(threads)
-    host, _, port = server.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--server {server!r}: expected HOST:PORT")
+    host_port(server, "--server")
     channel = open_channel(server, ca_cert=ca_cert, cert=cert, key=key, insecure=insecure)
+    try:
+        return _serve_tasks(server, channel, data_path, token_file=token_file, insecure=insecure,
+                            state_dir=state_dir, expect_id=expect_id, max_backoff=max_backoff,
+                            give_up_after=give_up_after, app_ref=app_ref, attack=attack)
+    finally:
+        channel.close()  # every call ends now, on this thread, not in gRPC's clean-up at interpreter shutdown
+
+
+def _serve_tasks(server: str, channel: grpc.Channel, data_path: str, *, token_file: str | None, insecure: bool,
+                 state_dir: str | None, expect_id: int | None, max_backoff: float, give_up_after: float,
+                 app_ref: str | None, attack: AttackOptions | None) -> int:
+    """run_client's loop over an open channel."""
     stub = pb_grpc.FederationStub(channel)
     token = _read(token_file, "token")
     meta = [("authorization", f"Bearer {token.decode().strip()}")] if token else []
@@ -161,7 +206,7 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
     states, run = RoundStates(MemoryStates()), ""
     after, answered, backoff = 0, 0, 1.0
     last_contact = time.monotonic()
-    connected = False
+    connected = probed = False
 
     def left() -> float:
         """Seconds before the client gives up: every wait and call is cut to it."""
@@ -188,7 +233,15 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
                 after = 0  # task numbers belong to one server process
                 log.info("joined run %s as client %d", joined.run, app.client_id)
             stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=POLL_SECONDS + 60)
-            header = next(stream).header
+            try:
+                header = next(stream).header
+                # Read every stream to its end, here: its last event is then handled before this returns, not
+                # by gRPC's own thread while the interpreter shuts down (it would hold the stream's lock
+                # there, and the stream's finaliser would wait for it forever).
+                data = b"".join(c.data for c in stream)
+            except BaseException:
+                stream.cancel()
+                raise
             last_contact, backoff = time.monotonic(), 1.0
             if header.status == pb.POLL_DONE:
                 return answered
@@ -196,8 +249,7 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
                 raise TransportError(f"{server}: the run failed on the server ({clean(header.reason)})")
             if header.status != pb.POLL_TASK:
                 continue
-            reply = attacked_reply(app.handle(receive_task(app.client_id, header, b"".join(c.data for c in stream))),
-                                   attack)
+            reply = attacked_reply(app.handle(receive_task(app.client_id, header, data)), attack)
             ack = stub.PutReply(reply_chunks(reply, header.seq), metadata=meta, timeout=120)
             if not ack.accepted:
                 log.warning("the server rejected the reply to task %d: %s", header.seq, ack.reason)
@@ -210,6 +262,8 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
                 log.warning("the server does not know this client (%s); joining again", exc.details())
                 app = None
                 continue
+            if not connected and not probed and code == grpc.StatusCode.UNAVAILABLE:
+                probed = check_protocol(server, insecure)  # until a server answers: it will not change its mind
             what = "lost the server" if connected else "cannot reach the server"
             if time.monotonic() - last_contact >= give_up_after - 0.05:
                 raise TransportError(f"{server}: {what}; no successful call for {give_up_after:.0f} s (last error "

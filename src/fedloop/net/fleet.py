@@ -354,7 +354,8 @@ class GrpcFleet:
         if task.kind == "evaluate":
             split = "train" if task.config.get("split") == "train" else "test"
             declared = train if split == "train" else test
-            if not 0 < header.num_examples <= declared:
+            empty = header.num_examples == declared == 0 and not header.metrics  # joined with no such rows
+            if not (0 < header.num_examples <= declared or empty):
                 return reject(f"num_examples {header.num_examples} is outside 1..{declared}, the {split} examples "
                               "the client joined with")
             return Evaluation(client_id, task.round, int(header.num_examples), dict(header.metrics)), None

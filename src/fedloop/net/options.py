@@ -5,7 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import checks
+from ..errors import ConfigError
 from ..loop import RoundPolicy
+
+
+def host_port(address: str, what: str) -> tuple[str, int]:
+    """(host, port) of "HOST:PORT" ("[::1]:PORT" for IPv6); a ConfigError naming `what` (e.g. --address) when the
+    host or port is missing or the port is not 0-65535. A missing port is never filled in: gRPC would take 443."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535 or (host.count(":") and not host.startswith("[")):
+        raise ConfigError(f"{what} {address!r}: expected HOST:PORT with a port number (0 picks a free port when "
+                          f"listening)")
+    return host, int(port)
 
 
 @dataclass(frozen=True)
@@ -34,6 +45,10 @@ class ServerOptions(RoundPolicy):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        try:
+            host_port(self.address, "address")
+        except ConfigError as exc:
+            checks.fail(self, "address", exc.args[0].split(": ", 1)[1])
         checks.at_least(self, "min_clients", 1)
         checks.positive(self, "join_timeout", "liveness_timeout", "stream_idle_timeout", "min_transfer_rate")
         checks.at_least(self, "min_updates", 1)

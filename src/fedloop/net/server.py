@@ -230,9 +230,10 @@ class RunningServer:
         self._thread.start()
         try:
             self._server, self.port = self._call(self._start(fleet, address, credentials, limits))
-        except RuntimeError as exc:  # grpc: "Failed to bind to address ..."
+        except RuntimeError:  # grpc: "Failed to bind to address ..."
             self._halt()
-            raise ConfigError(f"cannot listen on {address}: {exc} (is another server using it?)") from None
+            raise ConfigError(f"cannot listen on {address}: the address is taken (is another server using it?) or "
+                              f"is not one of this machine's (--log-level debug shows gRPC's reason)") from None
         except BaseException:
             self._halt()
             raise

@@ -5,6 +5,7 @@ epsilon, and the accuracy cost measured by benchmarks/privacy.py when a measured
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import replace
@@ -19,10 +20,47 @@ RESULTS = Path(__file__).resolve().parents[3] / "benchmarks" / "results" / "priv
 """Where benchmarks/privacy.py writes one JSON file per measured cell (in a source checkout)."""
 
 
+LEARNS_AT = 2.7
+"""The largest noise-to-signal ratio of a released mean among benchmarks/privacy.py's measured cells, all of which
+still learn: epsilon 1 on Fashion-MNIST, softmax regression (d = 7,850), 100 clients per round, z = 3.07 gives
+3.07 x sqrt(7850) / 100 = 2.72 and 0.71 test accuracy (0.84 without privacy). tests/test_privacy.py checks it
+against the cells."""
+
+
+def noise_to_signal(options: PrivacyOptions, z: float, num_params: int, per_round: float, batch: int) -> float:
+    """The L2 norm of the noise on the released mean against the largest clipped signal, C: central DP adds
+    N(0, (zC)^2) per coordinate to the sum of m updates (z sqrt(d) / m); local DP's m independent noises average
+    down to z sqrt(d) / sqrt(m); a DP-SGD step adds it to the sum of B clipped example gradients (z sqrt(d) / B)."""
+    spread = z * math.sqrt(num_params)
+    if options.mode == "central":
+        return spread / max(per_round, 1e-12)
+    if options.mode == "local":
+        return spread / math.sqrt(max(per_round, 1e-12))
+    return spread / batch
+
+
+def _signal_lines(options: PrivacyOptions, z: float, num_params: int, per_round: float, batch: int) -> list[str]:
+    ratio = noise_to_signal(options, z, num_params, per_round, batch)
+    where = {"central": f"{per_round:g} clients per round", "local": f"{per_round:g} clients per round",
+             "dp-sgd": f"batches of {batch} examples"}[options.mode]
+    lines = [f"noise-to-signal of the released mean: {ratio:.3g} (noise norm over the clip norm; {num_params:,} "
+             f"params, {where}); measured cells still learn at {LEARNS_AT:g}"]
+    if ratio > 2 * LEARNS_AT:
+        need = {"central": ("clients per round (strategy.clients_per_round)", ratio / LEARNS_AT * per_round),
+                "local": ("clients per round (strategy.clients_per_round)", (ratio / LEARNS_AT) ** 2 * per_round),
+                "dp-sgd": ("examples per batch (client.batch_size)", ratio / LEARNS_AT * batch)}[options.mode]
+        fewer = int(num_params / (ratio / LEARNS_AT) ** 2)
+        lines.append(f"warning: the noise drowns the signal ({ratio:.3g} is far above {LEARNS_AT:g}): the model will "
+                     f"likely not learn. About {math.ceil(need[1]):,} {need[0]} at this noise, or a model of about "
+                     f"{fewer:,} params, would bring it to {LEARNS_AT:g}; a larger epsilon lowers the noise too")
+    return lines
+
+
 def plan(strategy: Strategy, options: PrivacyOptions, rounds: int, population: int, sizes: Sequence[int],
-         dataset: str, target: float | None = None, noise: float | None = None) -> list[str]:
+         dataset: str, target: float | None = None, noise: float | None = None, num_params: int | None = None
+         ) -> list[str]:
+    """The planner's lines (with `num_params`, the model's size: the noise-to-signal of the released mean)."""
     z: float | None
-    """The planner's lines."""
     if options.mode == "none":
         raise ConfigError("privacy.mode = 'none': set privacy.mode to central, local or dp-sgd to plan a budget")
     if target is None and noise is None:
@@ -44,6 +82,9 @@ def plan(strategy: Strategy, options: PrivacyOptions, rounds: int, population: i
     lines.append("epsilon after " + ", ".join(
         f"{r} rounds: {epsilon([(release, r)], options.delta, kind):.3f}" for r in checkpoints))
     lines.append(_cost(dataset, options, epsilon([(release, rounds)], options.delta, kind)))
+    if num_params is not None:
+        lines += _signal_lines(options, z, num_params, strategy.sampler.expected(population),
+                               getattr(strategy.local, "batch_size", 1))
     return lines
 
 
