@@ -155,12 +155,15 @@ clients_per_round = 5
 server_lr = 0.5
 server_momentum = 0.9
 weighting = "uniform"
-mu = 0.01
 '''))
     strategy = strategy_from_config(cfg)
     assert (strategy.server_opt.lr, strategy.server_opt.momentum) == (0.5, 0.9)
     assert strategy.aggregator.weighting == "uniform" and strategy.sampler.clients_per_round == 5
-    assert "mu" not in to_toml(cfg) and "server_lr" not in to_toml(cfg)  # mu is fedprox's; the keys moved
+    assert "server_lr" not in to_toml(cfg)  # the keys moved
+    # a key of another strategy is refused, not dropped: mu is fedprox's
+    with pytest.raises(ConfigError, match="strategy.mu = 0.01 does not apply to strategy.name = 'fedavg'"):
+        load_config(write(tmp_path, '[strategy]\nname = "fedavg"\nmu = 0.01\n'))
+    assert "mu = 0.01" in to_toml(load_config(write(tmp_path, '[strategy]\nname = "fedprox"\nmu = 0.01\n')))
 
 
 def test_transforms_are_a_chain_in_order(tmp_path):

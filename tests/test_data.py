@@ -196,7 +196,7 @@ def test_npz_with_and_without_a_test_split(tmp_path):
     np.savez(tmp_path / "c.npz", features=np.zeros((2, 2)))
     with pytest.raises(DataError, match="c.npz: needs the arrays"):
         load_dataset("npz", tmp_path / "c.npz")
-    with pytest.raises(DataError, match="missing.npz: file not found"):
+    with pytest.raises(DataError, match="missing.npz: does not exist"):
         load_dataset("npz", tmp_path / "missing.npz")
 
 

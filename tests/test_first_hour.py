@@ -26,7 +26,7 @@ FAST = ["--set", "rounds=3", "--set", "checkpoint.every=1", "--set", "client.epo
     (["aggregator.name=bulyan", "aggregator.f=3"], "needs at least 15 updates; 20 clients with this sampler give "
                                                    "rounds of 10"),
     (["data.name=mnist"], "data.path is required for dataset 'mnist'"),
-    (["data.name=npz", "data.path=/no/such/file.npz"], "/no/such/file.npz: data.path does not exist"),
+    (["data.name=npz", "data.path=/no/such/file.npz"], "/no/such/file.npz: does not exist (data.path)"),
 ])
 def test_a_mistake_is_one_clear_line_before_any_run_directory_exists(tmp_path, capsys, sets, message):
     args = ["run", "--out", str(tmp_path / "run"), *[a for s in sets for a in ("--set", s)]]

@@ -68,11 +68,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("--resume RUN_DIR continues that run: it takes no --out or --overwrite")
     config = args.config or (Path(args.resume) / "config.toml" if args.resume else None)
     cfg = load_config(config, _sets(args))
-    check_runnable(cfg)
     out = Path(args.resume or args.out or _default_out(cfg))
     live = console.is_terminal and not args.quiet
     setup_logging(args.log_level, console, live, rounds=not args.quiet)
-    with run_directory(out, resume=bool(args.resume), overwrite=args.overwrite), log_to(out):  # before data is read
+    # an --out that cannot be this run's is refused first; then what else can be known before any data is read (a
+    # failure there leaves the directory as it was found)
+    with run_directory(out, resume=bool(args.resume), overwrite=args.overwrite), log_to(out):
+        check_runnable(cfg)
         source = cfg.data.path or cfg.data.name if cfg.app.ref else cfg.data.name
         print(f"fedloop {cfg.strategy.name} on {source}, model {cfg.app.ref or cfg.model.name}, "
               f"{cfg.partition.num_clients} clients ({cfg.partition.scheme}), {cfg.rounds} rounds -> {out}",
@@ -167,7 +169,6 @@ def cmd_server(args: argparse.Namespace) -> int:
     if args.resume and (args.out or args.overwrite):
         raise ConfigError("--resume RUN_DIR continues that run: it takes no --out or --overwrite")
     cfg = load_config(args.config, _sets(args))
-    check_runnable(cfg, deployed=True)
     if args.address is not None:
         host_port(args.address, "--address")
     if args.certs is not None and not Path(args.certs).is_dir():
@@ -175,6 +176,7 @@ def cmd_server(args: argparse.Namespace) -> int:
     out = Path(args.resume or args.out or _default_out(cfg))
     setup_logging(args.log_level, console, live=False)
     with run_directory(out, resume=args.resume is not None, overwrite=args.overwrite), log_to(out):
+        check_runnable(cfg, deployed=True)
         result = serve(cfg, out, cert_dir=args.certs, tokens=args.tokens, allowlist=args.allowlist,
                        insecure=args.insecure, mutual_tls=args.mtls, address=args.address,
                        resume=args.resume is not None, overwrite=args.overwrite,

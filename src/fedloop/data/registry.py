@@ -47,7 +47,7 @@ def data_source(name: str, path: str | Path | None) -> Path | None:
         raise DataError(f"{where}: {name} not found; install Debian's dataset-fashion-mnist package "
                         "or set data.path")
     if not where.exists():
-        raise DataError(f"{where}: data.path does not exist")
+        raise DataError(f"{where}: does not exist (data.path)")
     return where
 
 
