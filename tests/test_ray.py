@@ -85,7 +85,7 @@ def test_a_share_past_the_round_deadline_fails_and_its_actor_is_replaced():
     start = time.monotonic()
     res = run_sizes(strategy, SIZES, "sequential", rounds=2, model=HangsInActor, engine="ray",
                     policy=RoundPolicy(round_deadline=4.0))
-    assert res.state.round == 2 and time.monotonic() - start < 40
+    assert res.state.round == 2 and time.monotonic() - start < 60  # never waits out the 60 s hang
     for h in res.history:
         assert h["failures"] >= 1 and h["clients"] + h["failures"] == len(SIZES)
         assert all("deadline" in f["reason"] for f in h["failed_clients"])

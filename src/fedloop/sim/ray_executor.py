@@ -4,7 +4,8 @@ The population is put in Ray's object store once; one actor per CPU (one thread 
 it and trains the share of the round it is sent with an inner executor (auto, sequential or vectorized). Each
 broadcast is put in the object store once per round; training results come back as NumPy arrays, and the client
 apps finish in the fleet's process, where the state store lives. A share whose actor dies, or that misses the
-round deadline, becomes Failures, and its actor is replaced.
+round deadline, becomes Failures, and its actor is replaced. Actors are started (torch imported, population loaded)
+before a round's clock runs, so a round deadline measures training, not a cold start.
 
 Point it at an existing cluster with address="ray://head:10001" (or "auto" on a cluster node); the default
 starts a local Ray on demand.
@@ -27,6 +28,7 @@ from .population import Population
 log = logging.getLogger(__name__)
 
 INNER = ("auto", "sequential", "vectorized")
+START_TIMEOUT = 120.0  # seconds an actor may take to start before the executor stops waiting for it
 
 
 class _Worker:
@@ -43,6 +45,9 @@ class _Worker:
 
     def run(self, broadcast: Packed, tasks: list[Task], states: list[Arrays]) -> list[Result]:
         return run_packed(self.executor.run, self.population.app, broadcast, tasks, states)
+
+    def ready(self) -> bool:
+        return True
 
 
 class RayExecutor:
@@ -72,9 +77,26 @@ class RayExecutor:
             ray.cloudpickle.register_pickle_by_value(module)
         self._population = ray.put(population)
         self.actors = [self._new_actor() for _ in range(count)]
+        why = self._started(self.actors)
+        if why:
+            self.close()
+            raise ConfigError(f"sim.engine = 'ray': {why}")
 
     def _new_actor(self) -> Any:
         return self._actor.remote(self._population, self.inner)
+
+    def _started(self, actors: list[Any]) -> str | None:
+        """Wait (at most START_TIMEOUT) until `actors` can train; None, or why one cannot."""
+        ray = self._ray
+        done, pending = ray.wait([a.ready.remote() for a in actors], num_returns=len(actors), timeout=START_TIMEOUT)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayActorError as exc:
+                return f"a Ray actor could not start: {exc}"
+        if pending:
+            return f"{len(pending)} of {len(actors)} Ray actors did not start within {START_TIMEOUT:.0f} s"
+        return None
 
     def run(self, jobs: Sequence[Job], until: float | None = None) -> list[Result]:
         if not jobs:
@@ -110,6 +132,10 @@ class RayExecutor:
                 continue
             for i, result in zip(members, share, strict=True):
                 results[i] = unpack_result(result)
+        if replaced:  # started now, after the round's results are in, rather than on the next round's clock
+            why = self._started([self.actors[a] for a in sorted(replaced)])
+            if why:
+                log.warning("ray executor: %s", why)
         return [r for r in results if r is not None]
 
     def describe(self) -> str:
