@@ -1,12 +1,14 @@
 """The gRPC deployment with real server and client processes on loopback."""
 
 import json
+import math
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -16,7 +18,7 @@ import torch
 from conftest import blobs, one_thread, options
 from safetensors.torch import load_file
 
-from fedloop import FedAvg, Sampler, Scaffold, SimOptions, load_dataset, simulate
+from fedloop import Clip, FedAvg, Sampler, Scaffold, SimOptions, load_dataset, simulate
 from fedloop.app import model_digest
 from fedloop.attacks import AttackFleet, AttackOptions
 from fedloop.build import strategy_from_config
@@ -677,7 +679,8 @@ def test_a_central_dp_run_with_adaptive_clipping_over_grpc_matches_the_simulator
     upload and report the clipped bit, the server noises the sum and the count and accounts epsilon, and the final
     model equals the simulator's, bit for bit."""
     root, data = site
-    config = write_config(root, "central_dp", extra='[privacy]\nmode = "central"\nclipping = "adaptive"\n'
+    config = write_config(root, "central_dp", extra='[privacy]\nmode = "central"\nsecure_noise = false\n'
+                                                    'clipping = "adaptive"\n'
                                                     'clip = 0.05\nnoise_multiplier = 0.8\ncount_stddev = 1.0\n')
     rounds = deploy(root, config, tmp_path / "run")
     assert [r["epsilon"] for r in rounds] == sorted(r["epsilon"] for r in rounds) and rounds[0]["epsilon"] > 0
@@ -691,10 +694,12 @@ def test_a_central_dp_run_with_adaptive_clipping_over_grpc_matches_the_simulator
 
 def test_dp_sgd_clients_clip_and_noise_every_example_in_their_own_process_like_the_simulator(site, tmp_path):
     """Sample-level DP-SGD: the per-example clipping and noise run inside each client process (the server only
-    accounts), and the final model equals the simulator's, bit for bit."""
+    accounts), and in the research setting (seeded noise, which test clients accept with --accept-seeded-noise)
+    the final model equals the simulator's, bit for bit."""
     root, data = site
-    config = write_config(root, "dp_sgd", extra='[privacy]\nmode = "dp-sgd"\nclip = 0.5\nnoise_multiplier = 1.1\n')
-    rounds = deploy(root, config, tmp_path / "run")
+    config = write_config(root, "dp_sgd", extra='[privacy]\nmode = "dp-sgd"\nclip = 0.5\nnoise_multiplier = 1.1\n'
+                                                'secure_noise = false\n')
+    rounds = deploy(root, config, tmp_path / "run", {c: ["--accept-seeded-noise"] for c in range(len(SIZES))})
     assert all(r["epsilon"] > 0 for r in rounds) and rounds[-1]["epsilon"] > rounds[0]["epsilon"]
     deployed = load_file(tmp_path / "run" / "model.safetensors")
     expected = simulated_params(data, config, 3)
@@ -718,3 +723,45 @@ def test_a_client_process_that_boosts_its_updates_is_contained_by_the_servers_me
     gap = {name: sum(float((p[k] - clean[k]).norm()) for k in clean) for name, p in
            (("median", deployed), ("mean", mean))}
     assert gap["mean"] > 5 * gap["median"], gap
+
+
+@pytest.mark.parametrize("mode", ["local", "dp-sgd"])
+def test_the_server_cannot_remove_a_client_processs_noise(site, tmp_path, mode):
+    """Local DP and DP-SGD protect a client from the server. One client process, one round, a server that asks
+    for seeded noise (privacy.secure_noise = false) and so knows every seed it could be drawn from: the client
+    draws from its own secret stream anyway. The server's best reconstruction, the update the seeded noise would
+    give, misses what it received by about the noise itself; and what it received is the clipped update plus
+    noise of the configured size."""
+    root, data = site
+    clip, z = 0.5, 0.8
+    config = write_config(root, f"view_{mode}", min_clients=1, extra=f'[privacy]\nmode = "{mode}"\nclip = {clip}\n'
+                                                                     f'noise_multiplier = {z}\nsecure_noise = false\n')
+    config.write_text(config.read_text().replace("rounds = 3", "rounds = 1").replace("clients_per_round = 4",
+                                                                                     "clients_per_round = 1"))
+    server, port = start_server(root, config, tmp_path / "run")
+    client = start_client(root, port, 0)
+    finish(server)
+    assert "this client draws its noise from its own secret stream" in finish(client)
+    cfg = load_config(config)
+    one = Partition("files", [np.arange(SIZES[0])], [np.arange(10)], "test")
+    held_out = Dataset("held-out", data.x_train, data.y_train, data.x_test, data.y_test, 3)
+
+    def simulated(strategy):
+        with one_thread():
+            return simulate(model_factory("mlp", held_out.spec()), held_out, one, strategy, options(1, cfg.seed),
+                            sim=SimOptions(executor="sequential")).state.params
+
+    received = load_file(tmp_path / "run" / "model.safetensors")
+    guessed = simulated(strategy_from_config(cfg))  # with the seeded noise: all that the server could derive
+    gap = torch.cat([(received[k] - guessed[k]).flatten() for k in received])
+    if mode == "local":
+        # one client, uniform weight, server lr 1: the new model is W0 minus the upload, the clipped update plus
+        # N(0, (zC)^2) per entry. The server's guess carries an independent seeded draw, so the two differ by
+        # noise of variance 2 (zC)^2 per entry, not by nothing
+        tolerance = 6 * math.sqrt(2 / gap.numel())  # the relative standard error of a standard deviation, x 6
+        assert float(gap.std()) == pytest.approx(math.sqrt(2) * z * clip, rel=tolerance)
+        clean = simulated(replace(strategy_from_config(cfg), transforms=(Clip(clip),)))  # clipped, no noise
+        noise = torch.cat([(clean[k] - received[k]).flatten() for k in received])
+        assert float(noise.std()) == pytest.approx(z * clip, rel=tolerance)
+    else:  # other batches and other noise in every step: far more than float rounding apart
+        assert float(gap.abs().max()) > 1e-3

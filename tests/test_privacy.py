@@ -2,8 +2,10 @@
 clipping, DP-SGD's per-example gradients, the budget stop and its resume, and the configurations refused."""
 
 import json
+import logging
 import math
 import re
+from dataclasses import replace
 
 import dp_accounting
 import numpy as np
@@ -111,7 +113,8 @@ def test_a_run_reports_epsilon_every_round_as_dp_accounting_composes_it(tmp_path
 def test_the_run_stops_before_the_round_that_would_exceed_max_epsilon_and_resumes_the_accountant_exactly(tmp_path):
     args = ["run", "--set", "privacy.mode=central", "--set", "privacy.noise_multiplier=2.0", "--set",
             "privacy.sampling=poisson", "--set", "rounds=30", "--set", "partition.num_clients=8",
-            "--set", "strategy.clients_per_round=2", "--set", "client.epochs=1", "--quiet"]
+            "--set", "strategy.clients_per_round=2", "--set", "client.epochs=1", "--set", "privacy.secure_noise=false",
+            "--quiet"]  # seeded noise: the resumed run is compared with the whole one bit for bit
     assert main([*args, "--set", "privacy.max_epsilon=1.5", "--out", str(tmp_path / "capped")]) == 0
     summary = json.loads((tmp_path / "capped" / "summary.json").read_text())
     assert summary["stop_reason"] == "privacy_budget" and summary["epsilon"] <= 1.5
@@ -127,6 +130,21 @@ def test_the_run_stops_before_the_round_that_would_exceed_max_epsilon_and_resume
     half = (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["epsilon"] for x in whole] == [json.loads(x)["epsilon"] for x in half]
     assert (tmp_path / "whole" / "model.safetensors").read_bytes() == (tmp_path / "half" / "model.safetensors"
+                                                                          ).read_bytes()
+
+
+def test_a_resumed_secure_run_continues_the_accountant_exactly_and_draws_fresh_noise(tmp_path):
+    args = ["run", "--set", "privacy.mode=central", "--set", "privacy.noise_multiplier=2.0", "--set",
+            "privacy.sampling=poisson", "--set", "partition.num_clients=8", "--set", "strategy.clients_per_round=2",
+            "--set", "client.epochs=1", "--quiet"]  # secure_noise is the default
+    assert main([*args, "--set", "rounds=4", "--out", str(tmp_path / "whole")]) == 0
+    assert main([*args, "--set", "rounds=2", "--out", str(tmp_path / "half")]) == 0
+    assert main(["run", "--resume", str(tmp_path / "half"), "--set", "rounds=4", "--quiet"]) == 0
+    whole, half = ([json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+                   for d in ("whole", "half"))
+    assert [r["epsilon"] for r in whole] == [r["epsilon"] for r in half] and len(half) == 4
+    assert json.loads((tmp_path / "half" / "summary.json").read_text())["secure_noise"] is True
+    assert (tmp_path / "whole" / "model.safetensors").read_bytes() != (tmp_path / "half" / "model.safetensors"
                                                                           ).read_bytes()
 
 
@@ -157,8 +175,11 @@ def test_adaptive_clipping_spends_part_of_the_noise_on_the_count():
     dp = CentralDP(noise_multiplier=1.0, clipping="adaptive", count_stddev=2.0)
     z_u, sigma_b = dp.update_noise(expected=10.0)
     assert sigma_b == 2.0 and z_u ** -2 + (2 * sigma_b) ** -2 == pytest.approx(1.0)
-    with pytest.raises(ConfigError, match="count_stddev"):
+    with pytest.raises(ConfigError, match="count_stddev") as refused:
         CentralDP(noise_multiplier=5.0, clipping="adaptive", count_stddev=1.0).update_noise(10.0)
+    # z = 5 needs sigma_b above z / 2 = 2.5: the advice is to raise the count noise or lower z, never to raise z
+    assert "raise privacy.count_stddev above 2.5 or lower the noise multiplier" in str(refused.value)
+    assert "raise privacy.count_stddev or the noise multiplier" not in str(refused.value)
 
 
 def test_dp_sgd_per_example_gradients_equal_a_plain_loop():
@@ -182,7 +203,7 @@ def test_dp_sgd_per_example_gradients_equal_a_plain_loop():
 
 @pytest.mark.parametrize("strategy", [FedAvg(sampler=Sampler(3)), Scaffold(sampler=Sampler(3))])
 def test_dp_sgd_batched_across_clients_matches_one_client_at_a_time(strategy):
-    private = privatize(strategy, PrivacyOptions("dp-sgd", clip=0.5, noise_multiplier=0.8))
+    private = privatize(strategy, PrivacyOptions("dp-sgd", clip=0.5, noise_multiplier=0.8, secure_noise=False))
     data, part = blobs(n_train=sum(SIZES)), manual_partition(SIZES)
     seq = simulate(small_model, data, part, private, options(2, 4), sim=SimOptions(executor="sequential"))
     vec = simulate(small_model, data, part, private, options(2, 4), sim=SimOptions(executor="vectorized"))
@@ -312,3 +333,57 @@ def test_the_planners_threshold_is_the_loudest_measured_cell_that_still_learns()
     assert private and all(c["accuracy"] > 0.7 for c in private)
     loudest = max(c["noise_multiplier"] * math.sqrt(7850) / c["per_round"] for c in private)
     assert LEARNS_AT == pytest.approx(loudest, abs=0.05)
+
+
+SECURE_CASES = {
+    "local": PrivacyOptions("local", clip=0.05, noise_multiplier=0.5),
+    "dp-sgd": PrivacyOptions("dp-sgd", clip=0.5, noise_multiplier=0.7),
+    "central": PrivacyOptions("central", clip=0.05, noise_multiplier=0.5, sampling="poisson"),
+}
+
+
+@pytest.mark.parametrize("mode", list(SECURE_CASES))
+def test_secret_noise_makes_same_seed_runs_differ_and_the_research_setting_repeats_them(mode, caplog):
+    """Same seed, same machine: with secure noise (the default) two runs give different models, since no one can
+    redraw the noise; with secure_noise = false they give the same bits, and the summary says which it was."""
+    data, part = blobs(n_train=sum(SIZES)), manual_partition(SIZES)
+
+    def run(secure: bool):
+        strategy = privatize(FedAvg(sampler=Sampler(4)), replace(SECURE_CASES[mode], secure_noise=secure))
+        return simulate(small_model, data, part, strategy, options(2, 5), sim=SimOptions(executor="sequential"))
+
+    a, b = run(True), run(True)
+    assert not torch.equal(a.state.params["0.weight"], b.state.params["0.weight"])
+    assert a.summary["secure_noise"] is True and a.summary["privacy"]["secure_noise"] is True
+    assert [r["epsilon"] for r in a.history] == [r["epsilon"] for r in b.history]  # the same mechanism, accounted
+    with caplog.at_level(logging.WARNING, logger="fedloop.run"):
+        c, d = run(False), run(False)
+    assert all(torch.equal(c.state.params[k], d.state.params[k]) for k in c.state.params)
+    assert c.summary["secure_noise"] is False
+    assert "NOT private against the server or anyone who has the seed" in caplog.text
+
+
+def test_central_dp_clients_are_sampled_from_the_servers_secret_stream():
+    """Who took part is not a function of the config's seed: two same-seed runs ask different clients."""
+    data, part = blobs(n_train=20 * 6), manual_partition([6] * 20)
+
+    def selected(secure: bool) -> list[list[int]]:
+        strategy = privatize(FedAvg(sampler=Sampler(5)), PrivacyOptions("central", clip=0.05, noise_multiplier=0.5,
+                                                                         sampling="poisson", secure_noise=secure))
+        res = simulate(small_model, data, part, strategy, options(4, 5), sim=SimOptions(executor="sequential"))
+        return [r["selected"] for r in res.history]
+
+    assert selected(True) != selected(True)
+    assert selected(False) == selected(False)
+
+
+def test_dp_sgd_batches_and_noise_are_not_a_function_of_the_task_seed():
+    secure = SGDProgram(batch_size=4, clip=0.5, noise_multiplier=1.0)
+    first, second = dpsgd.sources(secure, 123), dpsgd.sources(secure, 123)
+    assert [b.tolist() for b in dpsgd.batches(first[0], 50, 4, 10, False)] != \
+        [b.tolist() for b in dpsgd.batches(second[0], 50, 4, 10, False)]
+    assert not torch.equal(first[1].gaussian((8,)), second[1].gaussian((8,)))
+    seeded = replace(secure, secure_noise=False)
+    again = [dpsgd.sources(seeded, 123) for _ in range(2)]
+    assert [b.tolist() for b in dpsgd.batches(again[0][0], 50, 4, 10, False)] == \
+        [b.tolist() for b in dpsgd.batches(again[1][0], 50, 4, 10, False)]

@@ -194,7 +194,7 @@ def cmd_client(args: argparse.Namespace) -> int:
     answered = run_client(args.server, args.data, token_file=args.token_file, ca_cert=args.ca_cert, cert=args.cert,
                           key=args.key, insecure=args.insecure, state_dir=args.state_dir, expect_id=args.id,
                           give_up_after=args.give_up_after, threads=args.threads, app_ref=args.app,
-                          attack=attack)
+                          attack=attack, accept_seeded_noise=args.accept_seeded_noise)
     print(f"the run is over; answered {answered} tasks", flush=True)
     return 0
 
@@ -294,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                                      "sign_flip or backdoor")
     cli.add_argument("--attack-target", type=int, default=0, metavar="LABEL",
                      help="TEST ONLY: the label --attack backdoor's trigger should produce")
+    cli.add_argument("--accept-seeded-noise", action="store_true",
+                     help="TEST ONLY: when the server asks for seeded DP noise (privacy.secure_noise = false), draw "
+                          "it from the seed the server sends, so a test can compare bits with the simulator; the "
+                          "server can then remove the noise. Without it the client always uses its own secret noise")
     log_level(cli)
     cli.set_defaults(func=cmd_client)
 

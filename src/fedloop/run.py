@@ -127,8 +127,22 @@ def privacy_summary(strategy: Strategy, state: ServerState) -> dict[str, Any]:
     for i, transform in enumerate(strategy.transforms):
         if getattr(transform, "private", False):
             details = transform.summary(own_state(state.transform_state, i))
-            return {"epsilon": details["epsilon"], "delta": details["delta"], "privacy": details}
+            return {"epsilon": details["epsilon"], "delta": details["delta"],
+                    "secure_noise": details["secure_noise"], "privacy": details}
     return {}
+
+
+def say_where_the_noise_comes_from(strategy: Strategy) -> None:
+    """One line at start: what a private run's noise protects against, or that it protects nothing."""
+    for transform in strategy.transforms:
+        if getattr(transform, "private", False):
+            if getattr(transform, "secure_noise", True):
+                log.info("privacy: DP noise and sampling come from each party's secret random stream; runs with the "
+                         "same seed give different models")
+            else:
+                log.warning("privacy.secure_noise = false: the DP noise and sampling are drawn from the run's seed, "
+                            "so this run is NOT private against the server or anyone who has the seed (research "
+                            "setting: same seed, same bits)")
 
 
 def train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, options: RunOptions, *,
@@ -167,6 +181,7 @@ def _train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, 
             load_into(workspace, params)
             return {**metrics, **extra_metrics(workspace)}
     meta = {"strategy": strategy.name, **(model_meta or {})}
+    say_where_the_noise_comes_from(strategy)
     client_states: RoundStates | None = getattr(fleet, "states", None)  # a simulation's; deployed clients keep theirs
     if options.resume:
         assert run_dir is not None  # RunOptions checks it

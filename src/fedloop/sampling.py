@@ -15,6 +15,7 @@ import numpy as np
 
 from . import checks
 from .errors import ConfigError
+from .randomness import SecretStream
 from .types import ClientInfo
 
 Sampling = Literal["uniform", "samples"]
@@ -61,9 +62,10 @@ class Sampler:
             return population
         return min(population, self.clients_per_round)
 
-    def select(self, clients: Sequence[ClientInfo], rng: np.random.Generator, k: int | None = None
+    def select(self, clients: Sequence[ClientInfo], rng: np.random.Generator | SecretStream, k: int | None = None
                ) -> list[ClientInfo]:
-        """`k` clients (default: num_selected), in client-id order."""
+        """`k` clients (default: num_selected), in client-id order; `rng` is the round's seeded generator or, where a
+        privacy guarantee rests on who is asked, the server's secret stream."""
         if not clients:
             raise ConfigError("no clients are available to select from")
         ordered = sorted(clients, key=lambda c: c.client_id)

@@ -4,8 +4,10 @@ torch.func (vmap of grad), clips each to L2 norm C over all tensors together, su
 standard deviation z * C and divides by B. The same functions serve one client (training.py) and a stack of clients
 (sim/vectorized.py): leading dimensions are [rows] or [clients, rows].
 
-Batches come from the task seed as in plain local SGD; the noise from a second generator derived from it, so a
-client draws the same batches and the same noise whichever executor runs it.
+Batches and noise come from the client's own secret stream (fedloop/randomness.py), so no one who knows the task
+seed, the server included, can redraw them. In the research setting (secure_noise = False) batches come from the
+task seed as in plain local SGD and the noise from a second generator derived from it, so a client draws the same
+batches and the same noise whichever executor runs it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from ..data.examples import Examples
 from ..params import load_into
+from ..randomness import Draws, Seeded, noise_like, secret
 from ..sampling import sub_seed
 from ..types import Params, Task
 from .evaluate import Tally
@@ -41,13 +44,20 @@ def num_steps(n: int, rows: int, epochs: int, full: bool) -> int:
     return 1 if full else epochs * math.ceil(n / rows)
 
 
-def batches(task_seed: int, n: int, rows: int, steps: int, full: bool) -> list[torch.Tensor]:
+def sources(program, task_seed: int) -> tuple[Draws, Draws]:  # noqa: ANN001 - an SGDProgram
+    """(where a client's DP-SGD batches come from, where its noise comes from): its secret stream for both, or in
+    the research setting two generators seeded from the task seed."""
+    if program.secure_noise:
+        return secret(), secret()
+    return Seeded(task_seed), Seeded(noise_seed(task_seed))
+
+
+def batches(source: Draws, n: int, rows: int, steps: int, full: bool) -> list[torch.Tensor]:
     """Each step's rows (positions among the client's n examples): `rows` of them uniformly without replacement,
-    drawn independently per step from the task seed; every row, once, for a full-batch program."""
+    drawn independently per step; every row, once, for a full-batch program."""
     if full:
         return [torch.arange(n)]
-    gen = torch.Generator().manual_seed(task_seed)
-    return [torch.randperm(n, generator=gen)[:rows] for _ in range(steps)]
+    return [source.sample(n, rows) for _ in range(steps)]
 
 
 def per_example_grads(model: nn.Module, loss_fn: LossFn) -> Callable:
@@ -76,9 +86,10 @@ def clip_and_sum(grads: Mapping[str, torch.Tensor], clip: float, lead: int, mask
     return out
 
 
-def add_noise(summed: Mapping[str, torch.Tensor], std: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
-    """summed + N(0, std^2) per entry, drawn tensor by tensor in name order."""
-    return {k: v + torch.randn(v.shape, generator=generator, dtype=v.dtype) * std for k, v in summed.items()}
+def add_noise(summed: Mapping[str, torch.Tensor], std: float, source: Draws) -> dict[str, torch.Tensor]:
+    """summed + N(0, std^2) per entry (one draw for all tensors, split in name order)."""
+    noise = noise_like(source, summed, std)
+    return {k: v + noise[k] for k, v in summed.items()}
 
 
 def train_dp(program, task: Task, model: nn.Module, train: Examples, loss_fn: LossFn) -> tuple[Params, int, dict]:
@@ -98,11 +109,11 @@ def train_dp(program, task: Task, model: nn.Module, train: Examples, loss_fn: Lo
     n = len(train)
     rows = batch_size(program.batch_size, n, full)
     steps = num_steps(n, rows, program.epochs, full)
-    noise = torch.Generator().manual_seed(noise_seed(task.seed))
+    draw_batches, noise = sources(program, task.seed)
     grads_of = per_example_grads(model, loss_fn)
     buffers: list[torch.Tensor | None] = [None] * len(names)
     tally = Tally()
-    for pick in batches(task.seed, n, rows, steps, full):
+    for pick in batches(draw_batches, n, rows, steps, full):
         idx = train.index[pick]
         xb, yb = train.x[idx], train.y[idx]
         grads, (losses, outputs) = grads_of(params, xb, yb)

@@ -53,6 +53,9 @@ class SGDProgram:
     (client/dpsgd.py); None: plain SGD."""
     noise_multiplier: float = 0.0
     """DP-SGD: the noise added to a step's sum of clipped gradients has standard deviation noise_multiplier * clip."""
+    secure_noise: bool = True
+    """DP-SGD: batches and noise from this process's secret stream (fedloop/randomness.py); False: from the task
+    seed (reproducible, and so not private against whoever knows the seed)."""
 
 
 @dataclass(frozen=True)

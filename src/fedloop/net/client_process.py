@@ -114,14 +114,26 @@ def reply_chunks(reply: Reply, seq: int) -> Iterator[pb.ReplyChunk]:
 
 
 def build_app(settings: dict, client_id: int, data_path: str, states: RoundStates | None = None,
-              app_ref: str | None = None, attack: AttackOptions | None = None) -> ClientApp:
+              app_ref: str | None = None, attack: AttackOptions | None = None,
+              accept_seeded_noise: bool = False) -> ClientApp:
     """The client app the server's settings describe, on this client's own data; `app_ref` (--app) names this
-    client's copy of the server's App when the server's reference does not resolve here."""
+    client's copy of the server's App when the server's reference does not resolve here. The client's DP noise
+    (local DP, DP-SGD) comes from its own secret stream whatever the server says, unless `accept_seeded_noise`
+    (--accept-seeded-noise, for tests): then a server that asks for the research setting gets noise it can redraw."""
     from ..build import load_data, loss_from_config, model_fn_from_config, strategy_from_config
 
     config = settings["config"]
     if app_ref is not None or config.get("app", {}).get("ref"):
         config = {**config, "app": {"ref": app_ref or config["app"]["ref"]}}
+    privacy = config.get("privacy", {})
+    if privacy.get("mode", "none") != "none" and privacy.get("secure_noise") is False:
+        if accept_seeded_noise:
+            log.warning("TEST ONLY: this client draws its DP noise and batches from the seed the server sends "
+                        "(--accept-seeded-noise): the server can remove the noise; nothing is private from it")
+        else:
+            log.info("the server asks for seeded DP noise (privacy.secure_noise = false); this client draws its "
+                     "noise from its own secret stream instead")
+            config = {**config, "privacy": {**privacy, "secure_noise": True}}
     cfg = validate(config, "settings from the server")
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"path": data_path})})
     data = load_data(cfg)
@@ -173,7 +185,7 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
                cert: str | None = None, key: str | None = None, insecure: bool = False,
                state_dir: str | None = None, expect_id: int | None = None, max_backoff: float = 30.0,
                give_up_after: float = 600.0, threads: int | None = None, app_ref: str | None = None,
-               attack: AttackOptions | None = None) -> int:
+               attack: AttackOptions | None = None, accept_seeded_noise: bool = False) -> int:
     """Serve tasks until the server says the run is over; returns the number of tasks answered.
 
     A lost connection is retried with exponential backoff; after `give_up_after` seconds without any
@@ -190,14 +202,15 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
     try:
         return _serve_tasks(server, channel, data_path, token_file=token_file, insecure=insecure,
                             state_dir=state_dir, expect_id=expect_id, max_backoff=max_backoff,
-                            give_up_after=give_up_after, app_ref=app_ref, attack=attack)
+                            give_up_after=give_up_after, app_ref=app_ref, attack=attack,
+                            accept_seeded_noise=accept_seeded_noise)
     finally:
         channel.close()  # every call ends now, on this thread, not in gRPC's clean-up at interpreter shutdown
 
 
 def _serve_tasks(server: str, channel: grpc.Channel, data_path: str, *, token_file: str | None, insecure: bool,
                  state_dir: str | None, expect_id: int | None, max_backoff: float, give_up_after: float,
-                 app_ref: str | None, attack: AttackOptions | None) -> int:
+                 app_ref: str | None, attack: AttackOptions | None, accept_seeded_noise: bool) -> int:
     """run_client's loop over an open channel."""
     stub = pb_grpc.FederationStub(channel)
     token = _read(token_file, "token")
@@ -228,7 +241,7 @@ def _serve_tasks(server: str, channel: grpc.Channel, data_path: str, *, token_fi
                     states = RoundStates(MemoryStates())
                 run = hello.run
                 app = build_app(json.loads(hello.settings_json), int(hello.client_id), data_path, states, app_ref,
-                                attack)
+                                attack, accept_seeded_noise)
                 joined = stub.Join(join_request(app), metadata=meta, timeout=min(30.0, left()))
                 after = 0  # task numbers belong to one server process
                 log.info("joined run %s as client %d", joined.run, app.client_id)

@@ -18,6 +18,7 @@ import torch
 
 from .. import checks
 from ..errors import ConfigError
+from ..randomness import draws, noise_like
 from ..transforms import RoundInfo, Transform, clip_to_norm, over_clip_norm
 from ..types import ConfigValue, Params, Task, Update
 from . import accountant
@@ -50,9 +51,14 @@ class CentralDP(Transform):
     delta: float = 1e-5
     accountant: AccountantKind = "rdp"
     max_epsilon: float | None = None
+    secure_noise: bool = True
+    """The noise, the count noise and the client sampling from the server's own secret stream
+    (fedloop/randomness.py); False: from the run's seed, so anyone with the config can remove the noise and knows
+    who took part (research runs only)."""
 
     def __post_init__(self) -> None:
         check_accounting(self)
+        checks.one_of(self, "secure_noise", (True, False))
         checks.positive(self, "clip_lr")
         checks.one_of(self, "where", ("client", "server"))
         checks.one_of(self, "denominator", ("expected", "actual"))
@@ -73,6 +79,12 @@ class CentralDP(Transform):
             return ("dp-accounting's PLD accountant has no analysis of fixed-size sampling without replacement; "
                     "use accountant 'rdp' or Poisson sampling")
         return None
+
+    @property
+    def secret_sampling(self) -> bool:
+        """Whether the round's clients are drawn from the server's secret stream: the amplification by sampling
+        that the accountant counts holds only if no one can tell who was asked."""
+        return self.secure_noise
 
     def init(self, params: Params) -> dict[str, torch.Tensor]:
         return {"clip": torch.tensor(self.clip, dtype=torch.float64), "history": accountant.history_to_tensor([])}
@@ -121,9 +133,10 @@ class CentralDP(Transform):
         sigma_b = self.count_stddev if self.count_stddev is not None else expected / 20
         rest = self.noise_multiplier ** -2 - (2 * sigma_b) ** -2
         if rest <= 0:
-            raise ConfigError(f"privacy.noise_multiplier = {self.noise_multiplier:g} is not above the count noise "
-                              f"2 x {sigma_b:g} that adaptive clipping spends; raise privacy.count_stddev or the "
-                              "noise multiplier")
+            raise ConfigError(f"privacy.noise_multiplier = {self.noise_multiplier:g} is not below the count noise "
+                              f"2 x {sigma_b:g} = {2 * sigma_b:g} that adaptive clipping spends (the update noise "
+                              f"z_u needs z_u^-2 + (2 sigma_b)^-2 = z^-2); raise privacy.count_stddev above "
+                              f"{self.noise_multiplier / 2:g} or lower the noise multiplier")
         return rest ** -0.5, sigma_b
 
     def server_aggregate(self, params: dict[str, torch.Tensor], state: dict[str, torch.Tensor], seed: int,
@@ -134,16 +147,16 @@ class CentralDP(Transform):
         accountant.within_budget(eps, self.max_epsilon, self.delta, info.round)
         bound = self._clip_now(state)
         z_u, sigma_b = self.update_noise(info.expected)
-        gen = torch.Generator().manual_seed(seed)
+        source = draws(self.secure_noise, seed)
         denominator = info.expected if self.denominator == "expected" else float(max(len(info.updates), 1))
-        out = {k: (v + torch.randn(v.shape, generator=gen, dtype=v.dtype) * (z_u * bound)) / denominator
-               for k, v in params.items()}
+        noise = noise_like(source, params, z_u * bound)
+        out = {k: (v + noise[k]) / denominator for k, v in params.items()}
         new_state = {"clip": torch.tensor(bound, dtype=torch.float64),
                      "history": accountant.history_to_tensor(history)}
         metrics = {"epsilon": eps, "clip_norm": bound}
         if self.clipping == "adaptive":
             unclipped = sum(1.0 - float(u.metrics.get("_clipped", 0.0)) for u in info.updates)
-            noisy = unclipped + sigma_b * float(torch.randn((), generator=gen, dtype=torch.float64))
+            noisy = unclipped + sigma_b * float(source.gaussian((), torch.float64))
             fraction = noisy / max(info.expected, 1e-12)
             new_state["clip"] = torch.tensor(bound * math.exp(-self.clip_lr * (fraction - self.target_quantile)),
                                              dtype=torch.float64)
@@ -164,4 +177,4 @@ class CentralDP(Transform):
                                                                                    self.accountant)),
                 "delta": self.delta, "accountant": self.accountant, "noise_multiplier": self.noise_multiplier,
                 "clipping": self.clipping, "clip_norm": self._clip_now(state),
-                "released_rounds": sum(c for _, c in history)}
+                "released_rounds": sum(c for _, c in history), "secure_noise": self.secure_noise}

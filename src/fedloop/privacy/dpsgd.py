@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from .. import checks
 from ..client import dpsgd
 from ..client.training import SGDProgram
 from ..transforms import RoundInfo, Transform
@@ -47,15 +48,20 @@ class DPSGD(Transform):
     noise_multiplier: float = 1.0
     delta: float = 1e-5
     max_epsilon: float | None = None
+    secure_noise: bool = True
+    """Batches and noise from each client's own secret stream; False: from the task seed, which the server sends
+    (research runs only)."""
 
     def __post_init__(self) -> None:
         check_accounting(self)
+        checks.one_of(self, "secure_noise", (True, False))
 
     def check(self, strategy: Strategy) -> str | None:
         return unsupported(strategy, self, extras_ok=True)
 
     def program(self, task: Task, program: SGDProgram) -> SGDProgram:
-        return replace(program, clip=self.clip, noise_multiplier=self.noise_multiplier)
+        return replace(program, clip=self.clip, noise_multiplier=self.noise_multiplier,
+                       secure_noise=self.secure_noise)
 
     def init(self, params: Params) -> dict[str, torch.Tensor]:
         return {"rounds": torch.zeros(0, dtype=torch.float64), "examples": torch.zeros(0, dtype=torch.float64)}
@@ -98,7 +104,7 @@ class DPSGD(Transform):
             self._epsilons(state["rounds"], state["examples"], _program_of(state["program"]))
         return {"mode": "dp-sgd", "epsilon": accountant.finite(eps), "delta": self.delta, "accountant": "rdp",
                 "noise_multiplier": self.noise_multiplier, "clip_norm": self.clip,
-                "clients": int((state.get("rounds", torch.zeros(0)) > 0).sum())}
+                "clients": int((state.get("rounds", torch.zeros(0)) > 0).sum()), "secure_noise": self.secure_noise}
 
 
 def _program_row(program: SGDProgram) -> torch.Tensor:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 
 from .. import checks
+from ..randomness import draws, noise_like
 from ..transforms import RoundInfo, Transform, clip_to_norm
 from ..types import Params, Task
 from . import accountant
@@ -31,10 +32,14 @@ class LocalDP(Transform):
     delta: float = 1e-5
     accountant: AccountantKind = "rdp"
     max_epsilon: float | None = None
+    secure_noise: bool = True
+    """The noise from the client's own secret stream (fedloop/randomness.py); False: from the task seed, which
+    the server sends, so the server can remove it (research runs only)."""
 
     def __post_init__(self) -> None:
         check_accounting(self)
         checks.one_of(self, "accountant", ("rdp", "pld"))
+        checks.one_of(self, "secure_noise", (True, False))
 
     def check(self, strategy: Strategy) -> str | None:
         return unsupported(strategy, self)
@@ -45,9 +50,8 @@ class LocalDP(Transform):
     def client(self, task: Task, update: dict[str, torch.Tensor], seed: int
                ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         clipped, _, _ = clip_to_norm(update, self.clip)
-        gen = torch.Generator().manual_seed(seed)
-        std = self.noise_multiplier * self.clip
-        return {k: v + torch.randn(v.shape, generator=gen, dtype=v.dtype) * std for k, v in clipped.items()}, {}
+        noise = noise_like(draws(self.secure_noise, seed), clipped, self.noise_multiplier * self.clip)
+        return {k: v + noise[k] for k, v in clipped.items()}, {}
 
     def release(self) -> Release:
         return Release(self.noise_multiplier, "none")
@@ -75,4 +79,4 @@ class LocalDP(Transform):
                                                                                  self.accountant)),
                 "epsilon_round": accountant.epsilon([(self.release(), 1)], self.delta, self.accountant),
                 "delta": self.delta, "accountant": self.accountant, "noise_multiplier": self.noise_multiplier,
-                "clip_norm": self.clip, "rounds": sum(c for _, c in history)}
+                "clip_norm": self.clip, "rounds": sum(c for _, c in history), "secure_noise": self.secure_noise}

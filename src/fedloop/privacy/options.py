@@ -40,9 +40,13 @@ class PrivacyOptions:
     where: Literal["client", "server"] = "client"
     denominator: Literal["expected", "actual"] = "expected"
     accountant: AccountantKind = "rdp"
+    secure_noise: bool = True
+    """DP noise and DP sampling from the drawing party's own secret stream (fedloop/randomness.py). False draws them
+    from the run's seed: reproducible bits for research, and no privacy against anyone who has the seed."""
 
     def __post_init__(self) -> None:
         checks.one_of(self, "mode", Mode)
+        checks.one_of(self, "secure_noise", (True, False))
         checks.positive(self, "clip")
         checks.one_of(self, "clipping", ("fixed", "adaptive"))
         checks.in_range(self, "delta", 0.0, 1.0, low_open=True)
@@ -70,11 +74,12 @@ class PrivacyOptions:
         """The privacy transform with noise multiplier z."""
         if self.mode == "central":
             return CentralDP(self.clip, z, self.where, self.denominator, self.clipping, self.target_quantile,
-                             self.clip_lr, self.count_stddev, self.delta, self.accountant, self.max_epsilon)
+                             self.clip_lr, self.count_stddev, self.delta, self.accountant, self.max_epsilon,
+                             self.secure_noise)
         if self.mode == "local":
-            return LocalDP(self.clip, z, self.delta, self.accountant, self.max_epsilon)
+            return LocalDP(self.clip, z, self.delta, self.accountant, self.max_epsilon, self.secure_noise)
         if self.mode == "dp-sgd":
-            return DPSGD(self.clip, z, self.delta, self.max_epsilon)
+            return DPSGD(self.clip, z, self.delta, self.max_epsilon, self.secure_noise)
         raise ConfigError(f"privacy.mode = {self.mode!r} has no mechanism")
 
 

@@ -240,7 +240,7 @@ def _summed(penalty: Callable, live: dict[str, torch.Tensor], global_params: Par
 def _train_chunk_dp(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: LossFn, tasks: Sequence[Task],
                     data: Sequence[Examples]) -> list[Trained]:
     """DP-SGD for a stack of clients: the batches, per-example clipping and noise of client/dpsgd.py, each client
-    drawing from its own generators exactly as it does alone."""
+    drawing from where it draws alone (its secret stream, or in the research setting its seeded generators)."""
     program = programs[0]
     assert program.clip is not None
     full = program.returns == "gradient"
@@ -255,12 +255,13 @@ def _train_chunk_dp(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: L
     most = steps_of[order[0]]
     rows = torch.zeros(count, most, width, dtype=torch.long)
     mask = torch.zeros(count, most, width)
+    drawn_from = {c: dpsgd.sources(program, tasks[c].seed) for c in order}  # (batches, noise) of each client
     for pos, c in enumerate(order):
-        for s, pick in enumerate(dpsgd.batches(tasks[c].seed, sizes[c], per_row[c], steps_of[c], full)):
+        for s, pick in enumerate(dpsgd.batches(drawn_from[c][0], sizes[c], per_row[c], steps_of[c], full)):
             rows[pos, s, :len(pick)] = index[c][pick]
             rows[pos, s, len(pick):] = index[c][0]
             mask[pos, s, :len(pick)] = 1.0
-    noise = [torch.Generator().manual_seed(dpsgd.noise_seed(tasks[c].seed)) for c in order]
+    noise = [drawn_from[c][1] for c in order]
     divisor = torch.tensor([float(per_row[c]) for c in order])
     aux = _stacked_aux(programs, torch.tensor(order))
     penalty = None if program.penalty is None else \

@@ -20,12 +20,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
+import numpy as np
+
 from .. import checks
 from ..aggregators import Aggregator, WeightedMean
 from ..client.state import ClientState
 from ..client.training import ClientContext, FullGradient, LocalSGD, LocalSpec, SGDProgram, Trained, train_program
 from ..errors import ConfigError
 from ..params import clone
+from ..randomness import SecretStream, secret
 from ..sampling import Sampler, round_rng, task_seeds
 from ..server_opt import SGD, ServerOptimizer
 from ..transforms import Transform, own_state
@@ -85,7 +88,14 @@ class Strategy:
 
     def configure(self, state: ServerState, clients: Sequence[ClientInfo]) -> list[Task]:
         """The first exchange of round state.round + 1: fit tasks for the sampler's draw."""
-        return self.tasks(state, self.sampler.select(clients, round_rng(state.seed, state.round + 1)))
+        return self.tasks(state, self.sampler.select(clients, self.sampling_draws(state)))
+
+    def sampling_draws(self, state: ServerState) -> np.random.Generator | SecretStream:
+        """Where the round's client sampling draws from: the server's secret stream when a transform's guarantee
+        rests on who was asked (central DP's amplification by sampling), else the round's seeded generator."""
+        if any(getattr(t, "secret_sampling", False) for t in self.transforms):
+            return secret()
+        return round_rng(state.seed, state.round + 1)
 
     def follow_up(self, state: ServerState, clients: Sequence[ClientInfo], tasks: Sequence[Task],
                   replies: Sequence[Reply]) -> list[Task]:
