@@ -271,24 +271,33 @@ def test_3_a_huge_update_is_refused_by_the_norm_bound_and_never_makes_a_non_fini
     final = load_file(tmp_path / "bounded" / "model.safetensors")
     assert all(bool(torch.isfinite(v).all()) and float(v.abs().max()) < 100 for v in final.values())
 
-    # without a bound, the model is wrecked but never non-finite: the run stops as diverged (its loss is infinite,
-    # and a round that would make the params non-finite fails), no checkpoint holds a non-finite value, and the
-    # client is told the run failed
-    unbounded = edit(config(site, "unbounded", min_clients=1, retries=1), "federated = true", "federated = false")
+    # without a bound (the default), the huge update would overflow the round: it is refused, its client named and
+    # excluded, the round applied without it, and the run ends normally with the honest clients' model
+    unbounded = edit(config(site, "unbounded", min_clients=2), "federated = true", "federated = false")
     server, port = start_server(site, unbounded, tmp_path / "unbounded")
     attacker = Raw(site, port, 0)
     attacker.join(n=1_000_000)
-    try:
-        for header, params in attacker.tasks():
-            attacker.put(pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=1_000_000,
-                                        seq=header.seq), encode({k: -v for k, v in huge(params).items()}))
-    except grpc.RpcError:
-        pass  # the server is gone
-    out, _ = server.communicate(timeout=60)
-    assert server.returncode == 1 and "stop diverged" in out
+    clients = honest(site, port, [1])
+    asked = []
+    for header, params in attacker.tasks():
+        asked.append(header.round)
+        assert attacker.put(pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=1_000_000,
+                                           seq=header.seq), encode(huge(params))).accepted
+    out = finish(server)
+    assert "rounds 3" in out and "client 0 excluded from the run's later rounds" in out and "diverged" not in out
+    finish(clients[0])  # the honest client exits 0
+    assert asked == [1]  # never asked again, retries included
+    first, *later = rows(tmp_path / "unbounded")
+    assert first["excluded"] == [0] and "client excluded from the run" in first["failed_clients"][0]["reason"]
+    assert all(0 not in r["selected"] and "excluded" not in r for r in later)
+    summary = json.loads((tmp_path / "unbounded" / "summary.json").read_text())
+    assert summary["stop_reason"] == "rounds" and summary["excluded"] == [0]
+    final = load_file(tmp_path / "unbounded" / "model.safetensors")
+    assert all(bool(torch.isfinite(v).all()) and float(v.abs().max()) < 100 for v in final.values())
     for path in (tmp_path / "unbounded" / "checkpoints").glob("*.safetensors"):
         state, _ = load_checkpoint(path)
-        assert all(bool(torch.isfinite(v).all()) for v in state.params.values())
+        assert all(float(v.abs().max()) < 100 for v in state.params.values())
+        assert state.excluded == ((0,) if state.round >= 1 else ())
 
 
 def spool_bytes(run: Path) -> int:

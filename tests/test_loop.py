@@ -209,14 +209,56 @@ def test_stragglers_miss_a_deadline_and_are_waited_for_without_one():
     assert waited.records[0].updates == 4
 
 
-def test_a_round_whose_aggregate_is_not_finite_fails_and_is_retried():
+def test_non_finite_updates_are_refused_for_the_round_and_a_round_of_nothing_else_fails_then_diverges():
     fleet = ChaosFleet(MockFleet(constant_update, 6), corrupt=0.2, seed=1)
     res = loop(fleet, rounds=3, policy=RoundPolicy(retries=20))
-    assert any(r.failed for r in res.records) and any(fault == "corrupt" for _, _, fault in fleet.log)
-    assert all(bool(torch.isfinite(v).all()) for v in res.state.params.values())
+    corrupt = {(r, c) for r, c, fault in fleet.log if fault == "corrupt"}
+    assert corrupt and not any(r.failed for r in res.records)  # the round goes on without them
+    refused = {(r.round, f.client_id) for r in res.records for f in r.failures}
+    assert refused == corrupt and all(f.reason == "update refused: it holds NaN or infinite values"
+                                      for r in res.records for f in r.failures)
+    assert res.state.excluded == () and all(bool(torch.isfinite(v).all()) for v in res.state.params.values())
     diverged = loop(ChaosFleet(MockFleet(constant_update, 6), corrupt=1.0), policy=RoundPolicy(retries=1))
     assert diverged.stop_reason == "diverged" and diverged.state.round == 0  # the last finite state, kept
     assert [(r.round, r.failed) for r in diverged.records] == [(1, True), (1, True)]
+
+
+def huge_from(attacker: int, value: float = 3e38):
+    def handler(task):
+        if task.kind == "evaluate":
+            return Evaluation(task.client_id, task.round, 10, {"loss": 1.0})
+        v = value if task.client_id == attacker else 0.01 * (task.client_id + 1)
+        return Update(task.client_id, task.round, {"w": torch.full((2,), v)}, 10)
+    return handler
+
+
+@pytest.mark.parametrize("value", [3e38, -3e38, 1e38])
+def test_a_client_whose_finite_update_would_break_the_round_is_refused_named_and_excluded(value, caplog):
+    """3e38 overflows the params at once; 1e38 is within range when averaged, but its weighted sum (10 examples)
+    overflows: the round is applied without it either way, and the client is never asked again."""
+    fleet = MockFleet(huge_from(2, value), 6)
+    res = loop(fleet, strategy=FedAvg(sampler=Sampler(6)), rounds=4)
+    assert res.stop_reason == "rounds" and not any(r.failed for r in res.records)
+    first = res.records[0]
+    assert first.excluded == (2,) and [f.client_id for f in first.failures] == [2]
+    assert "client excluded from the run" in first.failures[0].reason and "weighted norm" in first.failures[0].reason
+    assert all(2 not in r.selected and not r.failures and not r.excluded for r in res.records[1:])
+    assert {t.client_id for t in fleet.submitted if t.round > 1} == {0, 1, 3, 4, 5}
+    assert res.state.excluded == (2,) and float(res.state.params["w"].abs().max()) < 1
+    assert "client 2 excluded from the run's later rounds" in caplog.text
+    assert first.to_json()["excluded"] == [2]
+
+
+def test_updates_of_one_scale_that_overflow_together_are_honest_divergence_and_nobody_is_blamed():
+    grows = {"n": 0}
+
+    def diverging(task):
+        grows["n"] += 1
+        return Update(task.client_id, task.round, {"w": torch.full((2,), 1e38 * (1 + task.client_id / 10))}, 10)
+
+    res = loop(MockFleet(diverging, 4), rounds=8, policy=RoundPolicy(retries=1))
+    assert res.stop_reason == "diverged" and res.state.excluded == ()
+    assert all(not r.excluded and not r.failures for r in res.records)
 
 
 def test_the_loop_checks_the_fleets_capabilities_before_round_1():

@@ -15,10 +15,10 @@ def test_checkpoint_round_trip_is_exact_and_keeps_order(tmp_path):
     params = {"z.weight": torch.randn(3, 2), "a.bias": torch.randn(3).double(), "m": torch.randn(1)}
     state = ServerState(round=7, params=params, opt_state={"momentum/z.weight": torch.randn(3, 2)},
                         extras={"c": torch.arange(4.0)}, seed=42, agg_state={"center/m": torch.ones(1)},
-                        transform_state={"0/clip": torch.tensor(2.0), "1/count": torch.tensor(3)})
+                        transform_state={"0/clip": torch.tensor(2.0), "1/count": torch.tensor(3)}, excluded=(2, 9))
     save_checkpoint(tmp_path / "ck.safetensors", state, {"model": "mlp"})
     back, meta = load_checkpoint(tmp_path / "ck.safetensors")
-    assert back.round == 7 and back.seed == 42 and meta == {"model": "mlp"}
+    assert back.round == 7 and back.seed == 42 and meta == {"model": "mlp"} and back.excluded == (2, 9)
     assert list(back.params) == list(params)
     for k in params:
         assert torch.equal(back.params[k], params[k]) and back.params[k].dtype == params[k].dtype

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from . import checks
+from . import checks, culprits
 from .errors import AggregationError, PrivacyBudgetExhausted
 from .fleet import Fleet, check_capabilities, run
 from .observers import Observer
@@ -85,7 +85,7 @@ def evaluate_round(state: ServerState, fleet: Fleet, evaluator: Evaluator | None
     """Centralized metrics on the held-out test set and federated metrics on every client's local split."""
     metrics = dict(evaluator(state.params)) if evaluator is not None else {}
     if federated:
-        ids = [c.client_id for c in fleet.clients()]
+        ids = [c.client_id for c in fleet.clients() if c.client_id not in state.excluded]
         seeds = task_seeds(state.seed, state.round, ids).tolist()
         shared = Broadcast(state.round, state.params, {}, "evaluate")
         tasks = [Task(c, state.round, "evaluate", shared, s) for c, s in zip(ids, seeds, strict=True)]
@@ -104,8 +104,9 @@ class _Exchanges:
 
 
 def exchange(strategy: Strategy, fleet: Fleet, state: ServerState, deadline: float | None) -> _Exchanges:
-    """The round's exchanges: configure, then follow-ups until the strategy has its updates."""
-    available = fleet.clients()
+    """The round's exchanges: configure, then follow-ups until the strategy has its updates. Excluded clients are
+    never asked."""
+    available = [c for c in fleet.clients() if c.client_id not in state.excluded]
     tasks = strategy.configure(state, available)
     failures: list[Failure] = []
     while True:
@@ -142,6 +143,32 @@ def _advance(strategy: Strategy, state: ServerState, agg: Aggregate | None, min_
     return new, None
 
 
+def _settle(strategy: Strategy, state: ServerState, got: _Exchanges, min_updates: int, nobody: bool
+            ) -> tuple[Aggregate | None, list[Failure], ServerState | None, str | None, tuple[int, ...]]:
+    """The round's aggregate, the updates rejected, the new state (or None and why the round failed) and the clients
+    to exclude. A round that would make the params non-finite, or whose weighted update sum overflows, is settled
+    without the updates responsible when culprits.search finds them."""
+    def attempt(updates: Sequence[Update]) -> tuple[Aggregate | None, list[Failure], ServerState | None, str | None]:
+        agg, rejected = reduce(updates, strategy, state, got.population, nobody) if updates or nobody else (None, [])
+        return (agg, rejected, *_advance(strategy, state, agg, min_updates))
+
+    agg, rejected, new, why = attempt(got.updates)
+    if why != NON_FINITE and not (new is not None and culprits.overflows(got.updates, state.params)):
+        return agg, rejected, new, why, ()
+
+    def sound(updates: list[Update]) -> tuple[Aggregate | None, list[Failure], ServerState | None, str | None] | None:
+        out = attempt(updates)
+        return out if out[2] is not None and not culprits.overflows(updates, state.params) else None
+
+    found = culprits.search(got.updates, sound)
+    if found is None:
+        return agg, rejected, new, why, ()
+    for f in found.refused:
+        log.warning("round %d: client %d: %s", f.round, f.client_id, f.reason)
+    agg, rejected, new, why = found.result
+    return agg, [*found.refused, *rejected], new, why, found.excluded
+
+
 def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequence[StopCondition], *,
              evaluator: Evaluator | None = None, eval_every: int = 1, federated_eval: bool = True,
              policy: RoundPolicy = RoundPolicy(), observers: Sequence[Observer] = ()) -> LoopResult:
@@ -174,17 +201,22 @@ def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], ev
         got = exchange(strategy, fleet, state, policy.round_deadline)
         down, up = (after - before for after, before in zip(fleet.traffic(), moved, strict=True))
         t_exchange = time.perf_counter()
+        nobody = not got.selected and strategy.sampler.poisson
+        if nobody:
+            log.info("round %d: Poisson sampling asked no client", state.round + 1)
         try:
-            nobody = not got.selected and strategy.sampler.poisson
-            if nobody:
-                log.info("round %d: Poisson sampling asked no client", state.round + 1)
-            agg, rejected = reduce(got.updates, strategy, state, got.population, nobody) \
-                if got.updates or nobody else (None, [])
+            agg, rejected, new, why, excluded = _settle(strategy, state, got, 0 if nobody else policy.min_updates,
+                                                        nobody)
         except PrivacyBudgetExhausted as exc:
             log.warning("privacy budget: %s; the run stops after round %d", exc, state.round)
             result.stop_reason = "privacy_budget"
             return
-        new, why = _advance(strategy, state, agg, 0 if nobody else policy.min_updates)
+        if excluded:
+            state = replace(state, excluded=tuple(sorted({*state.excluded, *excluded})))
+            new = replace(new, excluded=state.excluded) if new is not None else None
+            result.state = state
+            log.warning("round %d: client%s %s excluded from the run's later rounds", state.round + 1,
+                        "s" if len(excluded) > 1 else "", ", ".join(map(str, excluded)))
         t_aggregate = time.perf_counter()
         timings = {"exchange": t_exchange - start, "aggregate": t_aggregate - t_exchange}
         failures = tuple(got.failures + rejected)
@@ -193,7 +225,7 @@ def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], ev
             attempts += 1
             log.warning("round %d failed: %s (attempt %d of %d)", state.round + 1, why, attempts, policy.retries + 1)
             record = RoundRecord(state.round + 1, got.selected, updates, failures, None, up, down,
-                                 time.perf_counter() - start, timings=timings, failed=True)
+                                 time.perf_counter() - start, timings=timings, failed=True, excluded=excluded)
             result.records.append(record)
             for o in observers:
                 o.round(record, state)
@@ -214,7 +246,7 @@ def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], ev
             timings["evaluate"] = time.perf_counter() - t_aggregate
         record = RoundRecord(state.round, got.selected, updates, failures,
                              agg.metrics.get("train_loss") if agg else None, up, down, time.perf_counter() - start,
-                             metrics, timings)
+                             metrics, timings, excluded=excluded)
         result.records.append(record)
         for o in observers:
             o.round(record, state)

@@ -210,6 +210,8 @@ def _train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, 
                "accuracy": result.final_metrics.get("accuracy"), "loss": result.final_metrics.get("loss"),
                **{k: v for k, v in result.final_metrics.items() if k not in ("accuracy", "loss")},
                "seconds": round(seconds, 3), "executor": fleet.describe(), **privacy_summary(strategy, final)}
+    if final.excluded:
+        summary["excluded"] = list(final.excluded)
     history = run_dir.records if run_dir is not None else [r.to_json() for r in result.records]
     outcome = RunResult(final, model, history, result.stop_reason, result.final_metrics, seconds,
                         Path(options.out) if options.out is not None else None, summary)

@@ -109,6 +109,8 @@ def save_checkpoint(path: Path, state: ServerState, meta: Mapping[str, Any] | No
     tensors.update({f"clients/{k}": v for k, v in (clients or {}).items()})
     metadata = {"format": "fedloop.server_state/2", "round": str(state.round), "seed": str(state.seed),
                 "order": json.dumps(order), "meta": json.dumps(dict(meta or {}))}
+    if state.excluded:
+        metadata["excluded"] = json.dumps(list(state.excluded))
     _save_tensors(path, tensors, metadata)
 
 
@@ -137,7 +139,8 @@ def load_checkpoint(path: Path) -> tuple[ServerState, dict[str, Any]]:
     order = json.loads(md["order"])
     parts = {attr: {k: tensors[f"{prefix}/{k}"] for k in order.get(prefix, [])}
              for prefix, attr in CHECKPOINT_SECTIONS}
-    state = ServerState(round=int(md["round"]), seed=int(md["seed"]), **parts)
+    state = ServerState(round=int(md["round"]), seed=int(md["seed"]),
+                        excluded=tuple(int(c) for c in json.loads(md.get("excluded", "[]"))), **parts)
     return state, json.loads(md.get("meta", "{}"))
 
 

@@ -136,6 +136,8 @@ class ServerState:
     seed: int = 0
     agg_state: Mapping[str, torch.Tensor] = field(default_factory=dict)
     transform_state: Mapping[str, torch.Tensor] = field(default_factory=dict)
+    excluded: tuple[int, ...] = ()
+    """Clients refused for good: an update of theirs alone would have broken a round (fedloop/culprits.py)."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,8 @@ class RoundRecord:
     metrics: Mapping[str, float] = field(default_factory=dict)
     timings: Mapping[str, float] = field(default_factory=dict)
     failed: bool = False
+    excluded: tuple[int, ...] = ()
+    """Clients excluded from the run's later rounds in this round."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -167,6 +171,8 @@ class RoundRecord:
         if self.failures:
             out["failed_clients"] = [{"client": f.client_id, "reason": f.reason} for f in self.failures]
         out["timings"] = {k: round(v, 6) for k, v in self.timings.items()}
+        if self.excluded:
+            out["excluded"] = list(self.excluded)
         if self.failed:
             out["failed"] = True
         return out
