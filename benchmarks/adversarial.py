@@ -2,18 +2,24 @@
 against the same run without attackers (issue 10's measure).
 
 Honest clients are threads (as in benchmarks/net.py) that answer every task with a zero update of a 1M-parameter
-model (4 MB). Hostile clients, also with valid credentials, rotate through four behaviours:
+model (4 MB). Hostile clients, with valid credentials unless said otherwise, rotate through the behaviours given
+(--kinds):
   stall     take a task and never read its download (held open 30 s, again and again);
   trickle   upload the task's update at 5 KB/s;
   oversize  claim 10^12 examples, then declare 10 GB uploads and send 1 MB uploads for tasks it does not have;
-  flood     answer every task at once with garbage of the right size, and send uploads for tasks it does not have.
+  flood     answer every task at once with garbage of the right size, and send uploads for tasks it does not have;
+  huge      answer every task with a finite update of the right shape holding 3e38 in every value (issue 28);
+  stranger  no credential: call Hello with a forged token, 200 calls in flight, for as long as the run lasts.
 Per K it prints the honest clients' time per round (from receiving a task's header to the server's ack of their
 update: download, work and upload; median over clients and rounds), the server's seconds per round (it waits for
 hostile clients' missing replies until the round deadline, until they are dropped for missing tasks), the server's
-peak RSS, and the largest size of its upload spool (sampled every 20 ms) against its cap.
+peak RSS, the largest size of its upload spool (sampled every 20 ms) against its cap, the size of its log.txt, the
+calls the attackers made, and how the run ended.
 
-    python benchmarks/adversarial.py                    # 20 honest, K = 0, 4, 8
+    python benchmarks/adversarial.py                    # 20 honest, K = 0, 4, 8, the first four kinds
     python benchmarks/adversarial.py --honest 10 --attackers 0 8 --rounds 3
+    python benchmarks/adversarial.py --honest 10 --attackers 0 1 4 --kinds huge
+    python benchmarks/adversarial.py --honest 10 --attackers 0 1 4 --kinds stranger
 """
 
 from __future__ import annotations
@@ -27,10 +33,11 @@ import threading
 import time
 from pathlib import Path
 
-from net import FEATURES, _import_protocol, _server
+from net import FEATURES, _import_protocol
 
 SPOOL_BYTES = 256 << 20
-KINDS = ("stall", "trickle", "oversize", "flood")
+KINDS = ("stall", "trickle", "oversize", "flood", "huge", "stranger")
+DEFAULT_KINDS = KINDS[:4]
 
 
 def _stub(port: int, certs: Path, cid: int, bdp: bool = True):  # noqa: ANN202
@@ -43,6 +50,28 @@ def _stub(port: int, certs: Path, cid: int, bdp: bool = True):  # noqa: ANN202
         options.append(("grpc.http2.bdp_probe", 0))
     stub = pb_grpc.FederationStub(grpc.secure_channel(f"127.0.0.1:{port}", creds, options=options))
     return pb, stub, [("authorization", f"Bearer {(certs / f'client-{cid}.token').read_text().strip()}")]
+
+
+def _server(config: str, out: str, certs: str, queue: mp.Queue) -> None:
+    """The server as `fedloop server` runs it, with its log.txt (INFO and up), reporting its rounds and RSS."""
+    import logging
+    import resource
+
+    from fedloop.config import load_config
+    from fedloop.net.serve import serve
+    from fedloop.progress import log_to
+
+    logging.getLogger().setLevel(logging.INFO)
+    with log_to(Path(out)):
+        result = serve(load_config(config), out, cert_dir=certs, tokens=None, on_listen=queue.put)
+    queue.put({"seconds": [r["seconds"] for r in result.history], "stop": result.stop_reason,
+               "excluded": result.summary.get("excluded", []),
+               "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def _join_request(pb, digest: str):  # noqa: ANN001, ANN202
+    """An honest declaration for the benchmark's logreg model (FEATURES features, labels 0..9)."""
+    return pb.JoinRequest(num_examples=10, input_shape=[FEATURES], num_classes=10, model_digest=digest)
 
 
 def _upload(pb, stub, meta, header, payload: bytes, chunk: int = 128 << 10, delay: float = 0.0,  # noqa: ANN001
@@ -58,11 +87,11 @@ def _upload(pb, stub, meta, header, payload: bytes, chunk: int = 128 << 10, dela
     return stub.PutReply(parts(), metadata=meta, timeout=300)
 
 
-def _honest(port: int, certs: Path, cid: int, times: list[float]) -> None:
+def _honest(port: int, certs: Path, cid: int, times: list[float], digest: str) -> None:
     from safetensors.numpy import load, save
 
     pb, stub, meta = _stub(port, certs, cid)
-    stub.Join(pb.JoinRequest(num_examples=10), metadata=meta, timeout=120)
+    stub.Join(_join_request(pb, digest), metadata=meta, timeout=120)
     after = 0
     while True:
         stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=300)
@@ -78,9 +107,31 @@ def _honest(port: int, certs: Path, cid: int, times: list[float]) -> None:
         after = header.seq
 
 
-def _hostile(port: int, certs: Path, cid: int, kind: str, stop: threading.Event) -> None:
+def _stranger(port: int, certs: Path, stop: threading.Event, calls: list[int]) -> None:
+    """Unauthenticated Hello calls with a forged token, 200 in flight, until `stop`."""
+    pb, stub, _ = _stub(port, certs, 0)
+    window = threading.BoundedSemaphore(200)
+    while not stop.is_set():
+        window.acquire()
+        call = stub.Hello.future(pb.HelloRequest(), metadata=[("authorization", "Bearer forged")], timeout=60)
+        call.add_done_callback(lambda _: window.release())
+        calls.append(1)
+
+
+def _huge(payload: bytes) -> bytes:
+    import numpy as np
+    from safetensors.numpy import load, save
+
+    return save({k: np.full_like(v, 3e38) for k, v in load(payload).items()})
+
+
+def _hostile(port: int, certs: Path, cid: int, kind: str, stop: threading.Event, calls: list[int], digest: str
+             ) -> None:
     import grpc
 
+    if kind == "stranger":
+        _stranger(port, certs, stop, calls)
+        return
     pb, stub, meta = _stub(port, certs, cid, bdp=False)
 
     def join() -> None:
@@ -89,7 +140,8 @@ def _hostile(port: int, certs: Path, cid: int, kind: str, stop: threading.Event)
                 stub.Join(pb.JoinRequest(num_examples=10 ** 12), metadata=meta, timeout=60)
             except grpc.RpcError:
                 pass
-        stub.Join(pb.JoinRequest(num_examples=10), metadata=meta, timeout=60)
+        stub.Join(_join_request(pb, digest), metadata=meta, timeout=60)
+        calls.append(1)
 
     bogus = pb.TaskHeader(round=1, seq=1)
     junk = os.urandom(1 << 20)
@@ -112,7 +164,12 @@ def _hostile(port: int, certs: Path, cid: int, kind: str, stop: threading.Event)
                     stream.cancel()
                     continue
                 size = header.size
+                if kind == "huge":
+                    _upload(pb, stub, meta, header, _huge(b"".join(c.data for c in stream)))
+                    calls.append(1)
+                    continue
                 stream.cancel()
+                calls.append(1)
                 if kind == "trickle":
                     _upload(pb, stub, meta, header, garbage.setdefault(size, os.urandom(size)), chunk=1024,
                             delay=0.2)
@@ -130,26 +187,30 @@ def _hostile(port: int, certs: Path, cid: int, kind: str, stop: threading.Event)
             stop.wait(0.2)  # dropped, cut, refused: join again and go on
 
 
-def _clients(port: int, certs: str, honest: list[int], hostile: list[int], kinds: list[str], queue: mp.Queue
-             ) -> None:
+def _clients(port: int, certs: str, honest: list[int], hostile: list[int], kinds: list[str], queue: mp.Queue,
+             digest: str) -> None:
     times: list[float] = []
+    calls: list[int] = []
     stop = threading.Event()
-    threads = [threading.Thread(target=_honest, args=(port, Path(certs), c, times)) for c in honest]
-    threads += [threading.Thread(target=_hostile, args=(port, Path(certs), c, kinds[i % len(kinds)], stop),
-                                 daemon=True) for i, c in enumerate(hostile)]
+    threads = [threading.Thread(target=_honest, args=(port, Path(certs), c, times, digest)) for c in honest]
+    threads += [threading.Thread(target=_hostile, args=(port, Path(certs), c, kinds[i % len(kinds)], stop, calls,
+                                                        digest), daemon=True) for i, c in enumerate(hostile)]
     for t in threads:
         t.start()
     for t in threads[:len(honest)]:
         t.join()
     stop.set()
-    queue.put(times)
+    queue.put((times, len(calls)))
 
 
 def run(n: int, k: int, rounds: int, root: Path, kinds: list[str]) -> dict:
     import numpy as np
 
+    from fedloop.app import model_digest
+    from fedloop.models import model_factory
     from fedloop.net.certs import make_certs
 
+    digest = model_digest(model_factory("logreg", {"input_shape": [FEATURES], "num_classes": 10}))  # sent at join
     g = np.random.default_rng(0)
     x = g.normal(size=(2, FEATURES)).astype(np.float32)
     np.savez(root / "server.npz", x_train=x, y_train=np.array([0, 9]), x_test=x, y_test=np.array([0, 9]))
@@ -195,18 +256,20 @@ spool_bytes = {SPOOL_BYTES}
     groups = [list(range(n))[i::4] for i in range(4)]
     times_queue = ctx.Queue()
     procs = [ctx.Process(target=_clients, args=(port, str(certs), ids, list(range(n, n + k)) if i == 0 else [],
-                                                kinds, times_queue)) for i, ids in enumerate(groups)]
+                                                kinds, times_queue, digest)) for i, ids in enumerate(groups)]
     for p in procs:
         p.start()
     result = queue.get()
-    times = [t for _ in procs for t in times_queue.get()]
+    reports = [times_queue.get() for _ in procs]
     for p in procs:
         p.join()
     server.join()
     done.set()
     watcher.join()
+    times = [t for got, _ in reports for t in got]
     return {"honest": statistics.median(times), "server": statistics.median(result["seconds"][1:]),
-            "rss": result["rss"], "spool": spool["max"]}
+            "rss": result["rss"], "spool": spool["max"], "log": (out / "log.txt").stat().st_size,
+            "calls": sum(c for _, c in reports), "stop": result["stop"], "excluded": result["excluded"]}
 
 
 def main() -> None:
@@ -214,7 +277,8 @@ def main() -> None:
     ap.add_argument("--honest", type=int, default=20)
     ap.add_argument("--attackers", type=int, nargs="+", default=[0, 4, 8])
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="hostile behaviours, in turn")
+    ap.add_argument("--kinds", nargs="+", default=list(DEFAULT_KINDS), choices=KINDS,
+                    help="hostile behaviours, in turn")
     args = ap.parse_args()
     print(f"{os.cpu_count()} cores; {args.honest} honest clients, 1,000,010-param model (4.0 MB), TLS with tokens; "
           f"round deadline 10 s, idle timeout 5 s, spool cap {SPOOL_BYTES >> 20} MB; "
@@ -227,7 +291,8 @@ def main() -> None:
             base = base or r["honest"]
             print(f"  K={k:<2} honest {r['honest']:6.3f} s/round ({r['honest'] / base:5.2f}x K=0)  server "
                   f"{r['server']:6.2f} s/round  peak RSS {r['rss']:5.0f} MB  spool max {r['spool'] / 1e6:6.1f} MB "
-                  f"of {SPOOL_BYTES / 1e6:.0f} MB")
+                  f"of {SPOOL_BYTES / 1e6:.0f} MB  log.txt {r['log']:,} bytes  attackers' calls {r['calls']:,}  "
+                  f"stop {r['stop']}  excluded {r['excluded'] or 'none'}")
     print(f"wall time {time.perf_counter() - start:.0f} s")
 
 

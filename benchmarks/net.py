@@ -52,7 +52,8 @@ def _client(port: int, certs: Path, cid: int, digest: str) -> None:
     options = [("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)]
     stub = pb_grpc.FederationStub(grpc.secure_channel(f"127.0.0.1:{port}", creds, options=options))
     meta = [("authorization", f"Bearer {(certs / f'client-{cid}.token').read_text().strip()}")]
-    stub.Join(pb.JoinRequest(num_examples=10, model_digest=digest), metadata=meta, timeout=120)
+    stub.Join(pb.JoinRequest(num_examples=10, input_shape=[FEATURES], num_classes=10, model_digest=digest),
+              metadata=meta, timeout=120)
     after = 0
     while True:
         stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=300)

@@ -2,6 +2,7 @@
 gRPC client built on the generated stubs and a valid credential, next to honest client processes, and checks that
 the server neither crashes, stalls, lets itself be steered, nor fills its disk."""
 
+import collections
 import json
 import os
 import re
@@ -72,8 +73,8 @@ class Raw:
         self.digest = mlp_digest(root)
 
     def join(self, n: int = SIZES[0], test: int = 10) -> pb.JoinReply:
-        return self.stub.Join(pb.JoinRequest(num_examples=n, num_test=test, model_digest=self.digest),
-                              metadata=self.meta, timeout=30)
+        return self.stub.Join(pb.JoinRequest(num_examples=n, num_test=test, input_shape=[6], num_classes=3,
+                                             model_digest=self.digest), metadata=self.meta, timeout=30)
 
     def tasks(self):
         return served_tasks(self.stub, self.meta)
@@ -240,6 +241,11 @@ def test_3_a_client_cannot_claim_more_weight_or_change_its_count(site, tmp_path)
     greedy = Raw(site, port, 0)
     with pytest.raises(grpc.RpcError, match="sample counts must be 1..1000000"):
         greedy.join(n=10 ** 12)
+    for empty, refusal in ((dict(num_classes=3), r"the client's examples have shape \(\); the model takes \(6,\)"),
+                           (dict(input_shape=[6]), "the client declares no labels; the model has 3 classes")):
+        with pytest.raises(grpc.RpcError, match=refusal):  # a declaration that leaves a check out is refused
+            greedy.stub.Join(pb.JoinRequest(num_examples=17, num_test=3, model_digest=greedy.digest, **empty),
+                             metadata=greedy.meta, timeout=30)
     greedy.join(n=17, test=3)
     with pytest.raises(grpc.RpcError, match="its counts are fixed, not 10000 and 3"):
         greedy.join(n=10_000, test=3)
@@ -247,8 +253,20 @@ def test_3_a_client_cannot_claim_more_weight_or_change_its_count(site, tmp_path)
     ack = greedy.put(pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=10_000, seq=header.seq),
                      encode({k: torch.zeros_like(v) for k, v in params.items()}))
     assert not ack.accepted and "differs from the 17 it joined with" in ack.reason
+    registry = tmp_path / "run" / "clients.json"
+    written = registry.stat().st_mtime_ns
+    refused = 0
+    for _ in range(14):  # the same declaration again and again: nothing changes, nothing is written
+        try:
+            greedy.join(n=17, test=3)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "too many refused requests" in exc.details()
+            refused += 1
+    assert refused == 3 and registry.stat().st_mtime_ns == written  # the 12th join on is refused for 30 s
     server.kill()
-    server.wait()
+    log = server.communicate()[0]
+    assert log.count("client 0 joined again (nothing changed)") == 10
+    assert "joined more than 10 times within 60 s: refusing all its calls for 30 s (client 0," in log
 
 
 def huge(params: dict) -> dict:
@@ -454,8 +472,16 @@ def test_8_refusals_are_logged_with_the_peer_and_client_strings_cannot_forge_log
         break
     seen: list[str] = []
     wait_for_line(server, "client 0 failed", seen)
+    header, params = next(iter(attacker.tasks()))  # the retried round's task, answered with an oversized message
+    payload = encode({k: torch.zeros_like(v) for k, v in params.items()})
+    with pytest.raises(grpc.RpcError, match="RESOURCE_EXHAUSTED"):  # a message above gRPC's limit ends the call
+        attacker.put(pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=SIZES[0], seq=header.seq),
+                     payload + bytes(2 << 20), size=len(payload), chunk=len(payload) + (2 << 20))
+    wait_for_line(server, "refused an upload", seen)
     server.kill()
     log = "".join(seen) + server.communicate()[0]
+    assert re.search(r"refused an upload: upload ended after 0 of its declared \d+ bytes \(client 0, peer "
+                     r"ipv4:127\.0\.0\.1:\d+\)", log)  # the peer, read when the call began
     assert re.search(r"refused authentication: unknown or revoked client token \(client unknown, peer "
                      r"ipv4:127\.0\.0\.1:\d+\)", log)
     assert "s3cr3t" not in log
@@ -544,3 +570,111 @@ def test_11_a_client_learns_only_what_it_needs(site, tmp_path):
             pb.HelloRequest(), metadata=[("authorization", "Bearer nope")], timeout=30)
     server.kill()
     server.wait()
+
+
+def test_12_a_flood_of_unauthenticated_calls_is_throttled_and_adds_little_to_the_log(site, tmp_path):
+    """10^4 calls with a forged token from one address while the server waits for its clients, and more during the
+    rounds: the first few are logged, then the address's unauthenticated calls are throttled (they wait, are
+    refused and are counted in one summary line), and honest clients from the same address train all the same."""
+    run = tmp_path / "run"
+    server, port = start_server(site, edit(config(site, "flood", min_clients=2), "federated = true",
+                                           "federated = false"), run)
+    creds = grpc.ssl_channel_credentials(root_certificates=(site / "certs" / "ca.pem").read_bytes())
+    stubs = [pb_grpc.FederationStub(grpc.secure_channel(f"127.0.0.1:{port}", creds,
+                                                        options=[("grpc.use_local_subchannel_pool", 1)]))
+             for _ in range(4)]
+    codes: collections.Counter = collections.Counter()
+    window, lock, stop = threading.BoundedSemaphore(400), threading.Lock(), threading.Event()
+
+    def ended(call):
+        with lock:
+            codes[call.code()] += 1
+        window.release()
+
+    def flood():
+        i = 0
+        while not stop.is_set():
+            window.acquire()
+            call = stubs[i % 4].Hello.future(pb.HelloRequest(), metadata=[("authorization", "Bearer forged")],
+                                             timeout=60)
+            call.add_done_callback(ended)
+            i += 1
+
+    flooding = threading.Thread(target=flood, daemon=True)
+    flooding.start()
+    while sum(codes.values()) < 10_000:
+        time.sleep(0.2)
+    clients = honest(site, port, [1, 2])
+    out = finish(server)
+    stop.set()
+    flooding.join()
+    for _ in range(400):
+        window.acquire()
+    for c in clients:
+        finish(c)
+    assert "rounds 3" in out and all(not r.get("failed") and r["clients"] == 2 for r in rows(run))
+    assert codes[grpc.StatusCode.UNAUTHENTICATED] >= 11 and codes[grpc.StatusCode.RESOURCE_EXHAUSTED] >= 9_000
+    log = (run / "log.txt").read_text()
+    assert (run / "log.txt").stat().st_size < 100_000 and log.count("refused authentication") <= 10
+    assert "refused authentications from ipv4:127.0.0.1 within 60 s" in log
+    assert re.search(r"\d+ more refused calls of unauthenticated callers at ipv4:127\.0\.0\.1", log)
+
+
+def test_13_half_open_connections_are_closed_within_the_handshake_bound_and_capped(site, tmp_path):
+    """TCP connections that never start a TLS handshake are closed after server.stream_idle_timeout (2 s here), and
+    beyond server.max_connections none is held: honest clients get in once the bound has passed."""
+    import socket
+
+    run = tmp_path / "run"
+    server, port = start_server(site, config(site, "halfopen", min_clients=2, max_connections=20), run)
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(60)]
+    clients = honest(site, port, [1, 2])
+    time.sleep(4)
+    closed = 0
+    for s in held:
+        s.settimeout(1.0)
+        try:
+            closed += s.recv(1) == b""  # the server closed it
+        except ConnectionResetError:
+            closed += 1
+        except TimeoutError:
+            pass  # still open
+        s.close()
+    assert closed == 60
+    assert "rounds 3" in finish(server)
+    for c in clients:
+        finish(c)
+
+
+def test_14_a_client_killed_while_it_trains_fails_its_task_at_once(site, tmp_path):
+    """kill -9 on a client in the middle of its training: the call it holds while it works breaks, and its task
+    fails at once as "disconnected" instead of after the round deadline (60 s here)."""
+    slow = tmp_path / "slow"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text(
+        "import time\nimport torch\n_forward = torch.nn.Linear.forward\n\n\n"
+        "def forward(self, x):\n    time.sleep(1.0)\n    return _forward(self, x)\n\n\n"
+        "torch.nn.Linear.forward = forward\n")
+    run = tmp_path / "run"
+    cfg = edit(config(site, "killed", min_clients=3, deadline=60), "federated = true", "federated = false")
+    edit(cfg, "clients_per_round = 4", "clients_per_round = 3")
+    server, port = start_server(site, cfg, run)
+    clients = honest(site, port, [1, 2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(slow), os.environ.get("PYTHONPATH", "")])}
+    certs = site / "certs"
+    victim = subprocess.Popen(cli("client", "--server", f"127.0.0.1:{port}", "--data", str(site / "client3.npz"),
+                                  "--token-file", str(certs / "client-3.token"), "--ca-cert", str(certs / "ca.pem"),
+                                  "--threads", "1"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    wait_for_line(victim, "joined run", [])
+    time.sleep(4)  # round 1 has begun: the victim trains (each of its forward passes takes a second)
+    killed = time.monotonic()
+    victim.kill()
+    victim.wait()
+    out = finish(server)
+    for c in clients:
+        finish(c)
+    first = rows(run)[0]
+    assert "client 3 disconnected" in out and "rounds 3" in out
+    assert [f["reason"] for f in first["failed_clients"]] == ["disconnected"] and first["clients"] == 2
+    assert time.monotonic() - killed < 45  # three rounds, none waiting out the 60 s deadline

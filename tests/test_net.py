@@ -31,7 +31,7 @@ from fedloop.models import model_factory
 from fedloop.net import fedloop_pb2 as pb
 from fedloop.net import fedloop_pb2_grpc as pb_grpc
 from fedloop.net.certs import make_certs
-from fedloop.net.client_process import build_app, receive_task, reply_chunks
+from fedloop.net.client_process import build_app, join_request, receive_task, reply_chunks
 from fedloop.net.codec import chunks, decode, encode
 from fedloop.run import train
 from fedloop.store import load_checkpoint
@@ -201,8 +201,8 @@ def test_malformed_uploads_are_rejected_with_their_reason_and_the_round_goes_on(
     root, _ = site
     server, port = start_server(root, write_config(root, "bad", min_clients=1, deadline=20), tmp_path / "run")
     stub, meta = _stub(root, port, 0)
-    stub.Join(pb.JoinRequest(num_examples=SIZES[0], num_test=10, model_digest=mlp_digest(root)), metadata=meta,
-              timeout=30)
+    stub.Join(pb.JoinRequest(num_examples=SIZES[0], num_test=10, input_shape=[6], num_classes=3,
+                             model_digest=mlp_digest(root)), metadata=meta, timeout=30)
     tasks = served_tasks(stub, meta)
 
     def next_fit():
@@ -448,8 +448,7 @@ def test_scaffold_clients_keep_their_control_variates_across_a_retried_round_and
     stub, meta = _stub(root, port, 2)
     hello = stub.Hello(pb.HelloRequest(), metadata=meta, timeout=30)
     app = build_app(json.loads(hello.settings_json), 2, str(root / "client2.npz"))
-    stub.Join(pb.JoinRequest(num_examples=len(app.train), model_digest=model_digest(app.model_fn)), metadata=meta,
-              timeout=30)
+    stub.Join(join_request(app), metadata=meta, timeout=30)
     seen: list[str] = []
     for fits, (header, raw) in enumerate(served_tasks(stub, meta, raw=True), 1):
         if fits == 1:  # round 1, first attempt: a failure, so the round is retried
@@ -594,7 +593,8 @@ def test_a_stopped_server_leaves_its_clients_waiting_and_resumes_to_the_uninterr
     resumed = subprocess.Popen(cli("server", str(config), "--resume", str(tmp_path / "run"), "--certs",
                                    str(root / "certs"), "--address", address),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert "rounds 3" in finish(resumed)
+    out = finish(resumed)
+    assert "rounds 3" in out and "waiting for 5 clients; not back yet: clients 0, 1, 2, 3, 4" in out
     for c in clients:
         assert "the run is over" in finish(c)
     final = load_file(tmp_path / "run" / "model.safetensors")

@@ -25,6 +25,7 @@ from .loop import RoundPolicy
 from .models import model_factory
 from .net.options import ServerOptions
 from .privacy.options import PrivacyOptions, calibrate_noise, privatize
+from .progress import LogOptions
 from .run import CheckpointOptions, EvalOptions, RunOptions, StopOptions
 from .sampling import Sampler
 from .server_opt import SERVER_OPTIMIZERS
@@ -135,6 +136,10 @@ def server_options(cfg: Config) -> ServerOptions:
     return make("server", ServerOptions, **_values(cfg.server))
 
 
+def log_options(cfg: Config) -> LogOptions:
+    return make("log", LogOptions, **_values(cfg.log))
+
+
 def round_policy(options: ServerOptions) -> RoundPolicy:
     return RoundPolicy(options.round_deadline, options.min_updates, options.retries)
 
@@ -152,6 +157,7 @@ def resolve(cfg: Config, source: str) -> Config:
         sim_options(cfg)
         server_options(cfg)
         attack_options(cfg)
+        log_options(cfg)
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     opt = strategy.server_opt

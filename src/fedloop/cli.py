@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import signal
 import sys
@@ -59,7 +60,7 @@ def _finished(summary: dict, out: Path) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .build import check_runnable
+    from .build import check_runnable, log_options
     from .experiment import run_config
     from .report import round_table
     from .store import run_directory
@@ -73,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, console, live, rounds=not args.quiet)
     # an --out that cannot be this run's is refused first; then what else can be known before any data is read (a
     # failure there leaves the directory as it was found)
-    with run_directory(out, resume=bool(args.resume), overwrite=args.overwrite), log_to(out):
+    with run_directory(out, resume=bool(args.resume), overwrite=args.overwrite), log_to(out, log_options(cfg)):
         check_runnable(cfg)
         source = cfg.data.path or cfg.data.name if cfg.app.ref else cfg.data.name
         print(f"fedloop {cfg.strategy.name} on {source}, model {cfg.app.ref or cfg.model.name}, "
@@ -161,7 +162,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_server(args: argparse.Namespace) -> int:
-    from .build import check_runnable
+    from .build import check_runnable, log_options
     from .net.options import host_port
     from .net.serve import serve
     from .store import run_directory
@@ -175,7 +176,7 @@ def cmd_server(args: argparse.Namespace) -> int:
         raise ConfigError(f"--certs {args.certs}: no such directory (`fedloop certs DIR` creates one)")
     out = Path(args.resume or args.out or _default_out(cfg))
     setup_logging(args.log_level, console, live=False)
-    with run_directory(out, resume=args.resume is not None, overwrite=args.overwrite), log_to(out):
+    with run_directory(out, resume=args.resume is not None, overwrite=args.overwrite), log_to(out, log_options(cfg)):
         check_runnable(cfg, deployed=True)
         result = serve(cfg, out, cert_dir=args.certs, tokens=args.tokens, allowlist=args.allowlist,
                        insecure=args.insecure, mutual_tls=args.mtls, address=args.address,
@@ -318,7 +319,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+STOP_SECONDS = 45.0
+"""After SIGTERM, seconds the process may take to write its files and stop; past them it prints every thread's
+stack to stderr and exits with status 1, so a stop request never hangs."""
+
+
 def _interrupt(signum: int, frame: object) -> None:
+    faulthandler.dump_traceback_later(STOP_SECONDS, exit=True)
     raise KeyboardInterrupt
 
 

@@ -26,6 +26,7 @@ from .errors import ConfigError
 from .models import MODELS
 from .net.options import ServerOptions
 from .privacy.options import PrivacyOptions
+from .progress import LogOptions
 from .run import CheckpointOptions, EvalOptions, RunOptions, StopOptions
 from .sampling import Sampler
 from .server_opt import SERVER_OPTIMIZERS
@@ -98,6 +99,7 @@ if TYPE_CHECKING:
     EvalSection: TypeAlias = _Built
     StopSection: TypeAlias = _Built
     CheckpointSection: TypeAlias = _Built
+    LogSection: TypeAlias = _Built
     SimSection: TypeAlias = _Built
     ServerSection: TypeAlias = _Built
     PrivacySection: TypeAlias = _Built
@@ -113,6 +115,7 @@ else:
     EvalSection = section("EvalSection", EvalOptions)
     StopSection = section("StopSection", StopOptions)
     CheckpointSection = section("CheckpointSection", CheckpointOptions)
+    LogSection = section("LogSection", LogOptions)
     SimSection = section("SimSection", SimOptions)
     ServerSection = section("ServerSection", ServerOptions)
     PrivacySection = section("PrivacySection", PrivacyOptions)
@@ -174,6 +177,7 @@ class Config(_Section):
     eval: EvalSection = Field(default_factory=EvalSection)
     stop: StopSection = Field(default_factory=StopSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
+    log: LogSection = Field(default_factory=LogSection)
     sim: SimSection = Field(default_factory=SimSection)
     server: ServerSection = Field(default_factory=ServerSection)
 

@@ -5,15 +5,18 @@ round on stdout; and the same lines, with every log line, in the run directory's
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 
+from . import checks
 from .observers import Observer
 from .types import RoundRecord, ServerState
 
@@ -86,11 +89,25 @@ def setup_logging(level: str, console: Console, live: bool, rounds: bool = True)
         ROUNDS.addHandler(out)
 
 
+@dataclass(frozen=True)
+class LogOptions:
+    """The run directory's log.txt is rotated (to log.txt.1, .2, ...) when it reaches `max_bytes`, keeping
+    `backups` earlier files: whatever anyone makes the server log, the log takes at most (backups + 1) * max_bytes."""
+
+    max_bytes: int = 10 << 20
+    backups: int = 4
+
+    def __post_init__(self) -> None:
+        checks.at_least(self, "max_bytes", 1 << 16)
+        checks.at_least(self, "backups", 1)
+
+
 @contextmanager
-def log_to(run_dir: Path) -> Iterator[None]:
-    """Every log line and round line of this process also to RUN_DIR/log.txt (appended: a resumed run adds to it),
-    until the block ends."""
-    handler = logging.FileHandler(Path(run_dir) / "log.txt")
+def log_to(run_dir: Path, options: LogOptions = LogOptions()) -> Iterator[None]:
+    """Every log line and round line of this process also to RUN_DIR/log.txt (appended: a resumed run adds to it,
+    rotated as `options` say), until the block ends."""
+    handler = logging.handlers.RotatingFileHandler(Path(run_dir) / "log.txt", maxBytes=options.max_bytes,
+                                                   backupCount=options.backups, encoding="utf-8")
     handler.setFormatter(logging.Formatter(STAMPED))
     logging.getLogger().addHandler(handler)
     ROUNDS.addHandler(handler)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -26,7 +28,7 @@ from . import fedloop_pb2 as pb
 from . import fedloop_pb2_grpc as pb_grpc
 from .codec import KIND_NAMES, PROTOCOL, chunks, config_from_proto, decode, encode, split_extras
 from .options import host_port
-from .server import MESSAGE_BYTES, POLL_SECONDS, is_loopback
+from .server import ATTEND_SECONDS, MESSAGE_BYTES, POLL_SECONDS, is_loopback
 from .spool import clean
 
 log = logging.getLogger(__name__)
@@ -181,6 +183,31 @@ def receive_task(client_id: int, header: pb.TaskHeader, data: bytes) -> Task:
                 config_from_proto(header.config))
 
 
+@contextmanager
+def attending(stub: pb_grpc.FederationStub, meta: list[tuple[str, str]], seq: int) -> Iterator[None]:
+    """Hold a call that tells the server this client works on task `seq`, from a thread, until the reply that the
+    block sends starts to arrive: if this process dies meanwhile, the server sees the call break and fails the task
+    at once instead of waiting out the round deadline."""
+    closed = threading.Event()
+
+    def hold() -> None:
+        try:
+            while not closed.is_set():
+                for chunk in stub.GetTask(pb.TaskRequest(after_seq=seq, working_on=seq), metadata=meta,
+                                          timeout=ATTEND_SECONDS + 60):
+                    if chunk.header.reason == "closed":
+                        closed.set()
+        except grpc.RpcError:
+            pass  # the main loop sees the server's problems on its own calls
+
+    thread = threading.Thread(target=hold, name="fedloop-attend", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join(timeout=10.0 if closed.is_set() else 1.0)  # a call still held is cancelled with the channel
+
+
 def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: str | None = None,
                cert: str | None = None, key: str | None = None, insecure: bool = False,
                state_dir: str | None = None, expect_id: int | None = None, max_backoff: float = 30.0,
@@ -262,8 +289,9 @@ def _serve_tasks(server: str, channel: grpc.Channel, data_path: str, *, token_fi
                 raise TransportError(f"{server}: the run failed on the server ({clean(header.reason)})")
             if header.status != pb.POLL_TASK:
                 continue
-            reply = attacked_reply(app.handle(receive_task(app.client_id, header, data)), attack)
-            ack = stub.PutReply(reply_chunks(reply, header.seq), metadata=meta, timeout=120)
+            with attending(stub, meta, header.seq):
+                reply = attacked_reply(app.handle(receive_task(app.client_id, header, data)), attack)
+                ack = stub.PutReply(reply_chunks(reply, header.seq), metadata=meta, timeout=120)
             if not ack.accepted:
                 log.warning("the server rejected the reply to task %d: %s", header.seq, ack.reason)
             after, answered, backoff = header.seq, answered + 1, 1.0

@@ -12,7 +12,7 @@ from ..errors import TransportError
 from ..types import ConfigValue, Params, TaskKind
 from . import fedloop_pb2 as pb
 
-PROTOCOL = 3
+PROTOCOL = 4
 """The wire protocol's version (fedloop.proto); client and server refuse each other's other versions."""
 
 TASK_KINDS: dict[TaskKind, pb.TaskKind] = {"fit": pb.TASK_FIT, "evaluate": pb.TASK_EVALUATE}

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x65\x64loop/net/fedloop.proto\x12\x07\x66\x65\x64loop\"\x0e\n\x0cHelloRequest\"u\n\x0bJoinRequest\x12\x14\n\x0cnum_examples\x18\x01 \x01(\x03\x12\x10\n\x08num_test\x18\x02 \x01(\x03\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x03\x12\x14\n\x0cmodel_digest\x18\x05 \x01(\t\"T\n\tJoinReply\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x15\n\rsettings_json\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\x03\x12\x10\n\x08protocol\x18\x04 \x01(\x05\" \n\x0bTaskRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\"k\n\x0b\x43onfigValue\x12\x0e\n\x04\x66lag\x18\x01 \x01(\x08H\x00\x12\x11\n\x07integer\x18\x02 \x01(\x03H\x00\x12\x10\n\x06number\x18\x03 \x01(\x01H\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x05 \x01(\x0cH\x00\x42\x07\n\x05value\"\xb0\x02\n\nTaskHeader\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.fedloop.PollStatus\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x1f\n\x04kind\x18\x03 \x01(\x0e\x32\x11.fedloop.TaskKind\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x0b\n\x03seq\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12\r\n\x05stage\x18\x08 \x01(\t\x12/\n\x06\x63onfig\x18\t \x03(\x0b\x32\x1f.fedloop.TaskHeader.ConfigEntry\x12\x0e\n\x06reason\x18\n \x01(\t\x1a\x43\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.fedloop.ConfigValue:\x02\x38\x01\"J\n\tTaskChunk\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x13.fedloop.TaskHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xe3\x01\n\x0bReplyHeader\x12\r\n\x05round\x18\x01 \x01(\x03\x12 \n\x04kind\x18\x02 \x01(\x0e\x32\x12.fedloop.ReplyKind\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12\x32\n\x07metrics\x18\x04 \x03(\x0b\x32!.fedloop.ReplyHeader.MetricsEntry\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12\x0b\n\x03seq\x18\x07 \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"L\n\nReplyChunk\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.fedloop.ReplyHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"*\n\x06PutAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t*F\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08TASK_FIT\x10\x01\x12\x11\n\rTASK_EVALUATE\x10\x02*g\n\nPollStatus\x12\x1b\n\x17POLL_STATUS_UNSPECIFIED\x10\x00\x12\r\n\tPOLL_TASK\x10\x01\x12\r\n\tPOLL_WAIT\x10\x02\x12\r\n\tPOLL_DONE\x10\x03\x12\x0f\n\x0bPOLL_FAILED\x10\x04*]\n\tReplyKind\x12\x1a\n\x16REPLY_KIND_UNSPECIFIED\x10\x00\x12\r\n\tREPLY_FIT\x10\x01\x12\x12\n\x0eREPLY_EVALUATE\x10\x02\x12\x11\n\rREPLY_FAILURE\x10\x03\x32\xdd\x01\n\nFederation\x12\x32\n\x05Hello\x12\x15.fedloop.HelloRequest\x1a\x12.fedloop.JoinReply\x12\x30\n\x04Join\x12\x14.fedloop.JoinRequest\x1a\x12.fedloop.JoinReply\x12\x35\n\x07GetTask\x12\x14.fedloop.TaskRequest\x1a\x12.fedloop.TaskChunk0\x01\x12\x32\n\x08PutReply\x12\x13.fedloop.ReplyChunk\x1a\x0f.fedloop.PutAck(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x65\x64loop/net/fedloop.proto\x12\x07\x66\x65\x64loop\"\x0e\n\x0cHelloRequest\"u\n\x0bJoinRequest\x12\x14\n\x0cnum_examples\x18\x01 \x01(\x03\x12\x10\n\x08num_test\x18\x02 \x01(\x03\x12\x13\n\x0binput_shape\x18\x03 \x03(\x03\x12\x13\n\x0bnum_classes\x18\x04 \x01(\x03\x12\x14\n\x0cmodel_digest\x18\x05 \x01(\t\"T\n\tJoinReply\x12\x0b\n\x03run\x18\x01 \x01(\t\x12\x15\n\rsettings_json\x18\x02 \x01(\t\x12\x11\n\tclient_id\x18\x03 \x01(\x03\x12\x10\n\x08protocol\x18\x04 \x01(\x05\"4\n\x0bTaskRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x03\x12\x12\n\nworking_on\x18\x02 \x01(\x03\"k\n\x0b\x43onfigValue\x12\x0e\n\x04\x66lag\x18\x01 \x01(\x08H\x00\x12\x11\n\x07integer\x18\x02 \x01(\x03H\x00\x12\x10\n\x06number\x18\x03 \x01(\x01H\x00\x12\x0e\n\x04text\x18\x04 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x05 \x01(\x0cH\x00\x42\x07\n\x05value\"\xb0\x02\n\nTaskHeader\x12#\n\x06status\x18\x01 \x01(\x0e\x32\x13.fedloop.PollStatus\x12\r\n\x05round\x18\x02 \x01(\x03\x12\x1f\n\x04kind\x18\x03 \x01(\x0e\x32\x11.fedloop.TaskKind\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12\x0c\n\x04size\x18\x05 \x01(\x03\x12\x0b\n\x03seq\x18\x06 \x01(\x03\x12\x0f\n\x07version\x18\x07 \x01(\x03\x12\r\n\x05stage\x18\x08 \x01(\t\x12/\n\x06\x63onfig\x18\t \x03(\x0b\x32\x1f.fedloop.TaskHeader.ConfigEntry\x12\x0e\n\x06reason\x18\n \x01(\t\x1a\x43\n\x0b\x43onfigEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.fedloop.ConfigValue:\x02\x38\x01\"J\n\tTaskChunk\x12%\n\x06header\x18\x01 \x01(\x0b\x32\x13.fedloop.TaskHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xe3\x01\n\x0bReplyHeader\x12\r\n\x05round\x18\x01 \x01(\x03\x12 \n\x04kind\x18\x02 \x01(\x0e\x32\x12.fedloop.ReplyKind\x12\x14\n\x0cnum_examples\x18\x03 \x01(\x03\x12\x32\n\x07metrics\x18\x04 \x03(\x0b\x32!.fedloop.ReplyHeader.MetricsEntry\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x0c\n\x04size\x18\x06 \x01(\x03\x12\x0b\n\x03seq\x18\x07 \x01(\x03\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"L\n\nReplyChunk\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.fedloop.ReplyHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"*\n\x06PutAck\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t*F\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x0c\n\x08TASK_FIT\x10\x01\x12\x11\n\rTASK_EVALUATE\x10\x02*g\n\nPollStatus\x12\x1b\n\x17POLL_STATUS_UNSPECIFIED\x10\x00\x12\r\n\tPOLL_TASK\x10\x01\x12\r\n\tPOLL_WAIT\x10\x02\x12\r\n\tPOLL_DONE\x10\x03\x12\x0f\n\x0bPOLL_FAILED\x10\x04*]\n\tReplyKind\x12\x1a\n\x16REPLY_KIND_UNSPECIFIED\x10\x00\x12\r\n\tREPLY_FIT\x10\x01\x12\x12\n\x0eREPLY_EVALUATE\x10\x02\x12\x11\n\rREPLY_FAILURE\x10\x03\x32\xdd\x01\n\nFederation\x12\x32\n\x05Hello\x12\x15.fedloop.HelloRequest\x1a\x12.fedloop.JoinReply\x12\x30\n\x04Join\x12\x14.fedloop.JoinRequest\x1a\x12.fedloop.JoinReply\x12\x35\n\x07GetTask\x12\x14.fedloop.TaskRequest\x1a\x12.fedloop.TaskChunk0\x01\x12\x32\n\x08PutReply\x12\x13.fedloop.ReplyChunk\x1a\x0f.fedloop.PutAck(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,12 +35,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TASKHEADER_CONFIGENTRY']._serialized_options = b'8\001'
   _globals['_REPLYHEADER_METRICSENTRY']._loaded_options = None
   _globals['_REPLYHEADER_METRICSENTRY']._serialized_options = b'8\001'
-  _globals['_TASKKIND']._serialized_start=1137
-  _globals['_TASKKIND']._serialized_end=1207
-  _globals['_POLLSTATUS']._serialized_start=1209
-  _globals['_POLLSTATUS']._serialized_end=1312
-  _globals['_REPLYKIND']._serialized_start=1314
-  _globals['_REPLYKIND']._serialized_end=1407
+  _globals['_TASKKIND']._serialized_start=1157
+  _globals['_TASKKIND']._serialized_end=1227
+  _globals['_POLLSTATUS']._serialized_start=1229
+  _globals['_POLLSTATUS']._serialized_end=1332
+  _globals['_REPLYKIND']._serialized_start=1334
+  _globals['_REPLYKIND']._serialized_end=1427
   _globals['_HELLOREQUEST']._serialized_start=38
   _globals['_HELLOREQUEST']._serialized_end=52
   _globals['_JOINREQUEST']._serialized_start=54
@@ -48,23 +48,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOINREPLY']._serialized_start=173
   _globals['_JOINREPLY']._serialized_end=257
   _globals['_TASKREQUEST']._serialized_start=259
-  _globals['_TASKREQUEST']._serialized_end=291
-  _globals['_CONFIGVALUE']._serialized_start=293
-  _globals['_CONFIGVALUE']._serialized_end=400
-  _globals['_TASKHEADER']._serialized_start=403
-  _globals['_TASKHEADER']._serialized_end=707
-  _globals['_TASKHEADER_CONFIGENTRY']._serialized_start=640
-  _globals['_TASKHEADER_CONFIGENTRY']._serialized_end=707
-  _globals['_TASKCHUNK']._serialized_start=709
-  _globals['_TASKCHUNK']._serialized_end=783
-  _globals['_REPLYHEADER']._serialized_start=786
-  _globals['_REPLYHEADER']._serialized_end=1013
-  _globals['_REPLYHEADER_METRICSENTRY']._serialized_start=967
-  _globals['_REPLYHEADER_METRICSENTRY']._serialized_end=1013
-  _globals['_REPLYCHUNK']._serialized_start=1015
-  _globals['_REPLYCHUNK']._serialized_end=1091
-  _globals['_PUTACK']._serialized_start=1093
-  _globals['_PUTACK']._serialized_end=1135
-  _globals['_FEDERATION']._serialized_start=1410
-  _globals['_FEDERATION']._serialized_end=1631
+  _globals['_TASKREQUEST']._serialized_end=311
+  _globals['_CONFIGVALUE']._serialized_start=313
+  _globals['_CONFIGVALUE']._serialized_end=420
+  _globals['_TASKHEADER']._serialized_start=423
+  _globals['_TASKHEADER']._serialized_end=727
+  _globals['_TASKHEADER_CONFIGENTRY']._serialized_start=660
+  _globals['_TASKHEADER_CONFIGENTRY']._serialized_end=727
+  _globals['_TASKCHUNK']._serialized_start=729
+  _globals['_TASKCHUNK']._serialized_end=803
+  _globals['_REPLYHEADER']._serialized_start=806
+  _globals['_REPLYHEADER']._serialized_end=1033
+  _globals['_REPLYHEADER_METRICSENTRY']._serialized_start=987
+  _globals['_REPLYHEADER_METRICSENTRY']._serialized_end=1033
+  _globals['_REPLYCHUNK']._serialized_start=1035
+  _globals['_REPLYCHUNK']._serialized_end=1111
+  _globals['_PUTACK']._serialized_start=1113
+  _globals['_PUTACK']._serialized_end=1155
+  _globals['_FEDERATION']._serialized_start=1430
+  _globals['_FEDERATION']._serialized_end=1651
 # @@protoc_insertion_point(module_scope)

@@ -71,10 +71,12 @@ class JoinReply(_message.Message):
     def __init__(self, run: _Optional[str] = ..., settings_json: _Optional[str] = ..., client_id: _Optional[int] = ..., protocol: _Optional[int] = ...) -> None: ...
 
 class TaskRequest(_message.Message):
-    __slots__ = ("after_seq",)
+    __slots__ = ("after_seq", "working_on")
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    WORKING_ON_FIELD_NUMBER: _ClassVar[int]
     after_seq: int
-    def __init__(self, after_seq: _Optional[int] = ...) -> None: ...
+    working_on: int
+    def __init__(self, after_seq: _Optional[int] = ..., working_on: _Optional[int] = ...) -> None: ...
 
 class ConfigValue(_message.Message):
     __slots__ = ("flag", "integer", "number", "text", "data")

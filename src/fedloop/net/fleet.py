@@ -55,6 +55,10 @@ class Pending:
     payload: bytes
     fetched: bool = False
     checking: bool = False
+    uploading: bool = False
+    attended: asyncio.Event | None = None
+    """Set (on the event loop) when the client's reply starts to arrive or the task closes: ends the call the
+    client holds while it works on the task."""
 
 
 class GrpcFleet:
@@ -94,6 +98,7 @@ class GrpcFleet:
         self._changed: asyncio.Event | None = None
         self.spool = spool
         self._checker = ThreadPoolExecutor(1, thread_name_prefix="fedloop-check")  # one upload checked at a time
+        self._registry_lock = threading.Lock()  # one clients.json write at a time, the latest counts last
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind to the event loop the gRPC handlers run on (called from that loop)."""
@@ -138,6 +143,12 @@ class GrpcFleet:
             self._cond.wait_for(lambda: len(self._live()) >= count, timeout)
             return len(self._live())
 
+    def missing(self) -> list[int]:
+        """Clients that joined this run before (clients.json) and are not live now."""
+        with self._cond:
+            live = {c.client_id for c in self._live()}
+            return sorted(c for c in self._counts if c not in live)
+
     def submit(self, tasks: Sequence[Task]) -> None:
         """Open the tasks; each broadcast is encoded once (outside the lock: handlers go on meanwhile)."""
         payloads: dict[tuple[int, str], bytes] = {}
@@ -177,6 +188,8 @@ class GrpcFleet:
             tasks = [p.task for p in self._open.values()]
             for t in tasks:
                 self._missed[t.client_id] = self._missed.get(t.client_id, 0) + 1
+            for p in self._open.values():
+                self._release(p)
             self._open, self._client_open = {}, {}
             self._set_upload_limit()
             return tasks
@@ -192,6 +205,8 @@ class GrpcFleet:
         with self._cond:
             self._done = True
             self._failure = failure or ""
+            for p in self._open.values():
+                self._release(p)
             self._open, self._client_open = {}, {}
             self._set_upload_limit()
             self._wake()
@@ -217,36 +232,52 @@ class GrpcFleet:
 
     # --- called by the gRPC handlers, on the event loop ---
     def join(self, client_id: int, num_examples: int, num_test: int, input_shape: Sequence[int] = (),
-             num_classes: int = 0, model_digest: str = "") -> str | None:
-        """Register a client with its sample counts; why it is refused, or None. A client's counts are fixed at its
-        first join (kept in the run directory across server restarts) and capped by max_examples; data whose
-        examples or labels the model cannot take are refused."""
+             num_classes: int = 0, model_digest: str = "") -> tuple[str | None, bool]:
+        """Register a client with its sample counts: why it is refused (or None), and whether the join changed
+        anything (a member joining again with the same declaration changes nothing, and writes nothing). A
+        client's counts are fixed at its first join (kept in the run directory across server restarts by
+        `save_registry`, off the event loop) and capped by max_examples; data whose examples or labels the model
+        cannot take are refused, and so is a declaration that leaves them out."""
         cap = self.options.max_examples
         if not 1 <= num_examples <= cap or not 0 <= num_test <= cap:
-            return f"sample counts must be 1..{cap} (train) and 0..{cap} (test), not {num_examples} and {num_test}"
+            return (f"sample counts must be 1..{cap} (train) and 0..{cap} (test), not {num_examples} and "
+                    f"{num_test}"), False
         expected = tuple(self.spec.get("input_shape") or ())
-        if input_shape and expected and tuple(input_shape) != expected:
-            return f"the client's examples have shape {tuple(input_shape)}; the model takes {expected}"
+        if expected and tuple(input_shape) != expected:
+            return f"the client's examples have shape {tuple(input_shape)}; the model takes {expected}", False
         classes = int(self.spec.get("num_classes") or 0)
-        if num_classes and classes and num_classes > classes:
-            return f"the client's labels go up to {num_classes - 1}; the model has {classes} classes"
+        if classes and num_classes < 1:
+            return f"the client declares no labels; the model has {classes} classes", False
+        if classes and num_classes > classes:
+            return f"the client's labels go up to {num_classes - 1}; the model has {classes} classes", False
         digest = self.spec.get("model_digest")
         if digest and model_digest != digest:
             return ("the client's model differs from the server's (its params' names, shapes or dtypes): run the "
-                    "client with the server's model or --app")
+                    "client with the server's model or --app"), False
         with self._cond:
             first = self._counts.setdefault(client_id, (num_examples, num_test))
             if first != (num_examples, num_test):
                 return (f"client {client_id} joined this run with {first[0]} training and {first[1]} test examples; "
-                        f"its counts are fixed, not {num_examples} and {num_test}")
-            if self.registry is not None:
-                atomic_write_json(self.registry, {str(k): list(v) for k, v in self._counts.items()})
+                        f"its counts are fixed, not {num_examples} and {num_test}"), False
+            self._seen[client_id] = time.monotonic()
+            if client_id in self._clients and self._missed.get(client_id, 0) < self.options.max_missed:
+                return None, False
+            new = client_id not in self._clients
             self._clients[client_id] = ClientInfo(client_id, num_examples)
             self._missed[client_id] = 0
-            self._seen[client_id] = time.monotonic()
             self._cond.notify_all()
         log.info("client %d joined with %d examples", client_id, num_examples)
-        return None
+        return None, new
+
+    def save_registry(self) -> None:
+        """Write the clients' fixed counts to the run directory (clients.json), atomically; blocking file I/O, so
+        the handlers call it on a worker thread."""
+        if self.registry is None:
+            return
+        with self._registry_lock:
+            with self._cond:
+                counts = {str(k): list(v) for k, v in self._counts.items()}
+            atomic_write_json(self.registry, counts)
 
     async def next_task(self, client_id: int, after_seq: int, wait: float) -> Pending | tuple[pb.PollStatus, str]:
         """The client's oldest open task after `after_seq`; or (POLL_DONE or POLL_FAILED, why) when the run is over,
@@ -298,6 +329,8 @@ class GrpcFleet:
             elif header.kind != pb.REPLY_FIT and header.size != 0:
                 reason = f"a {pb.ReplyKind.Name(header.kind)} reply carries no params, not {header.size} bytes"
             else:
+                p.uploading = True
+                self._release(p)
                 return None
             self._answer(p, Failure(client_id, task.round, f"upload rejected: {reason}"))
         log.warning("round %d: rejected the upload of client %d: %s", task.round, client_id, reason)
@@ -309,7 +342,46 @@ class GrpcFleet:
         self._client_open[p.task.client_id].remove(p.seq)
         self._replies.append(reply)
         self._missed[p.task.client_id] = 0
+        self._release(p)
         self._cond.notify_all()
+
+    def _release(self, p: Pending) -> None:
+        """End the call its client holds while working on `p` (callable from any thread)."""
+        if p.attended is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(p.attended.set)
+
+    async def attend(self, client_id: int, seq: int, wait: float) -> str:
+        """Hold the call of a client working on task `seq`, for at most `wait` s: "closed" when its reply starts to
+        arrive or the task closes, "" when the wait is over. If the call breaks first (the client's process or
+        connection died), the task fails at once as "disconnected"."""
+        with self._cond:
+            self._seen[client_id] = time.monotonic()
+            p = self._open.get(seq)
+            if p is None or p.task.client_id != client_id or p.uploading or p.checking or self._done:
+                return "closed"
+            if p.attended is None:
+                p.attended = asyncio.Event()
+            attended = p.attended
+        try:
+            await asyncio.wait_for(attended.wait(), wait)
+            return "closed"
+        except TimeoutError:
+            return ""
+        except asyncio.CancelledError:
+            self.disconnected(client_id, seq)
+            raise
+
+    def disconnected(self, client_id: int, seq: int) -> None:
+        """The client's call broke while it worked on task `seq`: the task fails now, and the client is not
+        selected again until it calls."""
+        with self._cond:
+            p = self._open.get(seq)
+            if p is None or p.task.client_id != client_id or p.checking or self._done:
+                return
+            self._answer(p, Failure(client_id, p.task.round, "disconnected"))
+            self._seen[client_id] = -1e18
+        log.warning("round %d: client %d disconnected while working on its task; the task failed", p.task.round,
+                    client_id)
 
     async def accept(self, client_id: int, header: pb.ReplyHeader, path: Path | None, size: int) -> str | None:
         """Record a client's reply to one of its open tasks (its header passed `precheck`, its bytes are in `path`);

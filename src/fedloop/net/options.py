@@ -42,6 +42,8 @@ class ServerOptions(RoundPolicy):
     """Seconds a download or upload may pause before it is cut."""
     min_transfer_rate: float = 64 * 1024
     """Bytes per second a download or upload must average once stream_idle_timeout seconds have passed."""
+    max_connections: int = 4096
+    """Connections the server holds at once; more are refused until some close (each client holds one)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,5 +57,6 @@ class ServerOptions(RoundPolicy):
         checks.at_least(self, "max_missed", 1)
         checks.at_least(self, "max_examples", 1)
         checks.at_least(self, "spool_bytes", 1)
+        checks.at_least(self, "max_connections", 1)
         if self.max_update_norm is not None:
             checks.positive(self, "max_update_norm")

@@ -6,6 +6,8 @@ bring their own."""
 from __future__ import annotations
 
 import json
+import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -34,6 +36,8 @@ from .fleet import GrpcFleet
 from .server import StreamLimits, start_server
 from .spool import Spool
 
+log = logging.getLogger(__name__)
+
 DEPLOYED = tuple(k for k in COMPUTATION if not k.startswith("sim.")) + ("server.max_update_norm",)
 """What a resumed server must keep: the computation (simulation settings aside) and its update bound."""
 
@@ -45,6 +49,26 @@ def client_settings(cfg: Config, spec: dict) -> str:
                                                           "privacy"})
     config["data"] = cfg.data.model_dump(mode="json", include={"name", "test_fraction", "split", "label_column"})
     return json.dumps({"config": config, "spec": spec})
+
+
+WAIT_REPORT = 30.0
+"""Seconds between the lines that say which clients the server still waits for."""
+
+
+def _wait_for_clients(fleet: GrpcFleet, count: int, timeout: float) -> int:
+    """Wait (at most `timeout`) for `count` live clients, naming the run's earlier clients that are not back yet
+    (after a resume, the ones an operator has to restart)."""
+    end = time.monotonic() + timeout
+    while True:
+        if missing := fleet.missing():
+            log.info("waiting for %d clients; not back yet: %s", count, _ids(missing))
+        joined = fleet.wait_for_clients(count, max(0.0, min(WAIT_REPORT, end - time.monotonic())))
+        if joined >= count or time.monotonic() >= end:
+            return joined
+
+
+def _ids(ids: list[int], shown: int = 20) -> str:
+    return "clients " + ", ".join(map(str, ids[:shown])) + (f" and {len(ids) - shown} more" if len(ids) > shown else "")
 
 
 def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: str | Path | None,
@@ -81,14 +105,17 @@ def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: 
     try:
         server = start_server(fleet, address or options.address, cert_dir=cert_dir, insecure=insecure,
                               mutual_tls=mutual_tls,
-                              limits=StreamLimits(options.stream_idle_timeout, options.min_transfer_rate))
+                              limits=StreamLimits(options.stream_idle_timeout, options.min_transfer_rate,
+                                                  options.max_connections))
         try:
             if on_listen is not None:
                 on_listen(server.port)
-            joined = fleet.wait_for_clients(options.min_clients, options.join_timeout)
+            joined = _wait_for_clients(fleet, options.min_clients, options.join_timeout)
             if joined < options.min_clients:
+                missing = fleet.missing()
                 raise TransportError(f"only {joined} of server.min_clients = {options.min_clients} clients joined "
-                                     f"within {options.join_timeout:.0f} s")
+                                     f"within {options.join_timeout:.0f} s" +
+                                     (f" ({_ids(missing)} of this run did not come back)" if missing else ""))
             run = replace(run_options(cfg, out=out, resume=resume, observers=observers),
                           checkpoint=CheckpointOptions(every=1), policy=round_policy(options))
             result = train(fleet, model_fn, strategy_from_config(cfg), run,

@@ -13,7 +13,6 @@ peer's address and client id (never its token).
 from __future__ import annotations
 
 import asyncio
-import collections
 import ipaddress
 import itertools
 import logging
@@ -30,12 +29,16 @@ from . import fedloop_pb2 as pb
 from . import fedloop_pb2_grpc as pb_grpc
 from .codec import PROTOCOL, TASK_KINDS, chunks, config_to_proto
 from .fleet import GrpcFleet
+from .limits import PENALTY, STRIKE_WINDOW, STRIKES, AuditLog, Strikes, peer_host
 from .spool import clean, write_stream
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 5.0
 """How long a GetTask call waits for a task before telling the client to poll again."""
+
+ATTEND_SECONDS = 60.0
+"""How long the call a client holds while it works on a task is held before it is renewed."""
 
 MESSAGE_BYTES = 1 << 20
 """The largest gRPC message either side accepts: a chunk (codec.CHUNK_BYTES) with room to spare."""
@@ -44,20 +47,27 @@ SLOTS = 16
 """Downloads, and uploads, streamed at once; more wait their turn (their polls hold no params). A client holds
 at most one of each, so hostile clients cannot take all of them."""
 
-STRIKES = 10
-"""Refused requests (uploads refused or cut, downloads cut) a client may cause within STRIKE_WINDOW seconds; one
-more and all its calls are refused for PENALTY seconds, at the cost of a dictionary lookup each. An honest client
-is never refused this often."""
-STRIKE_WINDOW = 60.0
-PENALTY = 30.0
+STRANGER_DELAY = 1.0
+"""Seconds a penalized address's unauthenticated call waits before it is refused: a flood from one address is
+slowed to one call per second per stream, at the cost of a sleeping coroutine."""
 
 
 @dataclass(frozen=True)
 class StreamLimits:
     idle: float = 10.0
-    """Seconds a stream may pause (between chunks, or before its header) before it is cut."""
+    """Seconds a stream may pause (between chunks, or before its header) before it is cut, and that a new
+    connection's TLS handshake may take."""
     min_rate: float = 64 * 1024
     """Bytes per second a stream must average once `idle` seconds have passed."""
+    connections: int = 4096
+    """Connections held at once."""
+
+
+IDLE_CONNECTION = 30.0
+"""Seconds a connection with no call in flight is kept open (a waiting client polls every POLL_SECONDS)."""
+CALLS_PER_CONNECTION = 3
+"""Calls in flight per allowed connection, on average (a client needs three at most: a poll, a download and an
+upload); beyond that many in all, calls are refused (several clients of one process may share a connection)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -81,64 +91,87 @@ class Servicer(pb_grpc.FederationServicer):
         self.receiving = asyncio.Semaphore(SLOTS)
         self.downloading: set[int] = set()
         self.uploading: set[int] = set()
-        self.strikes: dict[int, collections.deque[float]] = {}
-        self.penalized: dict[int, float] = {}  # client id -> until when its calls are refused
+        self.strikes: Strikes[int] = Strikes()  # by client id
+        self.strangers: Strikes[str] = Strikes()  # unauthenticated callers, by peer host
+        self.joins: Strikes[int] = Strikes()  # joins of members that changed nothing, by client id
+        self.audits = AuditLog()
 
-    def audit(self, context: grpc.aio.ServicerContext, client: int | None, what: str) -> None:
-        log.warning("%s (client %s, peer %s)", clean(what), client if client is not None else "unknown",
-                    clean(context.peer()))
+    def audit(self, peer: str, client: int | None, what: str, always: bool = False) -> None:
+        self.audits.line(peer, client, f"{clean(what)} (client {client if client is not None else 'unknown'}, peer "
+                                       f"{clean(peer) or 'unknown'})", always)
 
-    def strike(self, context: grpc.aio.ServicerContext, client: int) -> None:
+    def strike(self, peer: str, client: int) -> None:
         """Count a refused request of `client`; too many in a short time and its calls are refused for a while."""
-        now = time.monotonic()
-        recent = self.strikes.setdefault(client, collections.deque())
-        recent.append(now)
-        while recent and recent[0] < now - STRIKE_WINDOW:
-            recent.popleft()
-        if len(recent) > STRIKES:
-            recent.clear()
-            self.penalized[client] = now + PENALTY
-            self.audit(context, client, f"{STRIKES + 1} refused requests within {STRIKE_WINDOW:g} s: refusing all "
-                                        f"its calls for {PENALTY:g} s")
+        if self.strikes.hit(client):
+            self.audit(peer, client, f"{STRIKES + 1} refused requests within {STRIKE_WINDOW:g} s: refusing all "
+                                     f"its calls for {PENALTY:g} s", always=True)
 
-    async def _caller(self, context: grpc.aio.ServicerContext) -> int:
+    async def _caller(self, context: grpc.aio.ServicerContext) -> tuple[int, str]:
+        """The caller's client id and peer address (read now: a call that ends early has none), or the call is
+        aborted: unknown credentials, or a client penalized for its refused requests. An address that keeps
+        calling with unknown credentials is refused after a second's wait and without a log line per call."""
+        peer = context.peer() or ""
         who = self.fleet.auth.identify(context)
         if isinstance(who, str):
-            self.audit(context, None, f"refused authentication: {who}")
+            host = peer_host(peer)
+            if self.strangers.penalized(host):
+                self.audits.count(peer, None)
+                await asyncio.sleep(STRANGER_DELAY)
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "too many refused calls from this address; "
+                                                                        "try again later")
+            self.audit(peer, None, f"refused authentication: {who}")
+            if self.strangers.hit(host):
+                self.audit(peer, None, f"{STRIKES + 1} refused authentications from {clean(host)} within "
+                                       f"{STRIKE_WINDOW:g} s: its unauthenticated calls wait {STRANGER_DELAY:g} s "
+                                       f"and are refused for {PENALTY:g} s", always=True)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, who)
         assert isinstance(who, int)
-        if self.penalized.get(who, 0.0) > time.monotonic():
+        if self.strikes.penalized(who):
+            self.audits.count(peer, who)
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"client {who}: too many refused requests; try again later")
-        return who
+        return who, peer
 
     def _joined(self, cid: int) -> pb.JoinReply:
         return pb.JoinReply(run=self.fleet.run_id, settings_json=self.fleet.settings_json, client_id=cid,
                             protocol=PROTOCOL)
 
     async def Hello(self, request: pb.HelloRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:  # noqa: N802
-        return self._joined(await self._caller(context))
+        return self._joined((await self._caller(context))[0])
 
     async def Join(self, request: pb.JoinRequest, context: grpc.aio.ServicerContext) -> pb.JoinReply:  # noqa: N802
-        cid = await self._caller(context)
-        reason = self.fleet.join(cid, int(request.num_examples), int(request.num_test), list(request.input_shape),
-                                 int(request.num_classes), request.model_digest)
+        cid, peer = await self._caller(context)
+        reason, new = self.fleet.join(cid, int(request.num_examples), int(request.num_test),
+                                      list(request.input_shape), int(request.num_classes), request.model_digest)
         if reason is not None:
-            self.audit(context, cid, f"refused join: {reason}")
+            self.audit(peer, cid, f"refused join: {reason}")
+            self.strike(peer, cid)
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, reason)
+        if new:
+            await asyncio.to_thread(self.fleet.save_registry)
+        elif self.joins.hit(cid):  # an honest client joins again only after it lost the server or was dropped
+            self.audit(peer, cid, f"joined more than {STRIKES} times within {STRIKE_WINDOW:g} s: refusing all its "
+                                  f"calls for {PENALTY:g} s", always=True)
+            self.strikes.penalize(cid)
+        else:
+            log.info("client %d joined again (nothing changed)", cid)
         return self._joined(cid)
 
     async def GetTask(self, request: pb.TaskRequest, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
-        cid = await self._caller(context)
+        cid, peer = await self._caller(context)
         if (why := self.fleet.not_member(cid)) is not None:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, why)
+        if request.working_on:
+            reason = await self.fleet.attend(cid, int(request.working_on), ATTEND_SECONDS)
+            await context.write(pb.TaskChunk(header=pb.TaskHeader(status=pb.POLL_WAIT, reason=reason)))
+            return
         got = await self.fleet.next_task(cid, request.after_seq, POLL_SECONDS)
         if isinstance(got, tuple):
             status, reason = got
             await context.write(pb.TaskChunk(header=pb.TaskHeader(status=status, reason=reason)))
             return
         if cid in self.downloading:
-            self.audit(context, cid, "refused a second download in flight")
+            self.audit(peer, cid, "refused a second download in flight")
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"client {cid} has a download in flight")
         self.downloading.add(cid)
         try:
@@ -152,8 +185,8 @@ class Servicer(pb_grpc.FederationServicer):
                 await self._send(context, messages)  # one chunk copied at a time
             self.fleet.sent(len(got.payload))
         except TransportError as exc:
-            self.audit(context, cid, f"cut the download of task {got.seq}: {exc}")
-            self.strike(context, cid)
+            self.audit(peer, cid, f"cut the download of task {got.seq}: {exc}")
+            self.strike(peer, cid)
             await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc))
         finally:
             self.downloading.discard(cid)
@@ -178,11 +211,11 @@ class Servicer(pb_grpc.FederationServicer):
 
     async def PutReply(self, request_iterator: AsyncIterator[pb.ReplyChunk],  # noqa: N802
                        context: grpc.aio.ServicerContext) -> pb.PutAck:
-        cid = await self._caller(context)
+        cid, peer = await self._caller(context)
 
         def refuse(reason: str) -> pb.PutAck:
-            self.audit(context, cid, f"refused an upload: {reason}")
-            self.strike(context, cid)
+            self.audit(peer, cid, f"refused an upload: {reason}")
+            self.strike(peer, cid)
             return pb.PutAck(accepted=False, reason=reason)
 
         parts = aiter(request_iterator)
@@ -211,12 +244,16 @@ class Servicer(pb_grpc.FederationServicer):
         except TransportError as exc:
             self.fleet.spool.discard(path)
             return refuse(str(exc))
+        except asyncio.CancelledError:  # the client's upload broke off: its process or connection died
+            self.fleet.spool.discard(path)
+            self.fleet.disconnected(cid, header.seq)
+            raise
         finally:
             self.uploading.discard(cid)
         reason = await self.fleet.accept(cid, header, path, header.size)
         if reason is not None:
-            self.audit(context, cid, f"rejected the reply to task {header.seq}: {reason}")
-            self.strike(context, cid)
+            self.audit(peer, cid, f"rejected the reply to task {header.seq}: {reason}")
+            self.strike(peer, cid)
         return pb.PutAck(accepted=reason is None, reason=reason or "")
 
 
@@ -229,6 +266,7 @@ class RunningServer:
         self._thread = threading.Thread(target=self._loop.run_forever, name="fedloop-grpc", daemon=True)
         self._thread.start()
         try:
+            self._servicer = Servicer(fleet, limits)
             self._server, self.port = self._call(self._start(fleet, address, credentials, limits))
         except RuntimeError:  # grpc: "Failed to bind to address ..."
             self._halt()
@@ -246,10 +284,16 @@ class RunningServer:
         # no BDP probing: each stream keeps gRPC's 64 KiB flow-control window, so uploads that wait their turn
         # buffer 64 KiB each in the transport, not a whole update; no SO_REUSEPORT: a second server on the same
         # address fails instead of splitting the clients with this one
+        # connections that never finish their handshake, or hold no call, are closed within a bound, and their
+        # number is capped, so that held or half-open connections cannot take the server's memory
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", MESSAGE_BYTES),
                                           ("grpc.max_send_message_length", MESSAGE_BYTES),
-                                          ("grpc.http2.bdp_probe", 0), ("grpc.so_reuseport", 0)])
-        pb_grpc.add_FederationServicer_to_server(Servicer(fleet, limits), server)
+                                          ("grpc.http2.bdp_probe", 0), ("grpc.so_reuseport", 0),
+                                          ("grpc.server_handshake_timeout_ms", int(limits.idle * 1000)),
+                                          ("grpc.max_connection_idle_ms", int(IDLE_CONNECTION * 1000)),
+                                          ("grpc.max_allowed_incoming_connections", limits.connections)],
+                                 maximum_concurrent_rpcs=CALLS_PER_CONNECTION * limits.connections)
+        pb_grpc.add_FederationServicer_to_server(self._servicer, server)
         if credentials is None:
             port = server.add_insecure_port(address)
         else:
@@ -263,6 +307,7 @@ class RunningServer:
             self._call(self._server.stop(grace))
         finally:
             self._halt()
+            self._servicer.audits.flush()
 
     def _halt(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
