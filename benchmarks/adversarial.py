@@ -40,7 +40,7 @@ KINDS = ("stall", "trickle", "oversize", "flood", "huge", "stranger")
 DEFAULT_KINDS = KINDS[:4]
 
 
-def _stub(port: int, certs: Path, cid: int, bdp: bool = True):  # noqa: ANN202
+def _stub(port: int, certs: Path, cid: int, bdp: bool = True, own: bool = False):  # noqa: ANN202
     import grpc
 
     pb, pb_grpc = _import_protocol()
@@ -48,6 +48,8 @@ def _stub(port: int, certs: Path, cid: int, bdp: bool = True):  # noqa: ANN202
     options = [("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)]
     if not bdp:  # keep the 64 KiB window: an unread download stalls the server's writes
         options.append(("grpc.http2.bdp_probe", 0))
+    if own:  # a connection of its own, as from another machine
+        options.append(("grpc.use_local_subchannel_pool", 1))
     stub = pb_grpc.FederationStub(grpc.secure_channel(f"127.0.0.1:{port}", creds, options=options))
     return pb, stub, [("authorization", f"Bearer {(certs / f'client-{cid}.token').read_text().strip()}")]
 
@@ -60,9 +62,10 @@ def _server(config: str, out: str, certs: str, queue: mp.Queue) -> None:
     from fedloop.config import load_config
     from fedloop.net.serve import serve
     from fedloop.progress import log_to
+    from fedloop.store import run_directory
 
     logging.getLogger().setLevel(logging.INFO)
-    with log_to(Path(out)):
+    with run_directory(out), log_to(Path(out)):
         result = serve(load_config(config), out, cert_dir=certs, tokens=None, on_listen=queue.put)
     queue.put({"seconds": [r["seconds"] for r in result.history], "stop": result.stop_reason,
                "excluded": result.summary.get("excluded", []),
@@ -109,7 +112,7 @@ def _honest(port: int, certs: Path, cid: int, times: list[float], digest: str) -
 
 def _stranger(port: int, certs: Path, stop: threading.Event, calls: list[int]) -> None:
     """Unauthenticated Hello calls with a forged token, 200 in flight, until `stop`."""
-    pb, stub, _ = _stub(port, certs, 0)
+    pb, stub, _ = _stub(port, certs, 0, own=True)
     window = threading.BoundedSemaphore(200)
     while not stop.is_set():
         window.acquire()
@@ -216,6 +219,7 @@ def run(n: int, k: int, rounds: int, root: Path, kinds: list[str]) -> dict:
     np.savez(root / "server.npz", x_train=x, y_train=np.array([0, 9]), x_test=x, y_test=np.array([0, 9]))
     certs = root / f"certs{n}-{k}"
     make_certs(certs, [str(c) for c in range(n + k)])
+    joining = n + sum(kinds[i % len(kinds)] != "stranger" for i in range(k))  # strangers never join
     config = root / f"adv{n}-{k}.toml"
     config.write_text(f"""
 rounds = {rounds + 1}
@@ -225,13 +229,13 @@ path = "{root / 'server.npz'}"
 [model]
 name = "logreg"
 [strategy]
-clients_per_round = {n + k}
+clients_per_round = {joining}
 [eval]
 federated = false
 every = 1000
 [server]
 address = "127.0.0.1:0"
-min_clients = {n + k}
+min_clients = {joining}
 round_deadline = 10
 stream_idle_timeout = 5
 spool_bytes = {SPOOL_BYTES}
