@@ -21,7 +21,7 @@ from torch.func import functional_call, grad_and_value, vmap
 
 from ..data.examples import Examples
 from ..params import load_into
-from ..randomness import Draws, Seeded, noise_like, secret
+from ..randomness import Draws, draws, noise_like
 from ..sampling import sub_seed
 from ..types import Params, Task
 from .evaluate import Tally
@@ -47,9 +47,7 @@ def num_steps(n: int, rows: int, epochs: int, full: bool) -> int:
 def sources(program, task_seed: int) -> tuple[Draws, Draws]:  # noqa: ANN001 - an SGDProgram
     """(where a client's DP-SGD batches come from, where its noise comes from): its secret stream for both, or in
     the research setting two generators seeded from the task seed."""
-    if program.secure_noise:
-        return secret(), secret()
-    return Seeded(task_seed), Seeded(noise_seed(task_seed))
+    return draws(program.secure_noise, task_seed), draws(program.secure_noise, noise_seed(task_seed))
 
 
 def batches(source: Draws, n: int, rows: int, steps: int, full: bool) -> list[torch.Tensor]:

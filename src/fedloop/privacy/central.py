@@ -58,7 +58,6 @@ class CentralDP(Transform):
 
     def __post_init__(self) -> None:
         check_accounting(self)
-        checks.one_of(self, "secure_noise", (True, False))
         checks.positive(self, "clip_lr")
         checks.one_of(self, "where", ("client", "server"))
         checks.one_of(self, "denominator", ("expected", "actual"))

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from .. import checks
 from ..client import dpsgd
 from ..client.training import SGDProgram
 from ..transforms import RoundInfo, Transform
@@ -54,7 +53,6 @@ class DPSGD(Transform):
 
     def __post_init__(self) -> None:
         check_accounting(self)
-        checks.one_of(self, "secure_noise", (True, False))
 
     def check(self, strategy: Strategy) -> str | None:
         return unsupported(strategy, self, extras_ok=True)

@@ -39,7 +39,6 @@ class LocalDP(Transform):
     def __post_init__(self) -> None:
         check_accounting(self)
         checks.one_of(self, "accountant", ("rdp", "pld"))
-        checks.one_of(self, "secure_noise", (True, False))
 
     def check(self, strategy: Strategy) -> str | None:
         return unsupported(strategy, self)

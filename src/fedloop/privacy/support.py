@@ -36,9 +36,10 @@ def unsupported(strategy: Strategy, transform: Transform, *, extras_ok: bool = F
 
 def check_accounting(obj: Any) -> None:
     """The checks every mechanism's accounting fields share: clip and noise positive, delta in (0, 1), a positive
-    budget when one is set."""
+    budget when one is set, and secure_noise a bool."""
     from .. import checks
 
+    checks.one_of(obj, "secure_noise", (True, False))
     checks.positive(obj, "clip", "noise_multiplier")
     checks.in_range(obj, "delta", 0.0, 1.0, low_open=True)
     if obj.max_epsilon is not None:
