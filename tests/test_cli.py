@@ -158,6 +158,7 @@ def test_an_interrupted_run_keeps_its_files_and_resumes_to_the_uninterrupted_mod
     assert proc.returncode == 130 and "stop interrupted" in out and "--resume" in err
     summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert summary["stop_reason"] == "interrupted" and 4 <= summary["rounds"] < 8
+    assert len(metrics.read_text().splitlines()) == summary["rounds"]  # no file holds a round the others lack
     fedloop.load_model(tmp_path / "cut")  # the latest model is there
     resumed = fedloop_cli("run", "--resume", str(tmp_path / "cut"), "--quiet")
     assert resumed.returncode == 0, resumed.stderr

@@ -292,3 +292,35 @@ def test_stop_conditions_are_a_list_and_the_last_round_is_evaluated():
                    evaluator=lambda p: {"loss": float(p["w"].sum())}, eval_every=5, federated_eval=False)
     assert res.stop_reason == "budget" and res.state.round == 2
     assert "loss" not in res.records[0].metrics and "loss" in res.records[1].metrics
+
+
+def test_a_stop_request_while_a_round_is_written_ends_the_run_after_that_round(tmp_path):
+    """SIGTERM (raising KeyboardInterrupt, as the command line's handler does) that lands while the observers write
+    round 2 is held until they are done: the run stops after round 2, and every file agrees on it."""
+    import os
+    import signal
+
+    from fedloop.observers import Observer
+
+    class StopMidRound(Observer):
+        def __init__(self):
+            self.rounds = []
+
+        def round(self, record, state):
+            if state.round == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            self.rounds.append(state.round)  # reached only if the signal waits
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    stopper = StopMidRound()
+    try:
+        data = blobs(n_train=100, n_test=20)
+        res = simulate(model_fn, data, make_partition(data, "iid", 4, seed=0), FedAvg(sampler=Sampler(4)),
+                       options(6, out=tmp_path / "r", observers=(stopper,)))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert res.stop_reason == "interrupted" and stopper.rounds == [1, 2] and res.state.round == 2
+    assert res.summary["rounds"] == 2 and len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 2

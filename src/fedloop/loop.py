@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from . import checks, culprits
+from . import checks, culprits, interrupts
 from .errors import AggregationError, PrivacyBudgetExhausted
 from .fleet import Fleet, check_capabilities, run
 from .observers import Observer
@@ -226,9 +226,10 @@ def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], ev
             log.warning("round %d failed: %s (attempt %d of %d)", state.round + 1, why, attempts, policy.retries + 1)
             record = RoundRecord(state.round + 1, got.selected, updates, failures, None, up, down,
                                  time.perf_counter() - start, timings=timings, failed=True, excluded=excluded)
-            result.records.append(record)
-            for o in observers:
-                o.round(record, state)
+            with interrupts.held():
+                result.records.append(record)
+                for o in observers:
+                    o.round(record, state)
             if attempts > policy.retries:
                 if why == NON_FINITE:
                     log.error("the run diverged in round %d: %s, in every one of %d attempts", state.round + 1, why,
@@ -247,10 +248,11 @@ def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], ev
         record = RoundRecord(state.round, got.selected, updates, failures,
                              agg.metrics.get("train_loss") if agg else None, up, down, time.perf_counter() - start,
                              metrics, timings, excluded=excluded)
-        result.records.append(record)
-        for o in observers:
-            o.round(record, state)
-        result.state = state  # the round is complete once its record is out
+        with interrupts.held():  # the round is complete once its record, files and state are all out
+            result.records.append(record)
+            for o in observers:
+                o.round(record, state)
+            result.state = state
         if (stop_reason := _first(stop.after(record, state) for stop in stops)) is not None:
             result.stop_reason = stop_reason
             return

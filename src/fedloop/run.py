@@ -14,11 +14,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import checks
+from . import checks, interrupts
 from .client import LossFn, RoundStates, evaluate
 from .data.examples import Examples
 from .fleet import Fleet
-from .loop import RoundPolicy, run_loop
+from .loop import LoopResult, RoundPolicy, run_loop
 from .observers import Checkpointer, Observer, RunDirWriter
 from .params import from_model, load_into
 from .stops import Diverged, MaxRounds, Patience, StopCondition, TargetAccuracy
@@ -202,6 +202,13 @@ def _train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, 
     result = run_loop(strategy, fleet, state, options.stop_conditions(), evaluator=evaluator,
                       eval_every=options.eval.every, federated_eval=options.eval.federated, policy=options.policy,
                       observers=observers)
+    with interrupts.held():  # a stop request while the files are written waits until they are
+        return _finish(result, fleet, model_fn, strategy, options, run_dir, t0, observers)
+
+
+def _finish(result: LoopResult, fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy,
+            options: RunOptions, run_dir: RunDir | None, t0: float, observers: list[Observer]) -> RunResult:
+    """The run's model, summary and end-of-run files from the loop's result."""
     final = result.state
     model = model_fn()
     load_into(model, final.params)
