@@ -14,6 +14,10 @@ floor's (a sanity check that the same work was done).
     python benchmarks/engine.py                    # W1-W4, 5 timed rounds each
     python benchmarks/engine.py --workloads W3 W4 --rounds 5
     python benchmarks/engine.py --interleave W1 --rounds 6   # sequential vs floor (a), alternating rounds
+    python benchmarks/engine.py --two-nodes W3 --rounds 5    # Ray: one node, then two (one CPU each)
+
+--two-nodes starts a Ray cluster on this machine (ray.cluster_utils.Cluster on 127.0.0.1: a head node with one CPU),
+times fedloop's Ray engine on it, adds a second one-CPU node, times it again, and prints both with their ratio.
 """
 
 from __future__ import annotations
@@ -143,6 +147,40 @@ def fedloop_run(w: Workload, rounds: int, seed: int, executor: str) -> tuple[lis
     return [r.seconds for r in result.records[1:]], result.state.params
 
 
+def two_nodes(name: str, rounds: int, seed: int, executor: str) -> None:
+    """Seconds per round of the Ray engine on a one-node, then a two-node cluster (one CPU per node), in one run."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a test cluster of this machine only
+    w = make_workload(name, None, seed)
+    cluster = Cluster(initialize_head=True, connect=True, head_node_args={
+        "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+    spr, params = {}, {}
+    try:
+        for nodes in (1, 2):
+            if nodes == 2:
+                cluster.add_node(num_cpus=1, node_ip_address="127.0.0.1")
+                cluster.wait_for_nodes()
+                while ray.cluster_resources().get("CPU", 0) < 2:
+                    time.sleep(0.1)
+            fleet = build_fleet(w.data, w.part, w.strategy, w.model_fn, F.cross_entropy,
+                                SimOptions(executor=executor, engine="ray"))
+            state = w.strategy.init(initial_params(w.model_fn, seed), seed)
+            result = run_loop(w.strategy, fleet, state, [MaxRounds(rounds + 1)], federated_eval=False)
+            print(f"  {nodes} node{'s' if nodes > 1 else ''}: {fleet.describe()}")
+            fleet.close()
+            spr[nodes] = statistics.median(r.seconds for r in result.records[1:])
+            params[nodes] = result.state.params
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    diff = max(float((params[1][k] - params[2][k]).abs().max()) for k in params[1])
+    print(f"\n{name}: {w.about}; Ray engine, executor {executor}, median of {rounds} timed rounds\n"
+          f"  one node  {spr[1]:.4f} s/round\n  two nodes {spr[2]:.4f} s/round\n"
+          f"  two nodes take {spr[2] / spr[1]:.3f}x the time of one; max |dW| between them {diff:.2e}")
+
+
 def interleaved(name: str, rounds: int, seed: int) -> None:
     """fedloop's sequential fleet and floor (a) in one process, round by round, so machine noise hits both."""
     w = make_workload(name, None, seed)
@@ -219,7 +257,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--interleave", metavar="W", help="only: time fedloop sequential and floor (a) round by round "
                                                       "in one process on workload W")
+    ap.add_argument("--two-nodes", metavar="W", help="only: the Ray engine on a one-node, then a two-node cluster on "
+                                                    "this machine (one CPU each), on workload W")
+    ap.add_argument("--ray-executor", default="vectorized", choices=("sequential", "vectorized", "auto"),
+                    help="the executor inside each Ray actor for --two-nodes")
     args = ap.parse_args()
+    if args.two_nodes:
+        two_nodes(args.two_nodes, args.rounds, args.seed, args.ray_executor)
+        return
     if args.interleave:
         interleaved(args.interleave, args.rounds, args.seed)
         return

@@ -134,11 +134,11 @@ def options(rounds: int, seed: int = 0, federated: bool = False, **kw) -> RunOpt
 
 
 def run_sizes(strategy, sizes, executor="sequential", rounds=3, seed=5, model=small_model, loss=F.cross_entropy,
-              engine="local", data=None, **kw):
+              engine="local", data=None, workers=None, **kw):
     """`strategy` over clients of the given sizes of blob data."""
     data = data if data is not None else blobs(n_train=sum(sizes))
     return simulate(model, data, manual_partition(sizes), strategy, options(rounds, seed, **kw), loss_fn=loss,
-                    sim=SimOptions(executor=executor, engine=engine))
+                    sim=SimOptions(executor=executor, engine=engine, workers=workers))
 
 
 @contextmanager

@@ -114,7 +114,7 @@ def test_the_parts_sections_take_their_defaults_from_the_dataclasses():
     import dataclasses
 
     from fedloop import SGD, FedAvg, LocalSGD, RunOptions, Sampler, SimOptions, WeightedMean
-    from fedloop.build import run_options, strategy_from_config
+    from fedloop.build import run_options, server_options, simulation_policy, strategy_from_config
     from fedloop.net.options import ServerOptions
 
     cfg = load_config()
@@ -122,7 +122,9 @@ def test_the_parts_sections_take_their_defaults_from_the_dataclasses():
     assert FedAvg() == FedAvg(sampler=Sampler(), local=LocalSGD(), aggregator=WeightedMean(), server_opt=SGD())
     assert run_options(cfg) == RunOptions()
     assert cfg.sim.model_dump() == dataclasses.asdict(SimOptions())
-    assert cfg.server.model_dump() == dataclasses.asdict(ServerOptions())
+    # round_deadline unset: the server's default (120 s) in a deployment, none in a simulation
+    assert cfg.server.model_dump() == {**dataclasses.asdict(ServerOptions()), "round_deadline": None}
+    assert server_options(cfg) == ServerOptions() and simulation_policy(cfg).round_deadline is None
     assert cfg.client.model_dump() == dataclasses.asdict(LocalSGD())
 
 
@@ -181,3 +183,15 @@ where = "server"
 '''))
     assert strategy_from_config(cfg).transforms == (Clip(2.0, "client"), Clip(1.0, "server"))
     assert load_config(write(tmp_path, to_toml(cfg))) == cfg
+
+
+def test_a_simulation_round_deadline_needs_workers_it_can_stop_waiting_for(tmp_path):
+    from fedloop.build import check_runnable, simulation_policy
+
+    cfg = load_config(overrides=["server.round_deadline=30"])
+    assert simulation_policy(cfg).round_deadline == 30.0  # what `fedloop run` waits
+    with pytest.raises(ConfigError, match=r"server.round_deadline = 30.0: a simulation can stop waiting for worker "
+                                          r"processes or Ray actors, not for sim.executor = 'auto'"):
+        check_runnable(cfg)
+    check_runnable(load_config(overrides=["server.round_deadline=30", "sim.executor=processes"]))
+    check_runnable(load_config(overrides=["server.round_deadline=30", "sim.engine=ray"]))

@@ -324,3 +324,26 @@ def test_a_stop_request_while_a_round_is_written_ends_the_run_after_that_round(t
         signal.signal(signal.SIGTERM, before)
     assert res.stop_reason == "interrupted" and stopper.rounds == [1, 2] and res.state.round == 2
     assert res.summary["rounds"] == 2 and len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_failed_federated_evaluation_is_counted_and_named():
+    data = blobs(n_train=300, n_test=50)
+    part = make_partition(data, "dirichlet", 6, seed=0, alpha=1.0, local_test_fraction=0.2)
+    sizes = [len(t) for t in part.test]
+    target = next(i for i, n in enumerate(sizes) if sizes.count(n) == 1 and n not in (0, 50))
+
+    class FailsOneEvaluation(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(5, 3)
+
+        def forward(self, x):
+            if not self.training and len(x) == sizes[target]:
+                raise RuntimeError("evaluation crash")
+            return self.lin(x)
+
+    res = simulate(FailsOneEvaluation, data, part, FedAvg(sampler=Sampler(3)), options(2, federated=True),
+                   sim=SimOptions(executor="sequential"))
+    for h in res.history:
+        assert h["eval_failures"] == 1 and h["eval_failed_clients"][0]["client"] == target
+        assert "evaluation crash" in h["eval_failed_clients"][0]["reason"] and "fed_accuracy" in h

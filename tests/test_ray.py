@@ -2,13 +2,16 @@
 kept by the fleet, and Failures for dead actors and missed deadlines."""
 
 import os
+import re
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import ray
 import torch
-from conftest import assert_close, run_sizes
+from conftest import assert_close, assert_equal, run_sizes
 from test_sim import CONFORMANCE, SIZES, CountingFedAvg
 from torch import nn
 
@@ -22,10 +25,14 @@ pytestmark = pytest.mark.slow
 def local_ray():
     here = str(Path(__file__).parent)
     path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})  # actors import this test module's classes
-    yield
+    marks = tempfile.mkdtemp(prefix="fedloop-ray-test-")
+    os.environ["FEDLOOP_TEST_MARKS"] = marks
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": path, "FEDLOOP_TEST_MARKS": marks}})  # actors import this
+    yield                                                                                 # test module's classes
     ray.shutdown()
+    shutil.rmtree(marks)
+    del os.environ["FEDLOOP_TEST_MARKS"]
 
 
 def in_actor() -> bool:
@@ -69,15 +76,47 @@ def test_client_state_stays_with_the_fleet_while_actors_train():
     strategy = CountingFedAvg(sampler=Sampler(None), local=LocalSGD(epochs=1, batch_size=5))
     res = run_sizes(strategy, SIZES, "auto", engine="ray")
     assert [h["participations"] for h in res.history] == [1.0, 2.0, 3.0]
+    assert re.fullmatch(r"ray \(2 actors, executor auto: (sequential|vectorized)\)", res.summary["executor"])
 
 
-def test_a_dead_actor_costs_its_share_and_the_next_round_runs():
+def test_a_client_that_kills_its_actor_every_time_fails_alone_and_the_others_train():
     strategy = FedAvg(sampler=Sampler(None), local=LocalSGD(epochs=1, batch_size="full"))
     res = run_sizes(strategy, SIZES, "sequential", rounds=2, model=DiesInActor, engine="ray")
     assert res.state.round == 2
     for h in res.history:
-        assert h["failures"] >= 1 and h["clients"] + h["failures"] == len(SIZES)
-        assert all("Ray actor died" in f["reason"] for f in h["failed_clients"])
+        assert h["clients"] == len(SIZES) - 1 and [f["client"] for f in h["failed_clients"]] == [3]
+        assert "a Ray actor was lost" in h["failed_clients"][0]["reason"]
+        assert any("run client by client" in i for i in h["incidents"])
+
+
+class DiesOnceInActor(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(5, 3)
+
+    def forward(self, x):
+        mark = os.environ.get("FEDLOOP_TEST_MARKS")
+        if x.shape[0] == 2 and in_actor() and mark and not os.path.exists(os.path.join(mark, "died")):
+            open(os.path.join(mark, "died"), "w").close()
+            os._exit(9)  # as if the actor's process were killed from outside, once
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("executor", ["sequential", "vectorized"])
+def test_an_actor_killed_mid_round_changes_no_bit_its_share_is_run_again(executor):
+    strategy = FedAvg(sampler=Sampler(None), local=LocalSGD(epochs=1, batch_size="full"))
+    clean = run_sizes(strategy, SIZES, "processes-vectorized" if executor == "vectorized" else "processes", rounds=2,
+                      model=DiesOnceInActor, workers=2)
+    died = Path(os.environ["FEDLOOP_TEST_MARKS"]) / "died"
+    died.unlink(missing_ok=True)
+    hit = run_sizes(strategy, SIZES, executor, rounds=2, model=DiesOnceInActor, engine="ray")
+    assert died.exists()
+    assert_equal(hit.state.params, clean.state.params)  # the same shares as 2 local processes: the same bits
+    first = hit.history[0]
+    assert first["failures"] == 0 and first["clients"] == len(SIZES)
+    assert len(first["incidents"]) == 1 and re.fullmatch(
+        r"round 1 \(fit\): a Ray actor was lost \(ActorDiedError\); its share \(clients [\d, ]+\) was run again",
+        first["incidents"][0])
 
 
 def test_a_share_past_the_round_deadline_fails_and_its_actor_is_replaced():

@@ -299,13 +299,48 @@ class Killer(nn.Module):
         return self.lin(x)
 
 
-def test_a_worker_process_that_dies_becomes_failures_and_the_next_round_runs():
+def test_a_client_that_kills_its_worker_every_time_fails_alone_and_the_others_train():
     strategy = FedAvg(sampler=Sampler(None), local=LocalSGD(epochs=1, batch_size="full"))
     res = run(strategy, "processes", rounds=2, model=Killer)
     assert res.state.round == 2
     for h in res.history:
-        assert h["failures"] >= 1 and h["clients"] + h["failures"] == len(SIZES)
-        assert all("worker process died" in f["reason"] for f in h["failed_clients"])
+        assert h["clients"] == len(SIZES) - 1 and [f["client"] for f in h["failed_clients"]] == [3]
+        assert "a worker process died, each of the 2 times it ran this client" in h["failed_clients"][0]["reason"]
+        assert any("run client by client" in i for i in h["incidents"])
+
+
+KILL_ONCE: list[str] = []  # a marker file's path, set by the test before the pool forks
+
+
+class KilledOnce(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(5, 3)
+
+    def forward(self, x):
+        if x.shape[0] == 2 and os.getpid() != PARENT and KILL_ONCE and not os.path.exists(KILL_ONCE[0]):
+            open(KILL_ONCE[0], "w").close()
+            os._exit(9)  # as if the worker were killed from outside, once
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("executor", ["processes", "processes-vectorized"])
+def test_a_worker_killed_mid_round_changes_no_bit_its_share_is_run_again(tmp_path, executor):
+    strategy = FedAvg(sampler=Sampler(None), local=LocalSGD(epochs=1, batch_size="full"))
+    clean = run(strategy, executor, rounds=2, model=KilledOnce)
+    KILL_ONCE[:] = [str(tmp_path / "killed")]
+    try:
+        hit = run(strategy, executor, rounds=2, model=KilledOnce)
+    finally:
+        KILL_ONCE.clear()
+    assert (tmp_path / "killed").exists()
+    assert_equal(hit.state.params, clean.state.params)
+    first = hit.history[0]
+    assert first["failures"] == 0 and first["clients"] == len(SIZES)
+    # the dead worker breaks the pool: the other share is run again too, unless it was done already
+    assert 1 <= len(first["incidents"]) <= 2
+    assert all("a worker process died; its share (clients" in i and "was run again" in i for i in first["incidents"])
+    assert "incidents" not in hit.history[1]
 
 
 class Sleepy(nn.Module):

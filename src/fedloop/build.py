@@ -133,7 +133,17 @@ def sim_options(cfg: Config) -> SimOptions:
 
 
 def server_options(cfg: Config) -> ServerOptions:
-    return make("server", ServerOptions, **_values(cfg.server))
+    values = _values(cfg.server)
+    if values["round_deadline"] is None:  # unset: the server's default deadline
+        del values["round_deadline"]
+    return make("server", ServerOptions, **values)
+
+
+def simulation_policy(cfg: Config) -> RoundPolicy:
+    """A simulation's round policy: [server] min_updates and retries, and round_deadline when it is set (a
+    simulation has none by default: it repeats to the bit only when no share is cut by the clock)."""
+    server = cfg.server
+    return RoundPolicy(server.round_deadline, server.min_updates, server.retries)
 
 
 def log_options(cfg: Config) -> LogOptions:
@@ -186,6 +196,12 @@ def check_runnable(cfg: Config, deployed: bool = False) -> None:
         if sampler.clients_per_round is not None and sampler.fraction is None:
             check_round_size(strategy.aggregator, sampler.clients_per_round, "strategy.clients_per_round is")
         return
+    deadline = cfg.server.round_deadline
+    if deadline is not None and cfg.sim.engine == "local" and cfg.sim.executor not in ("processes",
+                                                                                       "processes-vectorized"):
+        raise ConfigError(f"server.round_deadline = {deadline}: a simulation can stop waiting for worker processes "
+                          f"or Ray actors, not for sim.executor = {cfg.sim.executor!r}, which trains in this process; "
+                          "set sim.executor = 'processes' or sim.engine = 'ray', or leave the deadline out")
     clients = cfg.partition.num_clients
     if sampler.clients_per_round is not None and sampler.fraction is None and sampler.clients_per_round > clients:
         raise ConfigError(f"strategy.clients_per_round = {sampler.clients_per_round}: the run has {clients} clients "

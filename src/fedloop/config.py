@@ -117,7 +117,8 @@ else:
     CheckpointSection = section("CheckpointSection", CheckpointOptions)
     LogSection = section("LogSection", LogOptions)
     SimSection = section("SimSection", SimOptions)
-    ServerSection = section("ServerSection", ServerOptions)
+    ServerSection = section("ServerSection", ServerOptions,  # unset: a server's default, no deadline in a simulation
+                            extra={"round_deadline": (float | None, None)})
     PrivacySection = section("PrivacySection", PrivacyOptions)
     AttackSection = section("AttackSection", AttackOptions)
 

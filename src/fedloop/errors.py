@@ -37,3 +37,8 @@ class CheckpointError(FedloopError):
 
 class PrivacyBudgetExhausted(FedloopError):
     """Releasing another round would exceed the privacy budget (privacy.max_epsilon); nothing of it is released."""
+
+
+class WorkersLost(FedloopError):
+    """A simulation has no worker left to train on (every Ray actor lost, none can start); the run stops as
+    interrupted with its files, and resumes when workers are back."""

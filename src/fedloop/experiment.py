@@ -24,6 +24,7 @@ from .build import (
     partition_from_config,
     run_options,
     sim_options,
+    simulation_policy,
     strategy_from_config,
 )
 from .client import ClientApp, LossFn
@@ -143,7 +144,8 @@ def run_config(cfg: Config, out: str | Path | None = None, observers: tuple[Obse
         if cfg.sim.engine == "local":
             cfg = cfg.model_copy(update={"sim": cfg.sim.model_copy(update={"executor": fleet.chosen})})
         return train(fleet, model_fn, strategy,
-                     run_options(cfg, out=out, observers=observers, resume=resume, overwrite=overwrite),
+                     run_options(cfg, out=out, observers=observers, resume=resume, overwrite=overwrite,
+                                 policy=simulation_policy(cfg)),
                      test=Examples.all(data.x_test, data.y_test), loss_fn=loss_fn, partition_json=partition.to_json(),
                      model_meta=model_meta(cfg, spec, data.name),
                      config_toml=to_toml(cfg), extra_metrics=metric)

@@ -67,6 +67,13 @@ def run(fleet: Fleet, tasks: Sequence[Task], deadline: float | None = None) -> l
     return [got.get(t.client_id) or Failure(t.client_id, t.round, why) for t in tasks]
 
 
+def incidents(fleet: Fleet) -> list[str]:
+    """Work a fleet lost with a worker (a dead process, actor or node) since the last call and what became of it,
+    for fleets that run work again rather than fail its clients (simulation); none for the others."""
+    own = getattr(fleet, "incidents", None)
+    return list(own()) if own is not None else []
+
+
 def check_capabilities(needs: frozenset[str], fleet: Fleet, who: str) -> None:
     """ConfigError unless `fleet` can do everything `who` needs."""
     missing = sorted(needs - getattr(fleet, "capabilities", frozenset()))

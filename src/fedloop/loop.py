@@ -11,8 +11,8 @@ import numpy as np
 import torch
 
 from . import checks, culprits, interrupts
-from .errors import AggregationError, PrivacyBudgetExhausted
-from .fleet import Fleet, check_capabilities, run
+from .errors import AggregationError, PrivacyBudgetExhausted, WorkersLost
+from .fleet import Fleet, check_capabilities, incidents, run
 from .observers import Observer
 from .reduction import reduce
 from .sampling import task_seeds
@@ -81,16 +81,22 @@ def federated_metrics(evals: Sequence[Evaluation]) -> dict[str, float]:
 
 
 def evaluate_round(state: ServerState, fleet: Fleet, evaluator: Evaluator | None, federated: bool,
-                   deadline: float | None = None) -> dict[str, float]:
-    """Centralized metrics on the held-out test set and federated metrics on every client's local split."""
+                   deadline: float | None = None) -> tuple[dict[str, float], list[Failure]]:
+    """Centralized metrics on the held-out test set and federated metrics on every client's local split, with the
+    clients whose evaluation failed (the federated metrics cover the others)."""
     metrics = dict(evaluator(state.params)) if evaluator is not None else {}
+    failures: list[Failure] = []
     if federated:
         ids = [c.client_id for c in fleet.clients() if c.client_id not in state.excluded]
         seeds = task_seeds(state.seed, state.round, ids).tolist()
         shared = Broadcast(state.round, state.params, {}, "evaluate")
         tasks = [Task(c, state.round, "evaluate", shared, s) for c, s in zip(ids, seeds, strict=True)]
-        metrics.update(federated_metrics([r for r in run(fleet, tasks, deadline) if isinstance(r, Evaluation)]))
-    return metrics
+        replies = run(fleet, tasks, deadline)
+        failures = [r for r in replies if isinstance(r, Failure)]
+        for f in failures:
+            log.warning("round %d: client %d failed its evaluation: %s", f.round, f.client_id, f.reason)
+        metrics.update(federated_metrics([r for r in replies if isinstance(r, Evaluation)]))
+    return metrics, failures
 
 
 @dataclass
@@ -186,6 +192,10 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequen
     except KeyboardInterrupt:
         log.warning("interrupted after round %d; the run keeps its files up to that round", result.state.round)
         result.stop_reason = "interrupted"
+    except WorkersLost as exc:
+        log.error("%s: the run stops after round %d, with its files; --resume continues it when workers are back",
+                  exc, result.state.round)
+        result.stop_reason = "interrupted"
     return result
 
 
@@ -225,7 +235,8 @@ def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], ev
             attempts += 1
             log.warning("round %d failed: %s (attempt %d of %d)", state.round + 1, why, attempts, policy.retries + 1)
             record = RoundRecord(state.round + 1, got.selected, updates, failures, None, up, down,
-                                 time.perf_counter() - start, timings=timings, failed=True, excluded=excluded)
+                                 time.perf_counter() - start, timings=timings, failed=True, excluded=excluded,
+                                 incidents=tuple(incidents(fleet)))
             with interrupts.held():
                 result.records.append(record)
                 for o in observers:
@@ -241,13 +252,16 @@ def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], ev
         attempts = 0
         state = new
         metrics = {k: v for k, v in agg.metrics.items() if k != "train_loss"} if agg else {}
+        eval_failures: list[Failure] = []
         if state.round % eval_every == 0 or _first(stop.before(state) for stop in stops) is not None:
-            result.final_metrics = evaluate_round(state, fleet, evaluator, federated_eval, policy.round_deadline)
+            result.final_metrics, eval_failures = evaluate_round(state, fleet, evaluator, federated_eval,
+                                                                 policy.round_deadline)
             metrics.update(result.final_metrics)
             timings["evaluate"] = time.perf_counter() - t_aggregate
         record = RoundRecord(state.round, got.selected, updates, failures,
                              agg.metrics.get("train_loss") if agg else None, up, down, time.perf_counter() - start,
-                             metrics, timings, excluded=excluded)
+                             metrics, timings, excluded=excluded, incidents=tuple(incidents(fleet)),
+                             eval_failures=tuple(eval_failures))
         with interrupts.held():  # the round is complete once its record, files and state are all out
             result.records.append(record)
             for o in observers:
@@ -258,7 +272,7 @@ def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], ev
             return
     result.stop_reason = reason
     if not any(not r.failed for r in result.records):
-        result.final_metrics = evaluate_round(state, fleet, evaluator, federated_eval, policy.round_deadline)
+        result.final_metrics, _ = evaluate_round(state, fleet, evaluator, federated_eval, policy.round_deadline)
 
 
 def _first(reasons: Iterable[str | None]) -> str | None:

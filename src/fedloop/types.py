@@ -157,6 +157,10 @@ class RoundRecord:
     failed: bool = False
     excluded: tuple[int, ...] = ()
     """Clients excluded from the run's later rounds in this round."""
+    incidents: tuple[str, ...] = ()
+    """Work lost with a worker in this round (a dead process, actor or node) and what became of it."""
+    eval_failures: tuple[Failure, ...] = ()
+    """Clients whose federated evaluation failed in this round."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -173,6 +177,11 @@ class RoundRecord:
         out["timings"] = {k: round(v, 6) for k, v in self.timings.items()}
         if self.excluded:
             out["excluded"] = list(self.excluded)
+        if self.eval_failures:
+            out["eval_failures"] = len(self.eval_failures)
+            out["eval_failed_clients"] = [{"client": f.client_id, "reason": f.reason} for f in self.eval_failures]
+        if self.incidents:
+            out["incidents"] = list(self.incidents)
         if self.failed:
             out["failed"] = True
         return out

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from ..fleet import Fleet
+from ..fleet import Fleet, incidents
 from ..types import ClientInfo, Reply, Task, Update
 from .options import UPDATE_ATTACKS, AttackOptions
 from .updates import attacked
@@ -55,6 +55,9 @@ class AttackFleet:
 
     def describe(self) -> str:
         return self.inner.describe()
+
+    def incidents(self) -> list[str]:
+        return incidents(self.inner)
 
     def close(self) -> None:
         self.inner.close()

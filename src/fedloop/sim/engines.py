@@ -14,6 +14,7 @@ from .executors import Executor, Sequential, Vectorized
 from .local import LocalFleet
 from .population import Population
 from .processes import Processes, default_workers
+from .ray_cluster import check_address
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,11 @@ class SimOptions:
         checks.one_of(self, "executor", ExecutorName)
         checks.one_of(self, "engine", EngineName)
         checks.at_least(self, "workers", 1, optional=True)
+        check_address(self.ray_address)
+        if self.ray_address is not None and self.engine != "ray":
+            raise ConfigError(f"sim.ray_address = {self.ray_address!r} is set but sim.engine = {self.engine!r}; "
+                              "set sim.engine = 'ray' to run on that cluster", key="ray_address",
+                              value=self.ray_address, rule="needs engine = 'ray'")
 
 
 def resolve_executor(name: str, population: Population, workers: int | None = None) -> tuple[str, str]:

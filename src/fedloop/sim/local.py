@@ -84,6 +84,11 @@ class LocalFleet:
         """The raw tensor bytes tasks and updates would move over a network (nothing crosses one here)."""
         return self._down, self._up
 
+    def incidents(self) -> list[str]:
+        """Work the executor lost with a worker since the last call, and what became of it."""
+        own = getattr(self.executor, "incidents", None)
+        return own() if own is not None else []
+
     def describe(self) -> str:
         """What ran: the executor, for auto what it chose, and any clients it could not batch."""
         describe = getattr(self.executor, "describe", None)

@@ -12,6 +12,7 @@ import logging
 import multiprocessing as mp
 import os
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -22,6 +23,7 @@ from ..client import ClientApp
 from ..types import Failure, Task
 from .executors import Executor, Job, Result, Sequential, Vectorized
 from .packing import Arrays, Packed, dispatch, run_packed, unpack_result
+from .shares import Share, after_loss
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +42,19 @@ def _run_share(inner: str, broadcast: Packed, tasks: list[Task], states: list[Ar
     return run_packed(_inner[inner].run, _resolve, broadcast, tasks, states)
 
 
+def _fail(share: Share, results: list[Result | None], why: str) -> None:
+    for i, task in zip(share.members, share.tasks, strict=True):
+        results[i] = Failure(task.client_id, task.round, why)
+
+
 def default_workers() -> int:
     return len(os.sched_getaffinity(0))
 
 
 class Processes:
-    """Jobs spread over `workers` forked single-threaded processes (one per core by default). A share that misses
-    the deadline, or whose worker dies, becomes Failures, and the pool is replaced before the next round."""
+    """Jobs spread over `workers` forked single-threaded processes (one per core by default). A share whose worker
+    dies is run again on a new pool (sim/shares.py), so a killed worker changes no result; a share that misses the
+    deadline becomes Failures, and the pool is replaced before the next round."""
 
     name = "processes"
 
@@ -56,6 +64,7 @@ class Processes:
         self.workers = workers or default_workers()
         self.inner = inner
         self._pool: ProcessPoolExecutor | None = None
+        self._incidents: list[str] = []
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -66,30 +75,42 @@ class Processes:
     def run(self, jobs: Sequence[Job], until: float | None = None) -> list[Result]:
         if not jobs:
             return []
-        pool = self._ensure_pool()
-        submitted = dispatch(jobs, self.workers, pack=lambda broadcast: broadcast,
-                             submit=lambda _, b, light, states: pool.submit(_run_share, self.inner, b, light, states))
+        queue = deque(Share(members, *packed) for members, packed in dispatch(
+            jobs, self.workers, pack=lambda b: b, submit=lambda _, b, light, states: (b, light, states)))
         results: list[Result | None] = [None] * len(jobs)
-        replace_pool = False
-        for members, fut in submitted:
-            why = None
-            try:
-                share = fut.result(None if until is None else max(0.0, until - time.monotonic()))
-            except BrokenProcessPool as exc:
-                why = f"worker process died: {exc}"
-            except TimeoutError:
-                why = "no reply before the deadline (the worker was stopped)"
-            if why is not None:
-                replace_pool = True
-                for i in members:
-                    results[i] = Failure(jobs[i].task.client_id, jobs[i].task.round, why)
-                continue
-            for i, result in zip(members, share, strict=True):
-                results[i] = unpack_result(result)
-        if replace_pool:
-            log.warning("processes executor: a worker died or missed the deadline; starting a new pool")
-            self.close(kill=True)
+        while queue:
+            # a dead worker breaks the whole pool, so shares lost before run alone: a loss then names its share
+            batch = [s for s in queue if s.losses == 0] or [queue[0]]
+            for share in batch:
+                queue.remove(share)
+            pool = self._ensure_pool()
+            submitted = [(share, pool.submit(_run_share, self.inner, share.broadcast, share.tasks, share.states))
+                         for share in batch]
+            replace_pool = False
+            for share, fut in submitted:
+                try:
+                    out = fut.result(None if until is None else max(0.0, until - time.monotonic()))
+                except BrokenProcessPool:
+                    replace_pool = True
+                    self._incidents.append(after_loss(share, "a worker process died", queue, results))
+                    continue
+                except TimeoutError:
+                    replace_pool = True
+                    _fail(share, results, "no reply before the deadline (the worker was stopped)")
+                    continue
+                for i, result in zip(share.members, out, strict=True):
+                    results[i] = unpack_result(result)
+            if replace_pool:
+                self.close(kill=True)
+            if until is not None and time.monotonic() >= until:
+                while queue:
+                    _fail(queue.popleft(), results, "no reply before the deadline")
         return [r for r in results if r is not None]
+
+    def incidents(self) -> list[str]:
+        """Work lost with a worker process since the last call, and what became of it."""
+        out, self._incidents = self._incidents, []
+        return out
 
     def close(self, kill: bool = False) -> None:
         if self._pool is not None:
