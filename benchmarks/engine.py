@@ -149,12 +149,13 @@ def fedloop_run(w: Workload, rounds: int, seed: int, executor: str) -> tuple[lis
 
 def two_nodes(name: str, rounds: int, seed: int, executor: str) -> None:
     """Seconds per round of the Ray engine on a one-node, then a two-node cluster (one CPU per node), in one run."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a cluster of this machine only,
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # on loopback (read when ray is imported)
     import ray
     from ray.cluster_utils import Cluster
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a test cluster of this machine only
     w = make_workload(name, None, seed)
-    cluster = Cluster(initialize_head=True, connect=True, head_node_args={
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
         "num_cpus": 1, "node_ip_address": "127.0.0.1", "include_dashboard": False})
     spr, params = {}, {}
     try:
@@ -165,7 +166,7 @@ def two_nodes(name: str, rounds: int, seed: int, executor: str) -> None:
                 while ray.cluster_resources().get("CPU", 0) < 2:
                     time.sleep(0.1)
             fleet = build_fleet(w.data, w.part, w.strategy, w.model_fn, F.cross_entropy,
-                                SimOptions(executor=executor, engine="ray"))
+                                SimOptions(executor=executor, engine="ray", ray_address=cluster.address))
             state = w.strategy.init(initial_params(w.model_fn, seed), seed)
             result = run_loop(w.strategy, fleet, state, [MaxRounds(rounds + 1)], federated_eval=False)
             print(f"  {nodes} node{'s' if nodes > 1 else ''}: {fleet.describe()}")
