@@ -59,7 +59,7 @@ def _server(config: str, out: str, certs: str, queue: mp.Queue) -> None:
     import logging
     import resource
 
-    from fedloop.config import load_config
+    from fedloop.build import load_config
     from fedloop.net.serve import serve
     from fedloop.progress import log_to
     from fedloop.store import run_directory

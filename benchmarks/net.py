@@ -82,7 +82,7 @@ def _client_process(port: int, certs: str, ids: list[int], digest: str) -> None:
 def _server(config: str, out: str, certs: str, queue: mp.Queue) -> None:
     import resource
 
-    from fedloop.config import load_config
+    from fedloop.build import load_config
     from fedloop.net.serve import serve
 
     result = serve(load_config(config), out, cert_dir=certs, tokens=None, on_listen=queue.put)

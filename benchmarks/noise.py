@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from fedloop.config import load_config
+from fedloop.build import load_config
 from fedloop.experiment import run_config
 from fedloop.randomness import secret
 

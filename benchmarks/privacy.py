@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fedloop.config import load_config
+from fedloop.build import load_config
 from fedloop.experiment import run_config
 from fedloop.store import atomic_write_text
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from fedloop.aggregators import AGGREGATORS
-from fedloop.config import load_config
+from fedloop.build import load_config
 from fedloop.errors import ConfigError
 from fedloop.experiment import run_config
 from fedloop.store import atomic_write_text

@@ -27,6 +27,8 @@ else
   [[ ${#where[@]} -gt 0 ]] || where=(--index https://download.pytorch.org/whl/cpu --index-strategy unsafe-best-match)
 fi
 # With no argument, every pin moves (--upgrade); give uv's own options (e.g. --upgrade-package NAME) to move fewer.
+# The current pins seed the output, which uv keeps unless told to move them.
+cp requirements.lock requirements.lock.tmp
 "$PY" -m uv pip compile pyproject.toml --extra test --extra ray --python-version 3.11 --python-platform linux \
   --no-emit-package torch --no-header --annotation-style line "${where[@]}" "${@:---upgrade}" \
   -o requirements.lock.tmp --quiet

@@ -14,8 +14,7 @@ from safetensors.torch import load_file
 
 import fedloop
 from fedloop.app import load_app, model_digest
-from fedloop.build import strategy_from_config
-from fedloop.config import load_config
+from fedloop.build import load_config, strategy_from_config
 from fedloop.data.partition import Partition
 from fedloop.errors import CheckpointError, ConfigError, DataError
 from fedloop.experiment import load_model, run_config

@@ -11,7 +11,7 @@ from conftest import blobs, manual_partition, options, small_model
 from fedloop import FedAvg, Sampler, simulate
 from fedloop.aggregators import Median
 from fedloop.attacks import AttackFleet, AttackOptions, add_trigger, alie_z, attack_update, poisoned
-from fedloop.config import load_config
+from fedloop.build import load_config
 from fedloop.data.examples import Examples
 from fedloop.errors import ConfigError
 from fedloop.experiment import build_fleet, run_config

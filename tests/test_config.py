@@ -115,7 +115,7 @@ def test_the_parts_sections_take_their_defaults_from_the_dataclasses():
 
     from fedloop import SGD, FedAvg, LocalSGD, RunOptions, Sampler, SimOptions, WeightedMean
     from fedloop.build import run_options, server_options, simulation_policy, strategy_from_config
-    from fedloop.net.options import ServerOptions
+    from fedloop.server_options import ServerOptions
 
     cfg = load_config()
     assert strategy_from_config(cfg) == FedAvg()

@@ -21,8 +21,7 @@ from safetensors.torch import load_file
 from fedloop import Clip, FedAvg, Sampler, Scaffold, SimOptions, load_dataset, simulate
 from fedloop.app import model_digest
 from fedloop.attacks import AttackFleet, AttackOptions
-from fedloop.build import strategy_from_config
-from fedloop.config import load_config
+from fedloop.build import load_config, strategy_from_config
 from fedloop.data.examples import Dataset, Examples
 from fedloop.data.partition import Partition
 from fedloop.experiment import build_fleet

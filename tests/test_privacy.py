@@ -16,10 +16,10 @@ from dp_accounting import pld, rdp
 from torch.nn import functional as F
 
 from fedloop import FedAvg, Sampler, Scaffold, SimOptions, simulate
+from fedloop.build import load_config
 from fedloop.cli import main
 from fedloop.client import dpsgd
 from fedloop.client.training import SGDProgram
-from fedloop.config import load_config
 from fedloop.errors import ConfigError, PrivacyBudgetExhausted
 from fedloop.params import norm
 from fedloop.privacy import CentralDP, LocalDP, PrivacyOptions, Release, epsilon, privatize

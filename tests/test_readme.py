@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from fedloop.build import resolve
+from fedloop.build import resolve, validate
 from fedloop.cli import main
-from fedloop.config import Config, validate
+from fedloop.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

@@ -12,15 +12,16 @@ The Python API in a few names:
 
 from .aggregators import WeightedMean
 from .app import App
+from .build import load_config
 from .client import ClientApp, FullGradient, LocalSGD, SGDProgram, Trained
-from .config import Config, load_config
+from .config import Config
 from .data import Dataset, Examples, Partition, load_dataset, make_partition
 from .errors import AggregationError, CheckpointError, ConfigError, DataError, FedloopError, TransportError
 from .experiment import load_model, run_config, simulate
 from .loop import RoundPolicy
 from .models import build_model
 from .observers import Observer
-from .run import CheckpointOptions, EvalOptions, RunOptions, RunResult, StopOptions
+from .run import CheckpointOptions, EvalOptions, RunOptions, StopOptions
 from .sampling import Sampler
 from .server_opt import SGD, Adagrad, Adam, Yogi
 from .sim import ChaosFleet, LocalFleet, MockFleet, SimOptions, gaussian_population, make_fleet
@@ -38,6 +39,7 @@ from .strategies import (
     make_strategy,
 )
 from .transforms import Clip, Transform
+from .types import RunResult
 
 __version__ = "0.1.0"
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -16,19 +17,19 @@ from .aggregators.base import check_round_size
 from .app import App, load_app
 from .attacks import AttackOptions
 from .client import LocalSGD, LossFn
-from .config import OWN_FIELDS, AggregatorSection, Config, ServerOptSection, default_of
+from .config import OWN_FIELDS, AggregatorSection, Config, ServerOptSection, default_of, read_raw, typed
 from .data.examples import Dataset
 from .data.partition import Partition, make_partition
 from .data.registry import data_source, load_dataset
 from .errors import ConfigError, DataError
 from .loop import RoundPolicy
 from .models import model_factory
-from .net.options import ServerOptions
 from .privacy.options import PrivacyOptions, calibrate_noise, privatize
 from .progress import LogOptions
 from .run import CheckpointOptions, EvalOptions, RunOptions, StopOptions
 from .sampling import Sampler
 from .server_opt import SERVER_OPTIMIZERS
+from .server_options import ServerOptions
 from .sim.engines import SimOptions
 from .strategies import STRATEGIES, Strategy
 from .transforms import TRANSFORMS
@@ -178,6 +179,17 @@ def resolve(cfg: Config, source: str) -> Config:
         "strategy": strategy_section,
         "server_opt": ServerOptSection(name=opt.name, **_asdict(opt)),
         "aggregator": AggregatorSection(name=strategy.aggregator.name, **_asdict(strategy.aggregator))})
+
+
+def validate(raw: dict[str, Any], source: str = "config") -> Config:
+    """A Config from plain data, every problem one ConfigError; the result is resolved (the chosen parts' values
+    filled in, as the resolved config.toml of a run shows them)."""
+    return resolve(typed(raw, source), source)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a TOML config (or the embedded default when path is None), apply overrides, check and resolve it."""
+    return validate(*read_raw(path, overrides))
 
 
 def check_runnable(cfg: Config, deployed: bool = False) -> None:

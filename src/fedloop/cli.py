@@ -15,7 +15,8 @@ from rich.console import Console
 
 from . import __version__
 from .attacks.options import Kind as AttackKind
-from .config import Config, load_config
+from .build import load_config
+from .config import Config
 from .errors import ConfigError, FedloopError
 from .progress import ProgressBar, RoundLines, log_to, new_progress, setup_logging
 
@@ -163,8 +164,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_server(args: argparse.Namespace) -> int:
     from .build import check_runnable, log_options
-    from .net.options import host_port
     from .net.serve import serve
+    from .server_options import host_port
     from .store import run_directory
 
     if args.resume and (args.out or args.overwrite):

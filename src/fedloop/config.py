@@ -4,8 +4,9 @@ The sections that configure fedloop's parts are derived from the dataclasses tha
 defaults are the only defaults: [strategy] from the Sampler and the strategies' own fields, [client] from
 LocalSGD, [aggregator], [server_opt] and [[transforms]] from the aggregators, server optimizers and transforms,
 [eval], [stop] and [checkpoint] from the run options, [sim] from SimOptions and [server] from ServerOptions. This
-module checks types; the dataclasses check values (in __post_init__) when `validate` builds them. Every problem
-becomes one ConfigError naming the file, the key, the value and what is allowed.
+module reads and checks types; the dataclasses check values (in __post_init__) when build.validate builds them
+(build.load_config reads, checks and resolves a file). Every problem becomes one ConfigError naming the file, the
+key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from .data.partition import SCHEMES
 from .data.registry import DATASETS
 from .errors import ConfigError
 from .models import MODELS
-from .net.options import ServerOptions
 from .privacy.options import PrivacyOptions
 from .progress import LogOptions
 from .run import CheckpointOptions, EvalOptions, RunOptions, StopOptions
 from .sampling import Sampler
 from .server_opt import SERVER_OPTIMIZERS
+from .server_options import ServerOptions
 from .sim.engines import SimOptions
 from .strategies import STRATEGIES, Strategy
 from .transforms import TRANSFORMS
@@ -213,12 +214,12 @@ def _move_keys(raw: dict[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
-def validate(raw: dict[str, Any], source: str = "config") -> Config:
-    """Build a Config from plain data, turning every problem into one ConfigError; the result is resolved (the
-    chosen parts' values filled in, as the resolved config.toml of a run shows them)."""
+def typed(raw: dict[str, Any], source: str = "config") -> Config:
+    """A Config from plain data with its types checked (values are checked when build.validate builds the parts);
+    every problem becomes one ConfigError."""
     raw = _move_keys(raw, source)
     try:
-        cfg = Config.model_validate(raw)
+        return Config.model_validate(raw)
     except ValidationError as exc:
         seen, lines = set(), []
         for err in exc.errors():
@@ -227,9 +228,6 @@ def validate(raw: dict[str, Any], source: str = "config") -> Config:
                 seen.add(line)
                 lines.append(line)
         raise ConfigError("\n".join(lines)) from None
-    from .build import resolve
-
-    return resolve(cfg, source)
 
 
 def parse_value(text: str) -> Any:
@@ -260,8 +258,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Read a TOML config (or the embedded default when path is None) and apply overrides."""
+def read_raw(path: str | Path | None = None, overrides: list[str] | None = None) -> tuple[dict[str, Any], str]:
+    """A TOML config's plain data (the embedded default's when path is None) with overrides applied, and how to
+    name its source in errors."""
     raw: dict[str, Any] = {}
     source = "default config"
     if path is not None:
@@ -275,7 +274,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if overrides:
         raw = apply_overrides(raw, overrides)
         source += " with --set"
-    return validate(raw, source)
+    return raw, source
 
 
 def to_toml(cfg: Config) -> str:

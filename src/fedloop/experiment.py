@@ -17,6 +17,7 @@ from .attacks.options import UPDATE_ATTACKS
 from .build import (
     attack_options,
     calibrated,
+    load_config,
     load_data,
     loss_from_config,
     model_fn_from_config,
@@ -28,17 +29,18 @@ from .build import (
     strategy_from_config,
 )
 from .client import ClientApp, LossFn
-from .config import Config, differences, load_config, to_toml
+from .config import Config, differences, to_toml
 from .data.examples import Dataset, Examples
 from .data.partition import Partition
 from .errors import CheckpointError, ConfigError
 from .models import model_factory
 from .observers import Observer
 from .params import load_into
-from .run import RunOptions, RunResult, train
+from .run import RunOptions, train
 from .sim import AppList, LocalFleet, SimOptions, make_fleet
 from .store import load_model_file
 from .strategies import Strategy
+from .types import RunResult
 
 log = logging.getLogger(__name__)
 

@@ -5,16 +5,13 @@ here, the command line's progress display, later a dashboard. Each gets the run'
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from .report import plot_curves, run_title
 from .store import RunDir, save_checkpoint, save_model
-from .types import RoundRecord, ServerState
-
-if TYPE_CHECKING:
-    from .run import RunResult
+from .types import RoundRecord, RunResult, ServerState
 
 
 class Observer:

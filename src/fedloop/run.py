@@ -25,7 +25,7 @@ from .stops import Diverged, MaxRounds, Patience, StopCondition, TargetAccuracy
 from .store import RunDir, load_client_states, prepare_run_dir
 from .strategies import Strategy
 from .transforms import own_state
-from .types import Params, ServerState
+from .types import Params, RunResult, ServerState
 
 log = logging.getLogger(__name__)
 
@@ -99,20 +99,6 @@ class RunOptions:
         if self.stop.patience is not None:
             stops.append(Patience(self.stop.patience))
         return stops + list(self.stops)
-
-
-@dataclass
-class RunResult:
-    """What a run returns: the final server state and model, the per-round history and why it stopped."""
-
-    state: ServerState
-    model: nn.Module
-    history: list[dict[str, Any]]
-    stop_reason: str
-    metrics: dict[str, float]
-    seconds: float
-    out: Path | None = None
-    summary: dict[str, Any] = field(default_factory=dict)
 
 
 def initial_params(model_fn: Callable[[], nn.Module], seed: int) -> dict[str, torch.Tensor]:

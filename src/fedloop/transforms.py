@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -20,9 +20,6 @@ from . import checks
 from .client.training import SGDProgram
 from .params import Scaled, norm
 from .types import ConfigValue, Params, Task, Update
-
-if TYPE_CHECKING:
-    from .strategies.base import Strategy
 
 
 @dataclass(frozen=True)
@@ -50,8 +47,9 @@ class Transform:
         """The transform's initial server state (tensors by name)."""
         return {}
 
-    def check(self, strategy: Strategy) -> str | None:
-        """Why this transform cannot be part of `strategy` (None when it can)."""
+    def check(self, strategy: Any) -> str | None:
+        """Why this transform cannot be part of `strategy` (None when it can). The strategy is a
+        strategies.base.Strategy, which imports this module: transforms that inspect it (privacy/) live above it."""
         return None
 
     def task_config(self, state: Mapping[str, torch.Tensor]) -> dict[str, ConfigValue]:

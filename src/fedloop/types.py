@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 Params = Mapping[str, torch.Tensor]
 """A model's named floating-point tensors, in the model's own order. Matched by name, never by position."""
@@ -185,3 +187,17 @@ class RoundRecord:
         if self.failed:
             out["failed"] = True
         return out
+
+
+@dataclass
+class RunResult:
+    """What a run returns: the final server state and model, the per-round history and why it stopped."""
+
+    state: ServerState
+    model: nn.Module
+    history: list[dict[str, Any]]
+    stop_reason: str
+    metrics: dict[str, float]
+    seconds: float
+    out: Path | None = None
+    summary: dict[str, Any] = field(default_factory=dict)

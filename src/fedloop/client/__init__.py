@@ -2,18 +2,15 @@
 
 from .app import ClientApp
 from .evaluate import Tally, evaluate
+from .program import LossFn, Penalty, SGDProgram, sgd_step
 from .state import ClientState, DiskStates, MemoryStates, RoundStates, StateStore
 from .training import (
     ClientContext,
     FullGradient,
     LocalSGD,
     LocalSpec,
-    LossFn,
-    Penalty,
-    SGDProgram,
     Trained,
     full_gradient,
-    sgd_step,
     train_program,
 )
 

@@ -25,8 +25,7 @@ from ..randomness import Draws, draws, noise_like
 from ..sampling import sub_seed
 from ..types import Params, Task
 from .evaluate import Tally
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+from .program import LossFn, SGDProgram, sgd_step
 
 
 def noise_seed(task_seed: int) -> int:
@@ -90,11 +89,10 @@ def add_noise(summed: Mapping[str, torch.Tensor], std: float, source: Draws) -> 
     return {k: v + noise[k] for k, v in summed.items()}
 
 
-def train_dp(program, task: Task, model: nn.Module, train: Examples, loss_fn: LossFn) -> tuple[Params, int, dict]:
+def train_dp(program: SGDProgram, task: Task, model: nn.Module, train: Examples, loss_fn: LossFn
+             ) -> tuple[Params, int, dict]:
     """One client's DP-SGD program: its update (W_global - W_local, or the noised full-batch gradient), its steps
     and training metrics."""
-    from .training import sgd_step  # one SGD step for both paths
-
     assert program.clip is not None
     if any(True for _ in model.buffers()):
         raise ValueError("DP-SGD needs per-example gradients, which a model with buffers (batch statistics) "
@@ -117,8 +115,8 @@ def train_dp(program, task: Task, model: nn.Module, train: Examples, loss_fn: Lo
         grads, (losses, outputs) = grads_of(params, xb, yb)
         summed = clip_and_sum(grads, program.clip, 1)
         g = {k: v / rows for k, v in add_noise(summed, program.noise_multiplier * program.clip, noise).items()}
-        if program.penalty is not None:
-            g = plus_penalty(g, params, lambda live: program.penalty(live, task.params, program.aux))
+        if (penalty := program.penalty) is not None:
+            g = plus_penalty(g, params, lambda live: penalty(live, task.params, program.aux))
         tally.add(losses.mean(), outputs, yb)
         if full:
             return {k: g[k] if k in g else torch.zeros_like(v) for k, v in task.params.items()}, 1, \

@@ -20,14 +20,13 @@ from ..app import model_digest
 from ..attacks import AttackOptions, attacked, poisoned
 from ..attacks.options import UPDATE_ATTACKS
 from ..client import ClientApp, DiskStates, MemoryStates, RoundStates
-from ..config import validate
 from ..data.examples import Examples
 from ..errors import ConfigError, TransportError
+from ..server_options import host_port
 from ..types import Broadcast, Evaluation, Failure, Reply, Task, Update
 from . import fedloop_pb2 as pb
 from . import fedloop_pb2_grpc as pb_grpc
 from .codec import KIND_NAMES, PROTOCOL, chunks, config_from_proto, decode, encode, split_extras
-from .options import host_port
 from .server import ATTEND_SECONDS, MESSAGE_BYTES, POLL_SECONDS, is_loopback
 from .spool import clean
 
@@ -122,7 +121,7 @@ def build_app(settings: dict, client_id: int, data_path: str, states: RoundState
     client's copy of the server's App when the server's reference does not resolve here. The client's DP noise
     (local DP, DP-SGD) comes from its own secret stream whatever the server says, unless `accept_seeded_noise`
     (--accept-seeded-noise, for tests): then a server that asks for the research setting gets noise it can redraw."""
-    from ..build import load_data, loss_from_config, model_fn_from_config, strategy_from_config
+    from ..build import load_data, loss_from_config, model_fn_from_config, strategy_from_config, validate
 
     config = settings["config"]
     if app_ref is not None or config.get("app", {}).get("ref"):

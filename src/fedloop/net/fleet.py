@@ -32,12 +32,12 @@ from pathlib import Path
 
 from ..fleet import CONCURRENT, STAGES
 from ..params import num_bytes
+from ..server_options import ServerOptions
 from ..store import atomic_write_json
 from ..types import ClientInfo, Evaluation, Failure, Reply, Task, Update
 from . import fedloop_pb2 as pb
 from .auth import Authenticator
 from .codec import encode
-from .options import ServerOptions
 from .spool import Spool, check_spooled, clean
 
 MAX_METRICS = 32

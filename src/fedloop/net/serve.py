@@ -16,6 +16,7 @@ from pathlib import Path
 from ..app import model_digest
 from ..build import (
     calibrated,
+    load_config,
     load_data,
     loss_from_config,
     model_fn_from_config,
@@ -25,12 +26,13 @@ from ..build import (
     server_options,
     strategy_from_config,
 )
-from ..config import COMPUTATION, Config, differences, load_config, to_toml
+from ..config import COMPUTATION, Config, differences, to_toml
 from ..data.examples import Examples
 from ..errors import ConfigError, TransportError
 from ..observers import Observer
-from ..run import CheckpointOptions, RunResult, train
+from ..run import CheckpointOptions, train
 from ..store import RunDir, atomic_write_text, prepare_run_dir
+from ..types import RunResult
 from .auth import authenticator
 from .fleet import GrpcFleet
 from .server import StreamLimits, start_server

@@ -1,6 +1,7 @@
 """Simulation fleets: clients that live in this process (or its workers, or Ray actors), and test fleets."""
 
-from .engines import SimOptions, make_executor, make_fleet
+from .choice import make_executor
+from .engines import SimOptions, make_fleet
 from .local import LocalFleet
 from .mock import ChaosFleet, MockFleet
 from .population import AppList, LazyPopulation, gaussian_population

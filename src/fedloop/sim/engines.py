@@ -1,24 +1,23 @@
-"""Executors and engines by name ([sim] of the config): what `fedloop run` and `simulate` pick."""
+"""Engines by name ([sim] of the config): the simulation fleet that `fedloop run` and `simulate` build, trained in
+this process (or its workers) or by Ray actors."""
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 from .. import checks
 from ..client import DiskStates, MemoryStates
 from ..errors import ConfigError
-from .auto import AutoTimed, choose_executor
-from .executors import Executor, Sequential, Vectorized
+from .choice import ExecutorName
 from .local import LocalFleet
 from .population import Population
-from .processes import Processes, default_workers
 from .ray_cluster import check_address
+from .ray_executor import RayExecutor
 
 log = logging.getLogger(__name__)
 
-ExecutorName = Literal["auto", "auto-timed", "sequential", "vectorized", "processes", "processes-vectorized"]
 EngineName = Literal["local", "ray"]
 
 
@@ -47,40 +46,10 @@ class SimOptions:
                               value=self.ray_address, rule="needs engine = 'ray'")
 
 
-def resolve_executor(name: str, population: Population, workers: int | None = None) -> tuple[str, str]:
-    """The executor `name` stands for (auto: the one it chooses for this population's workload, logged with why),
-    and how to describe it."""
-    if name != "auto":
-        return name, name
-    clients = population.clients()
-    first = population.app(clients[0].client_id)
-    chosen, why = choose_executor(first, first.strategy.sampler.num_selected(len(clients)),
-                                  workers or default_workers())
-    log.info("auto executor: %s (%s)", chosen, why)
-    return chosen, f"auto: {chosen}"
-
-
-def make_executor(name: str, population: Population, workers: int | None = None) -> Executor:
-    """An in-process executor; process workers resolve client apps through the population."""
-    name, _ = resolve_executor(name, population, workers)
-    if name == "sequential":
-        return Sequential()
-    if name == "vectorized":
-        return Vectorized()
-    if name in ("processes", "processes-vectorized"):
-        return Processes(population.app, workers, inner="vectorized" if name.endswith("vectorized")
-                         else "sequential")
-    if name == "auto-timed":
-        return AutoTimed(population.app, workers)
-    raise ConfigError(f"executor {name!r} is unknown; allowed: {', '.join(get_args(ExecutorName))}")
-
-
 def make_fleet(population: Population, options: SimOptions = SimOptions()) -> LocalFleet:
     """The simulation fleet over `population`: trained in this process (or its workers), or by Ray actors."""
     states = DiskStates(options.state_dir) if options.state_dir is not None else MemoryStates()
     if options.engine == "ray":
-        from .ray_executor import RayExecutor
-
         return LocalFleet(population, RayExecutor(population, options.executor, options.ray_address,
                                                   options.workers), states)
     return LocalFleet(population, options.executor, states, options.workers)

@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from ..fleet import CONCURRENT, STAGES
 from ..params import num_bytes
 from ..types import ClientInfo, Reply, Task, Update
+from .choice import make_executor, resolve_executor
 from .executors import Executor, Job
 from .population import AppList, Population
 
@@ -26,8 +27,6 @@ class LocalFleet:
 
     def __init__(self, population: Population | Sequence[ClientApp], executor: str | Executor = "sequential",
                  states: StateStore | None = None, workers: int | None = None):
-        from .engines import make_executor, resolve_executor
-
         self.population = population if not isinstance(population, Sequence) else AppList(population)
         self.states = RoundStates(states if states is not None else MemoryStates())
         if isinstance(executor, str):

@@ -29,9 +29,11 @@ from typing import Any
 from ..app import file_modules
 from ..errors import ConfigError, WorkersLost
 from ..types import Failure, Task
+from .choice import make_executor, resolve_executor
 from .executors import Job, Result
 from .packing import Arrays, Packed, dispatch, run_packed, unpack_result
 from .population import Population
+from .ray_cluster import auth_hint, connect
 from .shares import Share, after_loss
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,6 @@ class _Worker:
 
     def __init__(self, population: Population, inner: str):
         import torch
-
-        from .engines import make_executor
 
         torch.set_num_threads(1)
         self.population = population
@@ -67,9 +67,6 @@ class RayExecutor:
 
     def __init__(self, population: Population, inner: str = "auto", address: str | None = None,
                  workers: int | None = None, num_cpus: int | None = None):
-        from .engines import resolve_executor
-        from .ray_cluster import auth_hint, connect
-
         if inner not in INNER:
             raise ConfigError(f"sim.executor = {inner!r} cannot run inside Ray actors; use {', '.join(INNER)}")
         self._ray = ray = connect(address, num_cpus)

@@ -1,12 +1,13 @@
-"""The deployment's settings ([server] of the config)."""
+"""The deployment's settings ([server] of the config): read by the config and build layers and by the server in
+net/, so they live below both."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import checks
-from ..errors import ConfigError
-from ..loop import RoundPolicy
+from . import checks
+from .errors import ConfigError
+from .loop import RoundPolicy
 
 
 def host_port(address: str, what: str) -> tuple[str, int]:
