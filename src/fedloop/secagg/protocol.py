@@ -1,0 +1,218 @@
+"""One round of SecAgg+ (Bell et al., CCS 2020) between clients and a server, as plain messages, so that any fleet
+can carry them: the server learns the ring sum of the surviving clients' vectors and nothing else about any one.
+
+Stages, with the set of clients that answered each (U1 >= U2 >= U3 >= U4):
+  1. advertise   each client sends two X25519 public keys (one for share encryption, one for masks);
+  2. share keys  each client Shamir-shares its self-mask seed and its mask private key among its neighbours
+                 (a Harary graph of degree `neighbours` over a permutation of U1) and sends each neighbour its
+                 shares encrypted with AES-GCM under a key both derive (the round, stage, sender and receiver are
+                 the associated data, so a share replayed from another round or pair does not decrypt);
+  3. masked input each client sends its vector plus its self mask plus the pairwise masks with its neighbours in U2;
+  4. unmask      each client in U3 reveals, for every neighbour in U2, the share of its self-mask seed if that
+                 neighbour sent its masked input (in U3), else the share of its mask key, never both;
+then the server removes the survivors' self masks and the dropped clients' pairwise masks. A round where some
+secret has fewer than `threshold` shares aborts (SecAggAbort): nothing of it is released.
+
+Trust model of this part: an honest-but-curious server that follows the protocol, and clients that do not collude
+with it beyond the threshold. The neighbour graph is drawn from a hash of every advertised key, so the server cannot
+choose it freely after the keys are known; a malicious server (one that lies about who dropped) is not covered.
+Signatures on the advertised keys (the paper's active-security variant) are not built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from . import masks, shamir
+from .ring import Ring
+
+SHARE_BYTES = 66  # a share of GF(2^521 - 1)
+
+
+class SecAggAbort(Exception):
+    """The round cannot finish: too few clients or shares for some secret; nothing of it is released."""
+
+
+class Rejected(Exception):
+    """A message that fails its checks (wrong round or stage, unknown sender, tampered or replayed ciphertext)."""
+
+
+def holder(client_id: int) -> int:
+    """A client's x-coordinate in Shamir sharing (ids start at 0; shares need x >= 1)."""
+    return client_id + 1
+
+
+def neighbours(ids: list[int], degree: int, keys: dict[int, tuple[bytes, bytes]]) -> dict[int, list[int]]:
+    """A Harary graph of the given even degree over a permutation of `ids` seeded by a hash of every advertised key
+    (every id its degree / 2 nearest on each side of the permuted ring); the complete graph when degree >= n - 1."""
+    order = sorted(ids)
+    if degree >= len(order) - 1:
+        return {i: [j for j in order if j != i] for i in order}
+    digest = hashlib.sha256(b"".join(i.to_bytes(8, "big") + c + s for i, (c, s) in sorted(keys.items()))).digest()
+    perm = np.random.Generator(np.random.PCG64(int.from_bytes(digest, "big"))).permutation(order).tolist()
+    half = degree // 2
+    n = len(perm)
+    out: dict[int, list[int]] = {}
+    for pos, i in enumerate(perm):
+        out[i] = sorted({perm[(pos + d) % n] for d in range(-half, half + 1) if d != 0})
+    return out
+
+
+def _aad(round: int, sender: int, receiver: int) -> bytes:
+    return f"fedloop secagg shares round {round} from {sender} to {receiver}".encode()
+
+
+@dataclass
+class ClientSession:
+    """A client's side of one round: its keys and seeds never leave it except as shares to its neighbours."""
+
+    client_id: int
+    round: int
+    ring: Ring
+    threshold: int
+    share_key: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
+    mask_key: X25519PrivateKey = field(default_factory=X25519PrivateKey.generate)
+    self_seed: bytes = field(default_factory=lambda: secrets.token_bytes(32))
+    peers: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    received: dict[int, bytes] = field(default_factory=dict)
+    revealed: bool = False
+
+    def advertise(self) -> tuple[bytes, bytes]:
+        """Stage 1: (share-encryption public key, mask public key)."""
+        return masks.public_bytes(self.share_key), masks.public_bytes(self.mask_key)
+
+    def share_keys(self, peers: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
+        """Stage 2: given the neighbours' advertised keys, each neighbour's encrypted shares of this client's
+        self-mask seed and mask private key."""
+        if self.client_id in peers or len(peers) < self.threshold:
+            raise SecAggAbort(f"client {self.client_id}: {len(peers)} neighbours; the threshold is {self.threshold}")
+        self.peers = dict(peers)
+        ids = [holder(j) for j in sorted(peers)]
+        mask_private = self.mask_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                                   serialization.NoEncryption())
+        b = shamir.split(self.self_seed, self.threshold, ids)
+        s = shamir.split(mask_private, self.threshold, ids)
+        out = {}
+        for j, (share_pub, _) in sorted(peers.items()):
+            key = masks.derive(self.share_key, share_pub, "share", self.round)
+            plain = b[holder(j)].to_bytes(SHARE_BYTES, "big") + s[holder(j)].to_bytes(SHARE_BYTES, "big")
+            nonce = os.urandom(12)
+            out[j] = nonce + AESGCM(key).encrypt(nonce, plain, _aad(self.round, self.client_id, j))
+        return out
+
+    def masked_input(self, x: np.ndarray, ciphertexts: dict[int, bytes]) -> np.ndarray:
+        """Stage 3: given the shares sent to this client by its neighbours in U2, its vector (ring residues)
+        masked by its self mask and its pairwise masks with those neighbours."""
+        unknown = set(ciphertexts) - set(self.peers)
+        if unknown:
+            raise Rejected(f"client {self.client_id}: shares from non-neighbours {sorted(unknown)}")
+        if len(ciphertexts) < self.threshold:
+            raise SecAggAbort(f"client {self.client_id}: shares from {len(ciphertexts)} neighbours; "
+                              f"the threshold is {self.threshold}")
+        self.received = dict(ciphertexts)
+        pair_seeds = {j: masks.derive(self.mask_key, self.peers[j][1], "mask", self.round) for j in ciphertexts}
+        return masks.masked(x, self.client_id, self.self_seed, pair_seeds, self.ring)
+
+    def unmask(self, survivors: set[int]) -> dict[int, tuple[str, int]]:
+        """Stage 4: for each neighbour in U2, the share of its self-mask seed ("b") if it is a survivor, else of
+        its mask key ("s"). Asked once: a second request (which could reveal both of one client) is refused."""
+        if self.revealed:
+            raise Rejected(f"client {self.client_id}: unmask was asked twice in round {self.round}")
+        if len(survivors) < self.threshold:
+            raise SecAggAbort(f"{len(survivors)} survivors; the threshold is {self.threshold}")
+        self.revealed = True
+        out = {}
+        for j, blob in sorted(self.received.items()):
+            key = masks.derive(self.share_key, self.peers[j][0], "share", self.round)
+            try:
+                plain = AESGCM(key).decrypt(blob[:12], blob[12:], _aad(self.round, j, self.client_id))
+            except InvalidTag:
+                raise Rejected(f"client {self.client_id}: the shares from client {j} do not decrypt (tampered, "
+                               "or from another round or pair)") from None
+            b, s = plain[:SHARE_BYTES], plain[SHARE_BYTES:]
+            out[j] = ("b", int.from_bytes(b, "big")) if j in survivors else ("s", int.from_bytes(s, "big"))
+        return out
+
+
+@dataclass
+class ServerSession:
+    """The server's side of one round: it routes messages and learns only the sum."""
+
+    round: int
+    ring: Ring
+    threshold: int
+    degree: int
+    keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
+    graph: dict[int, list[int]] = field(default_factory=dict)
+    shares: dict[int, dict[int, bytes]] = field(default_factory=dict)
+    inputs: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def advertised(self, keys: dict[int, tuple[bytes, bytes]]) -> dict[int, dict[int, tuple[bytes, bytes]]]:
+        """After stage 1 (U1 = the senders): each client's neighbours' keys."""
+        if len(keys) < self.threshold + 1:
+            raise SecAggAbort(f"{len(keys)} clients advertised keys; the round needs {self.threshold + 1}")
+        for i, (c, s) in keys.items():
+            if len(c) != 32 or len(s) != 32:
+                raise Rejected(f"client {i}: advertised keys of {len(c)} and {len(s)} bytes; X25519 keys are 32")
+        self.keys = dict(keys)
+        self.graph = neighbours(list(keys), self.degree, keys)
+        return {i: {j: keys[j] for j in self.graph[i]} for i in keys}
+
+    def shared(self, sent: dict[int, dict[int, bytes]]) -> dict[int, dict[int, bytes]]:
+        """After stage 2 (U2 = the senders): what each client in U2 receives, the ciphertexts addressed to it."""
+        for i, out in sent.items():
+            if i not in self.keys or set(out) != set(self.graph[i]):
+                raise Rejected(f"client {i}: shares for {sorted(out)[:10]}, not for its neighbours")
+        self.shares = dict(sent)
+        return {j: {i: sent[i][j] for i in sent if j in sent[i]} for j in sent}
+
+    def masked(self, inputs: dict[int, np.ndarray]) -> set[int]:
+        """After stage 3 (U3 = the senders, who must be in U2): the survivors to send the unmask request."""
+        unknown = set(inputs) - set(self.shares)
+        if unknown:
+            raise Rejected(f"masked inputs from clients {sorted(unknown)} that did not share keys")
+        self.inputs = dict(inputs)
+        if len(inputs) < self.threshold:
+            raise SecAggAbort(f"{len(inputs)} masked inputs; the threshold is {self.threshold}")
+        return set(inputs)
+
+    def unmasked(self, revealed: dict[int, dict[int, tuple[str, int]]], size: int) -> np.ndarray:
+        """After stage 4: the ring sum of the survivors' vectors (SecAggAbort when a secret lacks shares)."""
+        survivors, dropped = set(self.inputs), set(self.shares) - set(self.inputs)
+        wanted: dict[tuple[str, int], dict[int, int]] = {}
+        for i, shares in revealed.items():
+            if i not in survivors:
+                raise Rejected(f"client {i}: unmask shares from a client that sent no masked input")
+            for j, (kind, value) in shares.items():
+                if kind != ("b" if j in survivors else "s") or j not in self.graph.get(i, ()):
+                    raise Rejected(f"client {i}: a {kind!r} share of client {j}, which the round does not ask for")
+                wanted.setdefault((kind, j), {})[holder(i)] = value
+        total = np.zeros(size, dtype=np.uint64)
+        for y in self.inputs.values():
+            total = self.ring.add(total, y)
+        for j in sorted(survivors):
+            seed = self._secret(wanted, "b", j)
+            total = self.ring.sub(total, masks.expand(seed, size, self.ring))
+        for j in sorted(dropped):
+            key = X25519PrivateKey.from_private_bytes(self._secret(wanted, "s", j))
+            for k in self.graph[j]:
+                if k in survivors:  # k got j's shares in stage 2, so it masked with j
+                    m = masks.expand(masks.derive(key, self.keys[k][1], "mask", self.round), size, self.ring)
+                    total = self.ring.sub(total, m) if k < j else self.ring.add(total, m)
+        return total
+
+    def _secret(self, wanted: dict[tuple[str, int], dict[int, int]], kind: str, j: int) -> bytes:
+        got = wanted.get((kind, j), {})
+        if len(got) < self.threshold:
+            raise SecAggAbort(f"round {self.round}: {len(got)} shares of client {j}'s "
+                              f"{'self-mask seed' if kind == 'b' else 'mask key'}; the threshold is {self.threshold}")
+        return shamir.combine(got, self.threshold, 32)
