@@ -193,5 +193,6 @@ def test_a_simulation_round_deadline_needs_workers_it_can_stop_waiting_for(tmp_p
     with pytest.raises(ConfigError, match=r"server.round_deadline = 30.0: a simulation can stop waiting for worker "
                                           r"processes or Ray actors, not for sim.executor = 'auto'"):
         check_runnable(cfg)
+    check_runnable(cfg, resuming=True)  # a run directory of an earlier version: its config.toml held 120 s
     check_runnable(load_config(overrides=["server.round_deadline=30", "sim.executor=processes"]))
     check_runnable(load_config(overrides=["server.round_deadline=30", "sim.engine=ray"]))

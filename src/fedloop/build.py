@@ -5,6 +5,7 @@ config means the same thing in every mode."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,8 @@ from .server_options import ServerOptions
 from .sim.engines import SimOptions
 from .strategies import STRATEGIES, Strategy
 from .transforms import TRANSFORMS
+
+log = logging.getLogger(__name__)
 
 
 def _in_section(exc: ConfigError, where: str) -> ConfigError:
@@ -192,7 +195,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return validate(*read_raw(path, overrides))
 
 
-def check_runnable(cfg: Config, deployed: bool = False) -> None:
+def check_runnable(cfg: Config, deployed: bool = False, resuming: bool = False) -> None:
     """What can be known wrong before a run directory is created or any data read: where the data come from, and
     a round size that the sampler can never give or that the aggregator's assumption refuses (a simulation's
     rounds draw from partition.num_clients clients; a server's from the clients that join)."""
@@ -211,9 +214,14 @@ def check_runnable(cfg: Config, deployed: bool = False) -> None:
     deadline = cfg.server.round_deadline
     if deadline is not None and cfg.sim.engine == "local" and cfg.sim.executor not in ("processes",
                                                                                        "processes-vectorized"):
-        raise ConfigError(f"server.round_deadline = {deadline}: a simulation can stop waiting for worker processes "
-                          f"or Ray actors, not for sim.executor = {cfg.sim.executor!r}, which trains in this process; "
-                          "set sim.executor = 'processes' or sim.engine = 'ray', or leave the deadline out")
+        if not resuming:
+            raise ConfigError(f"server.round_deadline = {deadline}: a simulation can stop waiting for worker "
+                              f"processes or Ray actors, not for sim.executor = {cfg.sim.executor!r}, which trains "
+                              "in this process; set sim.executor = 'processes' or sim.engine = 'ray', or leave the "
+                              "deadline out")
+        # a run directory of an earlier version, whose config.toml always held the server's 120 s
+        log.warning("server.round_deadline = %s has no effect on sim.executor = %r, which trains in this process",
+                    deadline, cfg.sim.executor)
     clients = cfg.partition.num_clients
     if sampler.clients_per_round is not None and sampler.fraction is None and sampler.clients_per_round > clients:
         raise ConfigError(f"strategy.clients_per_round = {sampler.clients_per_round}: the run has {clients} clients "

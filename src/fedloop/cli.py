@@ -76,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # an --out that cannot be this run's is refused first; then what else can be known before any data is read (a
     # failure there leaves the directory as it was found)
     with run_directory(out, resume=bool(args.resume), overwrite=args.overwrite), log_to(out, log_options(cfg)):
-        check_runnable(cfg)
+        check_runnable(cfg, resuming=bool(args.resume))
         source = cfg.data.path or cfg.data.name if cfg.app.ref else cfg.data.name
         print(f"fedloop {cfg.strategy.name} on {source}, model {cfg.app.ref or cfg.model.name}, "
               f"{cfg.partition.num_clients} clients ({cfg.partition.scheme}), {cfg.rounds} rounds -> {out}",
