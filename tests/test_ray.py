@@ -1,6 +1,7 @@
 """The Ray executor on a local Ray with 2 CPUs: the same results as the local sequential reference, client state
 kept by the fleet, and Failures for dead actors and missed deadlines."""
 
+import json
 import os
 import re
 import shutil
@@ -11,8 +12,8 @@ from pathlib import Path
 import pytest
 import ray
 import torch
-from conftest import assert_close, assert_equal, run_sizes
-from test_sim import CONFORMANCE, SIZES, CountingFedAvg
+from conftest import assert_close, assert_equal, run_sizes, small_model
+from test_sim import CONFORMANCE, SIZES, CountingFedAvg, client_apps
 from torch import nn
 
 from fedloop import FedAvg, LocalSGD, RoundPolicy, Sampler
@@ -134,3 +135,46 @@ def test_a_share_past_the_round_deadline_fails_and_its_actor_is_replaced():
 def test_process_executors_cannot_run_inside_ray_actors():
     with pytest.raises(ConfigError, match="cannot run inside Ray actors"):
         run_sizes(CONFORMANCE["fedavg"], SIZES, "processes", engine="ray")
+
+
+@ray.remote(num_cpus=1)
+class Squatter:
+    def ready(self) -> bool:
+        return True
+
+
+def test_a_run_with_no_actor_left_stops_as_interrupted_with_its_files(tmp_path):
+    """After round 1 both actors are killed and two other actors take both CPUs, so no replacement can start: the
+    run stops as interrupted after round 1, with its model, summary and checkpoint."""
+    from fedloop.observers import Observer
+    from fedloop.run import RunOptions, train
+    from fedloop.sim.local import LocalFleet
+    from fedloop.sim.population import AppList
+    from fedloop.sim.ray_executor import RayExecutor
+
+    strategy = FedAvg(sampler=Sampler(None), local=LocalSGD(epochs=1))
+    apps = client_apps(strategy)
+    executor = RayExecutor(AppList(apps), "sequential", workers=2)
+    executor.start_timeout = 3.0  # for replacements: no CPU will be free for them
+    squatters = []
+
+    class TakeTheCluster(Observer):
+        def round(self, record, state):
+            if state.round == 1:
+                for actor in executor.actors:
+                    ray.kill(actor)
+                squatters.extend(Squatter.remote() for _ in range(2))
+                ray.get([s.ready.remote() for s in squatters])
+
+    fleet = LocalFleet(AppList(apps), executor)
+    try:
+        res = train(fleet, small_model, strategy,
+                    RunOptions(rounds=3, out=tmp_path / "r", observers=(TakeTheCluster(),)))
+    finally:
+        fleet.close()
+        for s in squatters:
+            ray.kill(s)
+    assert res.stop_reason == "interrupted" and res.state.round == 1
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["rounds"] == 1
+    assert (tmp_path / "r" / "model.safetensors").exists()
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())[-1] == "round_0001.safetensors"

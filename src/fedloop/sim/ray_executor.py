@@ -66,10 +66,11 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, population: Population, inner: str = "auto", address: str | None = None,
-                 workers: int | None = None, num_cpus: int | None = None):
+                 workers: int | None = None, num_cpus: int | None = None, start_timeout: float = START_TIMEOUT):
         if inner not in INNER:
             raise ConfigError(f"sim.executor = {inner!r} cannot run inside Ray actors; use {', '.join(INNER)}")
         self._ray = ray = connect(address, num_cpus)
+        self.start_timeout = start_timeout
         self.workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.inner, label = resolve_executor(inner, population, workers=1)  # what each one-thread actor runs
         self.label = label if inner == "auto" else inner
@@ -82,7 +83,7 @@ class RayExecutor:
         self._incidents: list[str] = []
         for _ in range(self.workers):
             self._start_actor()
-        why = self._await_started(time.monotonic() + START_TIMEOUT, every=True)
+        why = self._await_started(time.monotonic() + start_timeout, every=True)
         if why:
             self.close()
             raise ConfigError(f"sim.engine = 'ray': {why}{auth_hint(address)}")
@@ -112,7 +113,7 @@ class RayExecutor:
             if time.monotonic() >= until or (not every and self.actors):
                 break
         if every and self.starting:
-            return f"{len(self.starting)} of {self.workers} Ray actors did not start within {START_TIMEOUT:.0f} s"
+            return f"{len(self.starting)} of {self.workers} Ray actors did not start within {self.start_timeout:.0f} s"
         return None if self.actors else why or "no Ray actor could start"
 
     def _lose(self, actor: Any) -> None:
@@ -140,7 +141,7 @@ class RayExecutor:
                 share = queue.popleft()
                 running[actor.run.remote(share.broadcast, share.tasks, share.states)] = (share, actor)
             if not running:  # work left and no actor: wait for one to start
-                why = self._await_started(min(until or float("inf"), time.monotonic() + START_TIMEOUT))
+                why = self._await_started(min(until or float("inf"), time.monotonic() + self.start_timeout))
                 if not self.actors and (until is None or time.monotonic() < until):
                     raise WorkersLost(f"no Ray actor is left to train on ({why}); {len(queue)} shares of round "
                                       f"{queue[0].tasks[0].round} are undone")
