@@ -153,6 +153,15 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def first_to_create(path: str) -> bool:
+    """True in exactly one process of those that race to create `path`."""
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL))
+        return True
+    except FileExistsError:
+        return False
+
+
 def assert_close(a, b, rtol=RTOL, atol=ATOL):
     assert list(a) == list(b)
     for k in a:

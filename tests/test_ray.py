@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import ray
 import torch
-from conftest import assert_close, assert_equal, run_sizes, small_model
+from conftest import assert_close, assert_equal, first_to_create, run_sizes, small_model
 from test_sim import CONFORMANCE, SIZES, CountingFedAvg, client_apps
 from torch import nn
 
@@ -97,8 +97,7 @@ class DiesOnceInActor(nn.Module):
 
     def forward(self, x):
         mark = os.environ.get("FEDLOOP_TEST_MARKS")
-        if x.shape[0] == 2 and in_actor() and mark and not os.path.exists(os.path.join(mark, "died")):
-            open(os.path.join(mark, "died"), "w").close()
+        if x.shape[0] == 2 and in_actor() and mark and first_to_create(os.path.join(mark, "died")):
             os._exit(9)  # as if the actor's process were killed from outside, once
         return self.lin(x)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, replace
 
 import pytest
 import torch
-from conftest import assert_close, assert_equal, blobs, manual_partition, run_sizes, small_model
+from conftest import assert_close, assert_equal, blobs, first_to_create, manual_partition, run_sizes, small_model
 from torch import nn
 from torch.nn import functional as F
 
@@ -318,8 +318,7 @@ class KilledOnce(nn.Module):
         self.lin = nn.Linear(5, 3)
 
     def forward(self, x):
-        if x.shape[0] == 2 and os.getpid() != PARENT and KILL_ONCE and not os.path.exists(KILL_ONCE[0]):
-            open(KILL_ONCE[0], "w").close()
+        if x.shape[0] == 2 and os.getpid() != PARENT and KILL_ONCE and first_to_create(KILL_ONCE[0]):
             os._exit(9)  # as if the worker were killed from outside, once
         return self.lin(x)
 
