@@ -147,6 +147,7 @@ class RayExecutor:
                                       f"{queue[0].tasks[0].round} are undone")
                 if not self.actors:
                     self._fail(queue, results, "no reply before the deadline (no Ray actor was free)")
+                    queue.clear()
                 continue
             wait = TICK if until is None else max(0.0, min(TICK, until - time.monotonic()))
             done, _ = ray.wait(list(running), num_returns=1, timeout=wait)
