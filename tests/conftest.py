@@ -19,6 +19,7 @@ from fedloop import RunOptions, SimOptions, simulate
 from fedloop.data.examples import Dataset
 from fedloop.data.partition import Partition
 from fedloop.run import EvalOptions
+from fedloop.sim.mock import DropAt  # noqa: F401 - for the tests that import it from here
 
 RTOL, ATOL = 1e-5, 1e-6  # executors agree to float32 rounding of a different summation order
 

@@ -771,3 +771,79 @@ def test_the_server_cannot_remove_a_client_processs_noise(site, tmp_path, mode):
         assert float(noise.std()) == pytest.approx(z * clip, rel=tolerance)
     else:  # other batches and other noise in every step: far more than float rounding apart
         assert float(gap.abs().max()) > 1e-3
+
+
+def test_secure_aggregation_over_grpc_sums_the_survivors_when_clients_drop_mid_round(site, tmp_path):
+    """Five client processes, every one asked: client 1 exits after advertising its keys, client 3 after sending
+    its masked input. The server learns the sum of clients 0, 2, 3 and 4 (client 3 unmasked from its neighbours'
+    shares), which is the plain FedAvg round without client 1 within the stated quantisation error."""
+    from conftest import DropAt
+
+    from fedloop.net.client_process import EXIT_AT_STATUS
+
+    root, data = site
+    config = write_config(root, "secagg", deadline=30,
+                          extra="[secagg]\nenabled = true\nthreshold = 2\nclip_range = 10.0\n")
+    config.write_text(config.read_text().replace("rounds = 3", "rounds = 2").replace("clients_per_round = 4",
+                                                                                     "clients_per_round = 5")
+                      .replace("federated = true", "federated = false"))
+    server, port = start_server(root, config, tmp_path / "run")
+    exits = {1: "secagg-share", 3: "secagg-unmask"}
+    clients = [start_client(root, port, c, *(["--exit-at", exits[c]] if c in exits else [])) for c in range(5)]
+    log = finish(server)
+    for c, proc in enumerate(clients):
+        out, _ = proc.communicate(timeout=60)
+        assert proc.returncode == (EXIT_AT_STATUS if c in exits else 0), out
+    rounds = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first = rounds[0]
+    assert first["clients"] == 4 and first["failures"] == 2, first
+    reasons = {f["client"]: f["reason"] for f in first["failed_clients"]}
+    assert "secure aggregation, secagg-share" in reasons[1] and "secure aggregation, secagg-unmask" in reasons[3]
+    assert rounds[1]["clients"] == 3 and rounds[1]["selected"] == [0, 2, 4]  # the two that left are gone
+    assert "rounds 2" in log
+
+    # the simulator, plain FedAvg, with client 1 lost in round 1 and clients 1 and 3 gone in round 2
+    cfg = load_config(config)
+    plain = replace(strategy_from_config(cfg), secure=None)
+    held_out = Dataset("held-out", data.x_train, data.y_train, data.x_test, data.y_test, 3)
+    bounds = np.cumsum([0, *SIZES])
+    part = Partition("files", [np.arange(bounds[c], bounds[c + 1]) for c in range(len(SIZES))],
+                     [np.arange(c * 10, (c + 1) * 10) for c in range(len(SIZES))], "test")
+    model_fn = model_factory("mlp", held_out.spec())
+
+    class Leaving(DropAt):
+        def clients(self):  # clients 1 and 3 have left by round 2
+            return [c for c in self.inner.clients() if c.client_id not in (1, 3)] if self.tasks else \
+                self.inner.clients()
+
+    with one_thread():
+        fleet = Leaving(build_fleet(held_out, part, plain, model_fn), {"fit": [1]}, once=True)
+        sim = train(fleet, model_fn, plain, options(2, cfg.seed), test=Examples.all(data.x_test, data.y_test))
+    deployed = load_file(tmp_path / "run" / "model.safetensors")
+    bound = sum(r["secagg_error_bound"] for r in rounds)  # each round's mean moves the model by at most its bound
+    for k, v in sim.state.params.items():
+        assert float((deployed[k] - v).abs().max()) <= bound + 1e-5, k
+
+
+def test_distributed_dp_over_grpc_noises_the_sum_inside_secure_aggregation(site, tmp_path):
+    """Five client processes add discrete Gaussian noise before masking: the server's round reports the noise that
+    reached the sum (five survivors of a threshold of 3: sqrt(5 / 4) times z) and the epsilon of it."""
+    import dp_accounting
+
+    from fedloop.privacy.distributed import ORDERS
+
+    root, _ = site
+    z = 1.5
+    config = write_config(root, "ddp", extra=f'[secagg]\nenabled = true\nclip_range = 10.0\n[privacy]\n'
+                                             f'mode = "distributed"\nnoise_multiplier = {z}\nclip = 1.0\n')
+    config.write_text(config.read_text().replace("rounds = 3", "rounds = 2").replace("clients_per_round = 4",
+                                                                                     "clients_per_round = 5"))
+    rows = deploy(root, config, tmp_path / "run")
+    assert [r["clients"] for r in rows] == [5, 5]
+    assert [r["noise_multiplier_effective"] for r in rows] == pytest.approx([z * math.sqrt(5 / 4)] * 2, rel=1e-3)
+    acc = dp_accounting.rdp.RdpAccountant(list(ORDERS))
+    acc.compose(dp_accounting.GaussianDpEvent(rows[0]["noise_multiplier_effective"]), 2)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["privacy"]["mode"] == "distributed"
+    assert summary["privacy"]["epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-3)
+    assert rows[0]["train_loss"] is None

@@ -17,6 +17,7 @@ from .aggregators import AGGREGATORS
 from .aggregators.base import check_round_size
 from .app import App, load_app
 from .attacks import AttackOptions
+from .attacks.options import UPDATE_ATTACKS
 from .client import LocalSGD, LossFn
 from .config import OWN_FIELDS, AggregatorSection, Config, ServerOptSection, default_of, read_raw, typed
 from .data.examples import Dataset
@@ -29,6 +30,7 @@ from .privacy.options import PrivacyOptions, calibrate_noise, privatize
 from .progress import LogOptions
 from .run import CheckpointOptions, EvalOptions, RunOptions, StopOptions
 from .sampling import Sampler
+from .secagg.options import SecAggOptions
 from .server_opt import SERVER_OPTIMIZERS
 from .server_options import ServerOptions
 from .sim.engines import SimOptions
@@ -103,7 +105,20 @@ def strategy_from_config(cfg: Config, calibrating: bool = False) -> Strategy:
     options = privacy_options(cfg)
     if options.mode != "none" and options.noise_multiplier is None and not calibrating:
         raise ConfigError("privacy.target_epsilon: calibrate the noise multiplier first (build.calibrated)")
+    secure = secagg_options(cfg)
+    if options.mode == "distributed" and not secure.enabled:
+        raise ConfigError("privacy.mode = 'distributed' adds its noise inside secure aggregation: set "
+                          "secagg.enabled = true")
+    if secure.enabled:
+        try:
+            strategy = dataclasses.replace(strategy, secure=secure)
+        except ConfigError as exc:
+            raise ConfigError(f"secagg.enabled = true: {exc}") from None
     return privatize(strategy, options, 1.0 if calibrating and options.noise_multiplier is None else None)
+
+
+def secagg_options(cfg: Config) -> SecAggOptions:
+    return make("secagg", SecAggOptions, **_values(cfg.secagg))
 
 
 def attack_options(cfg: Config) -> AttackOptions:
@@ -207,9 +222,13 @@ def check_runnable(cfg: Config, deployed: bool = False, resuming: bool = False) 
         data_source(cfg.data.name, cfg.data.path)
     strategy = strategy_from_config(cfg, calibrating=True)
     sampler = strategy.sampler
+    if strategy.secure is not None:
+        check_secure(cfg, strategy.secure)
     if deployed:
         if sampler.clients_per_round is not None and sampler.fraction is None:
             check_round_size(strategy.aggregator, sampler.clients_per_round, "strategy.clients_per_round is")
+            if strategy.secure is not None:
+                check_secure_round(strategy.secure, sampler.clients_per_round, "strategy.clients_per_round is")
         return
     deadline = cfg.server.round_deadline
     if deadline is not None and cfg.sim.engine == "local" and cfg.sim.executor not in ("processes",
@@ -229,6 +248,29 @@ def check_runnable(cfg: Config, deployed: bool = False, resuming: bool = False) 
     if not sampler.poisson:  # a Poisson round's size varies: each round is checked as it comes
         check_round_size(strategy.aggregator, sampler.num_selected(clients),
                          f"{cfg.partition.num_clients} clients with this sampler give rounds of")
+        if strategy.secure is not None:
+            check_secure_round(strategy.secure, sampler.num_selected(clients),
+                               f"{cfg.partition.num_clients} clients with this sampler give rounds of")
+
+
+def check_secure(cfg: Config, options: SecAggOptions) -> None:
+    """ConfigError for the server checks and simulated attacks that need each client's plain update, which secure
+    aggregation hides."""
+    if cfg.server.max_update_norm is not None:
+        raise ConfigError(f"server.max_update_norm = {cfg.server.max_update_norm}: the server checks each update's "
+                          "norm, which secure aggregation hides from it; clients clip to secagg.clip_range instead")
+    if cfg.attack.kind in UPDATE_ATTACKS and cfg.attack.fraction > 0:
+        raise ConfigError(f"attack.kind = {cfg.attack.kind!r}: it rewrites plain updates on their way to the server, "
+                          "which under secure aggregation receives only masked ones")
+
+
+def check_secure_round(options: SecAggOptions, size: int, what: str) -> None:
+    """ConfigError when rounds of `size` clients cannot run SecAgg+ with these options."""
+    degree, threshold = options.degree(size), options.threshold_for(size)
+    if size < 3 or threshold > degree:
+        raise ConfigError(f"{what} {size} clients: secure aggregation needs rounds of at least 3 clients, each "
+                          f"with at least secagg.threshold = {threshold} neighbours (a round of {size} gives "
+                          f"{max(degree, 0)})")
 
 
 def app_from_config(cfg: Config) -> App | None:

@@ -196,7 +196,7 @@ def cmd_client(args: argparse.Namespace) -> int:
     answered = run_client(args.server, args.data, token_file=args.token_file, ca_cert=args.ca_cert, cert=args.cert,
                           key=args.key, insecure=args.insecure, state_dir=args.state_dir, expect_id=args.id,
                           give_up_after=args.give_up_after, threads=args.threads, app_ref=args.app,
-                          attack=attack, accept_seeded_noise=args.accept_seeded_noise)
+                          attack=attack, accept_seeded_noise=args.accept_seeded_noise, exit_at=args.exit_at)
     print(f"the run is over; answered {answered} tasks", flush=True)
     return 0
 
@@ -300,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="TEST ONLY: when the server asks for seeded DP noise (privacy.secure_noise = false), draw "
                           "it from the seed the server sends, so a test can compare bits with the simulator; the "
                           "server can then remove the noise. Without it the client always uses its own secret noise")
+    cli.add_argument("--exit-at", metavar="STAGE",
+                     help="TEST ONLY: exit without answering when the first task of this stage arrives (a client "
+                          "that drops out mid-round: secagg-advertise, secagg-share, fit, secagg-unmask, ...)")
     log_level(cli)
     cli.set_defaults(func=cmd_client)
 

@@ -29,6 +29,7 @@ from .privacy.options import PrivacyOptions
 from .progress import LogOptions
 from .run import CheckpointOptions, EvalOptions, RunOptions, StopOptions
 from .sampling import Sampler
+from .secagg.options import SecAggOptions
 from .server_opt import SERVER_OPTIMIZERS
 from .server_options import ServerOptions
 from .sim.engines import SimOptions
@@ -105,6 +106,7 @@ if TYPE_CHECKING:
     ServerSection: TypeAlias = _Built
     PrivacySection: TypeAlias = _Built
     AttackSection: TypeAlias = _Built
+    SecAggSection: TypeAlias = _Built
 else:
     StrategySection = create_model(
         "StrategySection", __base__=_Section, name=(Literal[tuple(STRATEGIES)], "fedavg"), **_fields(Sampler),
@@ -122,6 +124,7 @@ else:
                             extra={"round_deadline": (float | None, None)})
     PrivacySection = section("PrivacySection", PrivacyOptions)
     AttackSection = section("AttackSection", AttackOptions)
+    SecAggSection = section("SecAggSection", SecAggOptions)
 
 MOVED = {"server_lr": ("server_opt", "lr"), "server_momentum": ("server_opt", "momentum"),
          "weighting": ("aggregator", "weighting")}
@@ -175,6 +178,7 @@ class Config(_Section):
     server_opt: ServerOptSection = Field(default_factory=ServerOptSection)
     transforms: list[TransformSection] = Field(default_factory=list)
     privacy: PrivacySection = Field(default_factory=PrivacySection)
+    secagg: SecAggSection = Field(default_factory=SecAggSection)
     attack: AttackSection = Field(default_factory=AttackSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     stop: StopSection = Field(default_factory=StopSection)
@@ -306,7 +310,7 @@ def _toml_value(v: Any) -> str:
 
 
 COMPUTATION = ("seed", "data", "partition", "model", "app", "strategy", "client", "aggregator", "server_opt",
-               "transforms", "privacy", "attack", "sim.executor", "sim.engine", "sim.workers")
+               "transforms", "privacy", "secagg", "attack", "sim.executor", "sim.engine", "sim.workers")
 """What changes a run's arithmetic: a resumed run must keep all of it (its rounds, evaluation, stop conditions and
 checkpoints may change)."""
 

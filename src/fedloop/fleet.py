@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from .errors import ConfigError
-from .types import ClientInfo, Failure, Reply, Task
+from .types import ClientInfo, Failure, Message, Reply, Task
 
 STAGES = "stages"
 """Several exchanges per round (multi-stage strategies, secure aggregation)."""
@@ -21,7 +21,15 @@ STAGES = "stages"
 CONCURRENT = "concurrent"
 """Several open tasks per client at once."""
 
-CAPABILITIES = {STAGES: "run several exchanges per round", CONCURRENT: "hold several open tasks per client"}
+MESSAGES = "messages"
+"""Carry protocol messages (secure aggregation's stages): tasks of kind "secagg", and Message replies."""
+
+CAPABILITIES = {STAGES: "run several exchanges per round", CONCURRENT: "hold several open tasks per client",
+                MESSAGES: "carry secure aggregation's messages"}
+
+MESSAGE_SIZE = "message_bytes"
+"""Task config key: the most bytes the task's Message reply may hold. A fleet refuses a larger one before reading
+it, and a Message to a task that does not set it."""
 
 
 class Fleet(Protocol):
@@ -65,6 +73,28 @@ def run(fleet: Fleet, tasks: Sequence[Task], deadline: float | None = None) -> l
     fleet.cancel()
     why = "no reply" if deadline is None else f"no reply before the {deadline:.0f} s deadline"
     return [got.get(t.client_id) or Failure(t.client_id, t.round, why) for t in tasks]
+
+
+def message_refusal(task: Task, size: int) -> str | None:
+    """Why a Message of `size` bytes cannot answer `task`, or None."""
+    limit = task.config.get(MESSAGE_SIZE)
+    if not isinstance(limit, int) or isinstance(limit, bool):
+        return f"a message reply to a {task.kind!r} task, which asks for none"
+    if not 0 < size <= limit:
+        return f"a message of {size} bytes; the task allows 1..{limit}"
+    return None
+
+
+def checked_message(task: Task, reply: Reply) -> Reply:
+    """`reply`, or a Failure when it is a Message the task does not allow (or the task wanted one and got another
+    kind of reply)."""
+    if isinstance(reply, Message):
+        why = message_refusal(task, len(reply.data))
+    elif MESSAGE_SIZE in task.config and not isinstance(reply, Failure):
+        why = f"a {type(reply).__name__} reply to a task that asks for a message"
+    else:
+        return reply
+    return reply if why is None else Failure(task.client_id, task.round, f"reply rejected: {why}")
 
 
 def incidents(fleet: Fleet) -> list[str]:

@@ -14,8 +14,9 @@ from . import checks, culprits, interrupts
 from .errors import AggregationError, PrivacyBudgetExhausted, WorkersLost
 from .fleet import Fleet, check_capabilities, incidents, run
 from .observers import Observer
-from .reduction import reduce
+from .reduction import reduce, reduce_secure
 from .sampling import task_seeds
+from .secagg.rounds import SecureRound, secure_exchange
 from .stops import PrivacyBudget, StopCondition
 from .strategies.base import Strategy
 from .types import Aggregate, Broadcast, Evaluation, Failure, Params, Reply, RoundRecord, ServerState, Task, Update
@@ -107,6 +108,8 @@ class _Exchanges:
     updates: list[Update]
     failures: list[Failure]
     population: int
+    secure: SecureRound | None = None
+    """Under secure aggregation: the round's sum (or why it aborted), instead of updates."""
 
 
 def exchange(strategy: Strategy, fleet: Fleet, state: ServerState, deadline: float | None) -> _Exchanges:
@@ -115,8 +118,15 @@ def exchange(strategy: Strategy, fleet: Fleet, state: ServerState, deadline: flo
     available = [c for c in fleet.clients() if c.client_id not in state.excluded]
     tasks = strategy.configure(state, available)
     failures: list[Failure] = []
+    secure = None
     while True:
-        replies: list[Reply] = run(fleet, tasks, deadline)
+        if strategy.secure is not None and tasks and all(t.kind == "fit" for t in tasks):
+            uniform = getattr(strategy.aggregator, "weighting", "samples") == "uniform"
+            noise = next((n for t in strategy.transforms if (n := t.client_noise()) is not None), (0.0, 0.0))
+            secure = secure_exchange(strategy.secure, fleet, tasks, available, uniform, deadline, noise)
+            replies: list[Reply] = list(secure.failures)
+        else:
+            replies = run(fleet, tasks, deadline)
         failures += [r for r in replies if isinstance(r, Failure)]
         more = strategy.follow_up(state, available, tasks, replies)
         if not more:
@@ -125,7 +135,7 @@ def exchange(strategy: Strategy, fleet: Fleet, state: ServerState, deadline: flo
     for f in failures:
         log.warning("round %d: client %d failed: %s", f.round, f.client_id, f.reason)
     updates = [r for r in replies if isinstance(r, Update)]
-    return _Exchanges(tuple(t.client_id for t in tasks), updates, failures, len(available))
+    return _Exchanges(tuple(t.client_id for t in tasks), updates, failures, len(available), secure)
 
 
 def _finite(params: Params) -> bool:
@@ -153,7 +163,13 @@ def _settle(strategy: Strategy, state: ServerState, got: _Exchanges, min_updates
             ) -> tuple[Aggregate | None, list[Failure], ServerState | None, str | None, tuple[int, ...]]:
     """The round's aggregate, the updates rejected, the new state (or None and why the round failed) and the clients
     to exclude. A round that would make the params non-finite, or whose weighted update sum overflows, is settled
-    without the updates responsible when culprits.search finds them."""
+    without the updates responsible when culprits.search finds them. A secure round has only its sum: it is reduced
+    as it is, or fails when it aborted."""
+    if got.secure is not None and got.secure.result is not None:
+        secure = reduce_secure(got.secure.result, strategy, state, got.population)
+        return (secure, [], *_advance(strategy, state, secure, min_updates), ())
+    if got.secure is not None and got.secure.abort is not None:
+        return None, [], None, f"secure aggregation aborted: {got.secure.abort}", ()
     def attempt(updates: Sequence[Update]) -> tuple[Aggregate | None, list[Failure], ServerState | None, str | None]:
         agg, rejected = reduce(updates, strategy, state, got.population, nobody) if updates or nobody else (None, [])
         return (agg, rejected, *_advance(strategy, state, agg, min_updates))
@@ -184,7 +200,8 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequen
     or SIGTERM in the command line) ends the run with stop reason "interrupted" and the state of its last completed
     round; a round whose params stay non-finite through its retries ends it with "diverged".
     """
-    check_capabilities(strategy.requires, fleet, f"strategy {strategy.name!r}")
+    check_capabilities(strategy.needs, fleet, f"strategy {strategy.name!r}" +
+                       (" with secure aggregation" if strategy.secure is not None else ""))
     stops = [*stops, PrivacyBudget(strategy.transforms)]
     result = LoopResult(state)
     try:
@@ -228,7 +245,8 @@ def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], ev
             log.warning("round %d: client%s %s excluded from the run's later rounds", state.round + 1,
                         "s" if len(excluded) > 1 else "", ", ".join(map(str, excluded)))
         t_aggregate = time.perf_counter()
-        timings = {"exchange": t_exchange - start, "aggregate": t_aggregate - t_exchange}
+        timings = {"exchange": t_exchange - start, "aggregate": t_aggregate - t_exchange,
+                   **(got.secure.timings if got.secure is not None else {})}
         failures = tuple(got.failures + rejected)
         updates = agg.num_clients if agg else 0
         if new is None:
@@ -236,7 +254,7 @@ def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], ev
             log.warning("round %d failed: %s (attempt %d of %d)", state.round + 1, why, attempts, policy.retries + 1)
             record = RoundRecord(state.round + 1, got.selected, updates, failures, None, up, down,
                                  time.perf_counter() - start, timings=timings, failed=True, excluded=excluded,
-                                 incidents=tuple(incidents(fleet)))
+                                 incidents=tuple(incidents(fleet)), why=why or "")
             with interrupts.held():
                 result.records.append(record)
                 for o in observers:

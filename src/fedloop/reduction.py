@@ -11,6 +11,7 @@ import torch
 from .aggregators import mean_metrics
 from .errors import AggregationError
 from .sampling import server_seed, sub_seed
+from .secagg.vector import SecureSum
 from .strategies.base import Strategy
 from .transforms import RoundInfo, own_state
 from .types import Aggregate, Failure, ServerState, Update
@@ -51,10 +52,33 @@ def reduce(updates: Sequence[Update], strategy: Strategy, state: ServerState, po
     else:
         params, agg_state = {k: torch.zeros_like(v) for k, v in state.params.items()}, dict(state.agg_state)
     metrics = mean_metrics(kept)
+    params, transform_state = _server_aggregate(params, strategy, state, kept, population, metrics)
+    agg = Aggregate(params, len(kept), sum(u.num_examples for u in kept), metrics,
+                    strategy.aggregate_extras(kept), population, agg_state, transform_state)
+    return agg, rejected
+
+
+def reduce_secure(total: SecureSum, strategy: Strategy, state: ServerState, population: int = 0) -> Aggregate:
+    """The aggregate of a secure round: its mean (already reduced, under masks) through the server side of the
+    transforms, which under secure aggregation never see an update (Strategy.insecure_part refuses those that
+    must)."""
+    params: dict[str, torch.Tensor] = dict(total.params)
+    metrics: dict[str, float] = {} if total.train_loss is None else {"train_loss": total.train_loss}
+    metrics["secagg_error_bound"] = total.error_bound
+    params, transform_state = _server_aggregate(params, strategy, state, (), population, metrics, total)
+    return Aggregate(params, total.num_clients, total.num_examples, metrics, {}, population, dict(state.agg_state),
+                     transform_state)
+
+
+def _server_aggregate(params: dict[str, torch.Tensor], strategy: Strategy, state: ServerState,
+                      updates: Sequence[Update], population: int, metrics: dict[str, float],
+                      secure: SecureSum | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The reduced update through each transform's server_aggregate, last transform first: the new params and
+    transform states (the transforms' metrics go into `metrics`)."""
     transform_state = dict(state.transform_state)
     seed = server_seed(state.seed, state.round + 1)
-    info = RoundInfo(state.round + 1, kept, population, strategy.sampler.expected(population),
-                     "poisson" if strategy.sampler.poisson else "fixed", strategy.local.program())
+    info = RoundInfo(state.round + 1, updates, population, strategy.sampler.expected(population),
+                     "poisson" if strategy.sampler.poisson else "fixed", strategy.local.program(), secure)
     for i in reversed(range(len(strategy.transforms))):
         prefix = f"{i}/"
         own = own_state(transform_state, i)
@@ -62,6 +86,4 @@ def reduce(updates: Sequence[Update], strategy: Strategy, state: ServerState, po
         transform_state = {k: v for k, v in transform_state.items() if not k.startswith(prefix)}
         transform_state.update({prefix + k: v for k, v in own.items()})
         metrics.update(more)
-    agg = Aggregate(params, len(kept), sum(u.num_examples for u in kept), metrics,
-                    strategy.aggregate_extras(kept), population, agg_state, transform_state)
-    return agg, rejected
+    return params, transform_state

@@ -19,6 +19,7 @@ import torch
 from . import checks
 from .client.training import SGDProgram
 from .params import Scaled, norm
+from .secagg.vector import SecureSum
 from .types import ConfigValue, Params, Task, Update
 
 
@@ -36,6 +37,8 @@ class RoundInfo:
     sampling: Literal["fixed", "poisson"]
     program: SGDProgram
     """The strategy's local-training program (batch size, epochs), as the clients run it."""
+    secure: SecureSum | None = None
+    """Under secure aggregation: what the round's sum is made of (survivors, the noise the clients added)."""
 
 
 class Transform:
@@ -74,6 +77,11 @@ class Transform:
                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], dict[str, float]]:
         """On the server, on the reduced update: new params, new state, metrics for the round record."""
         return params, state, {}
+
+    def client_noise(self) -> tuple[float, float] | None:
+        """Distributed DP: (noise multiplier, L2 clip norm) of the noise the clients add inside secure aggregation's
+        encoding; None for every other transform."""
+        return None
 
     def exhausted(self, state: Mapping[str, torch.Tensor]) -> str | None:
         """Why the run must stop before another round (a privacy budget spent), or None."""

@@ -16,7 +16,8 @@ Params = Mapping[str, torch.Tensor]
 ConfigValue = bool | int | float | str | bytes
 """A value of a task's small per-task config map."""
 
-TaskKind = Literal["fit", "evaluate"]
+TaskKind = Literal["fit", "evaluate", "secagg"]
+"""What a task asks: train, evaluate, or answer one stage of secure aggregation (the broadcast's stage names it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +104,18 @@ class Failure:
     reason: str
 
 
-Reply = Update | Evaluation | Failure
+@dataclass(frozen=True)
+class Message:
+    """A client's answer to a protocol stage (secure aggregation's keys, shares, masked input): opaque bytes that
+    the protocol's server side parses and checks; the fleet checks only that their size is the one the task set."""
+
+    client_id: int
+    round: int
+    stage: str
+    data: bytes
+
+
+Reply = Update | Evaluation | Failure | Message
 
 
 @dataclass(frozen=True)
@@ -163,6 +175,8 @@ class RoundRecord:
     """Work lost with a worker in this round (a dead process, actor or node) and what became of it."""
     eval_failures: tuple[Failure, ...] = ()
     """Clients whose federated evaluation failed in this round."""
+    why: str = ""
+    """Why a failed round failed."""
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -186,6 +200,8 @@ class RoundRecord:
             out["incidents"] = list(self.incidents)
         if self.failed:
             out["failed"] = True
+            if self.why:
+                out["failed_because"] = self.why
         return out
 
 

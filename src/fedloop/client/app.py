@@ -17,7 +17,8 @@ from torch import nn
 
 from ..data.examples import Examples
 from ..sampling import sub_seed
-from ..types import ClientInfo, Evaluation, Failure, Reply, Task, Update
+from ..secagg import client as secagg
+from ..types import ClientInfo, Evaluation, Failure, Message, Reply, Task, Update
 from .evaluate import evaluate
 from .state import ClientState, RoundStates
 from .training import ClientContext, LossFn, Trained
@@ -42,6 +43,8 @@ class ClientApp:
     train: Examples
     test: Examples | None = None
     states: RoundStates = field(default_factory=RoundStates)
+    sessions: secagg.Sessions = field(default_factory=dict)
+    """Secure aggregation's per-round secrets, in this process's memory only (secagg/client.py)."""
 
     def info(self) -> ClientInfo:
         return ClientInfo(self.client_id, len(self.train))
@@ -67,8 +70,9 @@ class ClientApp:
         except Exception as exc:  # noqa: BLE001 - any client error becomes a Failure value
             return self._failure(task, exc)
 
-    def finish(self, task: Task, trained: Trained, state: ClientState) -> Update | Failure:
-        """Everything after training: the strategy's client finish, client transforms, the state commit."""
+    def finish(self, task: Task, trained: Trained, state: ClientState) -> Update | Message | Failure:
+        """Everything after training: the strategy's client finish, client transforms, the state commit; under
+        secure aggregation, the update goes back masked (a Message)."""
         try:
             update, new_state = self.strategy.client_finish(task, trained, state)
             if self.strategy.transforms:
@@ -78,9 +82,15 @@ class ClientApp:
                     metrics.update(more)
                 update = Update(update.client_id, update.round, params, update.num_examples, metrics,
                                 update.extras, update.version)
+            masked = None
+            if self.strategy.secure is not None and not secagg.is_masked(task):
+                raise ValueError("the run uses secure aggregation, but this fit task asks for a plain update")
+            if secagg.is_masked(task):
+                masked = secagg.masked_update(task, update.params, update.metrics.get("train_loss"),
+                                              update.num_examples, self.sessions)
             if new_state is not state:
                 self.states.commit(self.client_id, task.round, state, new_state)
-            return update
+            return update if masked is None else Message(self.client_id, task.round, task.broadcast.stage, masked)
         except Exception as exc:  # noqa: BLE001
             return self._failure(task, exc)
 
@@ -99,10 +109,20 @@ class ClientApp:
         except Exception as exc:  # noqa: BLE001
             return self._failure(task, exc)
 
+    def answer(self, task: Task) -> Message | Failure:
+        """A secure-aggregation stage that involves no training (advertise keys, share them, unmask)."""
+        try:
+            self._check(task)
+            return Message(self.client_id, task.round, task.broadcast.stage, secagg.answer(task, self.sessions))
+        except Exception as exc:  # noqa: BLE001
+            return self._failure(task, exc)
+
     def handle(self, task: Task, model: nn.Module | None = None) -> Reply:
-        """A whole task on this client: train then finish, or evaluate."""
+        """A whole task on this client: train then finish, evaluate, or answer a protocol stage."""
         if task.kind == "evaluate":
             return self.evaluate(task, model)
+        if task.kind == "secagg":
+            return self.answer(task)
         state = self.begin(task)
         trained = self.fit(task, state, model)
         return trained if isinstance(trained, Failure) else self.finish(task, trained, state)

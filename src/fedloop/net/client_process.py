@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ from ..client import ClientApp, DiskStates, MemoryStates, RoundStates
 from ..data.examples import Examples
 from ..errors import ConfigError, TransportError
 from ..server_options import host_port
-from ..types import Broadcast, Evaluation, Failure, Reply, Task, Update
+from ..types import Broadcast, Evaluation, Failure, Message, Reply, Task, Update
 from . import fedloop_pb2 as pb
 from . import fedloop_pb2_grpc as pb_grpc
 from .codec import KIND_NAMES, PROTOCOL, chunks, config_from_proto, decode, encode, split_extras
@@ -33,6 +34,8 @@ from .spool import clean
 log = logging.getLogger(__name__)
 
 FATAL = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT)
+EXIT_AT_STATUS = 17
+"""The exit status of a client that --exit-at stopped."""
 REJOIN = grpc.StatusCode.FAILED_PRECONDITION
 """The server does not know this client (it restarted): join again."""
 
@@ -103,6 +106,9 @@ def reply_chunks(reply: Reply, seq: int) -> Iterator[pb.ReplyChunk]:
         payload = encode(reply.params, reply.extras)
         header = pb.ReplyHeader(round=reply.round, kind=pb.REPLY_FIT, num_examples=reply.num_examples,
                                 metrics=dict(reply.metrics), size=len(payload), seq=seq)
+    elif isinstance(reply, Message):
+        payload = reply.data
+        header = pb.ReplyHeader(round=reply.round, kind=pb.REPLY_MESSAGE, size=len(payload), seq=seq)
     elif isinstance(reply, Evaluation):
         header = pb.ReplyHeader(round=reply.round, kind=pb.REPLY_EVALUATE, num_examples=reply.num_examples,
                                 metrics=dict(reply.metrics), seq=seq)
@@ -211,13 +217,15 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
                cert: str | None = None, key: str | None = None, insecure: bool = False,
                state_dir: str | None = None, expect_id: int | None = None, max_backoff: float = 30.0,
                give_up_after: float = 600.0, threads: int | None = None, app_ref: str | None = None,
-               attack: AttackOptions | None = None, accept_seeded_noise: bool = False) -> int:
+               attack: AttackOptions | None = None, accept_seeded_noise: bool = False,
+               exit_at: str | None = None) -> int:
     """Serve tasks until the server says the run is over; returns the number of tasks answered.
 
     A lost connection is retried with exponential backoff; after `give_up_after` seconds without any
     successful call (a server that is gone, or a TLS handshake it refuses) the client stops with an error.
     `threads` sets PyTorch's intra-op threads (several clients sharing cores must not oversubscribe them).
-    `app_ref` names the user's App (as --app does) when the server's config has one.
+    `app_ref` names the user's App (as --app does) when the server's config has one. `exit_at` (tests only): the
+    process exits at once, answering nothing, when a task of that stage arrives.
     """
     if threads is not None:
         if threads < 1:
@@ -229,14 +237,15 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
         return _serve_tasks(server, channel, data_path, token_file=token_file, insecure=insecure,
                             state_dir=state_dir, expect_id=expect_id, max_backoff=max_backoff,
                             give_up_after=give_up_after, app_ref=app_ref, attack=attack,
-                            accept_seeded_noise=accept_seeded_noise)
+                            accept_seeded_noise=accept_seeded_noise, exit_at=exit_at)
     finally:
         channel.close()  # every call ends now, on this thread, not in gRPC's clean-up at interpreter shutdown
 
 
 def _serve_tasks(server: str, channel: grpc.Channel, data_path: str, *, token_file: str | None, insecure: bool,
                  state_dir: str | None, expect_id: int | None, max_backoff: float, give_up_after: float,
-                 app_ref: str | None, attack: AttackOptions | None, accept_seeded_noise: bool) -> int:
+                 app_ref: str | None, attack: AttackOptions | None, accept_seeded_noise: bool,
+                 exit_at: str | None = None) -> int:
     """run_client's loop over an open channel."""
     stub = pb_grpc.FederationStub(channel)
     token = _read(token_file, "token")
@@ -289,6 +298,8 @@ def _serve_tasks(server: str, channel: grpc.Channel, data_path: str, *, token_fi
             if header.status != pb.POLL_TASK:
                 continue
             with attending(stub, meta, header.seq):
+                if exit_at is not None and header.stage == exit_at:
+                    _exit_at(header)
                 reply = attacked_reply(app.handle(receive_task(app.client_id, header, data)), attack)
                 ack = stub.PutReply(reply_chunks(reply, header.seq), metadata=meta, timeout=120)
             if not ack.accepted:
@@ -312,6 +323,15 @@ def _serve_tasks(server: str, channel: grpc.Channel, data_path: str, *, token_fi
             log.warning("%s %s (%s: %s); retrying in %.0f s", what, server, code.name, exc.details(), wait)
             time.sleep(wait)
             backoff = min(max_backoff, backoff * 2)
+
+
+def _exit_at(header: pb.TaskHeader) -> None:
+    """--exit-at: die while working on the task (once the server holds the call that says so), like a client whose
+    process or device stopped mid-round."""
+    log.warning("TEST ONLY: exiting at a %s task of round %d (--exit-at)", header.stage, header.round)
+    logging.shutdown()
+    time.sleep(1.0)
+    os._exit(EXIT_AT_STATUS)
 
 
 def join_request(app: ClientApp) -> pb.JoinRequest:

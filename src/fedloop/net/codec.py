@@ -12,10 +12,10 @@ from ..errors import TransportError
 from ..types import ConfigValue, Params, TaskKind
 from . import fedloop_pb2 as pb
 
-PROTOCOL = 4
+PROTOCOL = 5
 """The wire protocol's version (fedloop.proto); client and server refuse each other's other versions."""
 
-TASK_KINDS: dict[TaskKind, pb.TaskKind] = {"fit": pb.TASK_FIT, "evaluate": pb.TASK_EVALUATE}
+TASK_KINDS: dict[TaskKind, pb.TaskKind] = {"fit": pb.TASK_FIT, "evaluate": pb.TASK_EVALUATE, "secagg": pb.TASK_SECAGG}
 KIND_NAMES: dict[pb.TaskKind, TaskKind] = {v: k for k, v in TASK_KINDS.items()}
 
 CHUNK_BYTES = 128 << 10

@@ -12,6 +12,7 @@ class TaskKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_KIND_UNSPECIFIED: _ClassVar[TaskKind]
     TASK_FIT: _ClassVar[TaskKind]
     TASK_EVALUATE: _ClassVar[TaskKind]
+    TASK_SECAGG: _ClassVar[TaskKind]
 
 class PollStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -27,9 +28,11 @@ class ReplyKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REPLY_FIT: _ClassVar[ReplyKind]
     REPLY_EVALUATE: _ClassVar[ReplyKind]
     REPLY_FAILURE: _ClassVar[ReplyKind]
+    REPLY_MESSAGE: _ClassVar[ReplyKind]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_FIT: TaskKind
 TASK_EVALUATE: TaskKind
+TASK_SECAGG: TaskKind
 POLL_STATUS_UNSPECIFIED: PollStatus
 POLL_TASK: PollStatus
 POLL_WAIT: PollStatus
@@ -39,6 +42,7 @@ REPLY_KIND_UNSPECIFIED: ReplyKind
 REPLY_FIT: ReplyKind
 REPLY_EVALUATE: ReplyKind
 REPLY_FAILURE: ReplyKind
+REPLY_MESSAGE: ReplyKind
 
 class HelloRequest(_message.Message):
     __slots__ = ()

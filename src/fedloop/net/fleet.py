@@ -30,11 +30,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fleet import CONCURRENT, STAGES
+from ..fleet import CONCURRENT, MESSAGE_SIZE, MESSAGES, STAGES, message_refusal
 from ..params import num_bytes
 from ..server_options import ServerOptions
 from ..store import atomic_write_json
-from ..types import ClientInfo, Evaluation, Failure, Reply, Task, Update
+from ..types import ClientInfo, Evaluation, Failure, Message, Reply, Task, Update
 from . import fedloop_pb2 as pb
 from .auth import Authenticator
 from .codec import encode
@@ -64,7 +64,7 @@ class Pending:
 class GrpcFleet:
     """The server's view of its clients: tasks go out when clients poll, replies come in as they upload."""
 
-    capabilities = frozenset({STAGES, CONCURRENT})
+    capabilities = frozenset({STAGES, CONCURRENT, MESSAGES})
 
     def __init__(self, auth: Authenticator, settings_json: str, run_id: str, spool: Spool,
                  options: ServerOptions | None = None, registry: Path | None = None, spec: dict | None = None):
@@ -319,14 +319,16 @@ class GrpcFleet:
             if p.checking:
                 return f"client {client_id} already replied to task {header.seq}"
             task = p.task
-            kinds = {pb.REPLY_FIT, pb.REPLY_EVALUATE, pb.REPLY_FAILURE}
+            kinds = {pb.REPLY_FIT, pb.REPLY_EVALUATE, pb.REPLY_FAILURE, pb.REPLY_MESSAGE}
             if header.round != task.round:
                 reason = f"round {header.round} does not match the task's round {task.round}"
             elif header.kind not in kinds:
                 reason = f"unknown reply kind {header.kind}"
+            elif header.kind == pb.REPLY_MESSAGE and (refusal := message_refusal(task, header.size)) is not None:
+                reason = refusal
             elif header.kind == pb.REPLY_FIT and not 0 < header.size <= self._upload_limit:
                 reason = f"declared size {header.size} is outside 1..{self._upload_limit} bytes"
-            elif header.kind != pb.REPLY_FIT and header.size != 0:
+            elif header.kind not in (pb.REPLY_FIT, pb.REPLY_MESSAGE) and header.size != 0:
                 reason = f"a {pb.ReplyKind.Name(header.kind)} reply carries no params, not {header.size} bytes"
             else:
                 p.uploading = True
@@ -414,11 +416,18 @@ class GrpcFleet:
         def reject(reason: str) -> tuple[Reply, str]:
             return Failure(client_id, task.round, f"upload rejected: {reason}"), reason
 
-        kinds = {"fit": pb.REPLY_FIT, "evaluate": pb.REPLY_EVALUATE}
+        kinds = {"fit": pb.REPLY_FIT, "evaluate": pb.REPLY_EVALUATE, "secagg": pb.REPLY_MESSAGE}
         if header.kind == pb.REPLY_FAILURE:
             return Failure(client_id, task.round, clean(header.reason) or "client failure"), None
-        if header.kind != kinds[task.kind]:
-            return reject(f"a {pb.ReplyKind.Name(header.kind)} reply to a {task.kind!r} task")
+        expected = pb.REPLY_MESSAGE if MESSAGE_SIZE in task.config else kinds[task.kind]
+        if header.kind != expected:
+            return reject(f"a {pb.ReplyKind.Name(header.kind)} reply to a task that asks for "
+                          f"{pb.ReplyKind.Name(expected)}")
+        if header.kind == pb.REPLY_MESSAGE:
+            if header.metrics or header.num_examples:
+                return reject("a message reply carries no metrics or counts (they would travel unmasked)")
+            assert path is not None  # precheck: a message reply has 1..message_bytes bytes
+            return Message(client_id, task.round, task.broadcast.stage, path.read_bytes()), None
         if (problem := check_metrics(header.metrics)) is not None:
             return reject(problem)
         with self._cond:

@@ -46,9 +46,10 @@ DEPLOYED = tuple(k for k in COMPUTATION if not k.startswith("sim.")) + ("server.
 
 def client_settings(cfg: Config, spec: dict) -> str:
     """What a client needs to build its app, and nothing else (no paths, no server settings): the reader of its
-    data, the model (or the user's App), the strategy's client half and the client-side transforms."""
+    data, the model (or the user's App), the strategy's client half, the client-side transforms and whether updates go
+    through secure aggregation."""
     config = cfg.model_dump(mode="json", include={"seed", "model", "app", "strategy", "client", "transforms",
-                                                          "privacy"})
+                                                  "privacy", "secagg"})
     config["data"] = cfg.data.model_dump(mode="json", include={"name", "test_fraction", "split", "label_column"})
     return json.dumps({"config": config, "spec": spec})
 

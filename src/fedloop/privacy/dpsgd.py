@@ -43,6 +43,8 @@ def client_epsilon(release: Release, rounds: int, delta: float) -> float:
 class DPSGD(Transform):
     name: ClassVar[str] = "dp_sgd"
     private: ClassVar[bool] = True
+    reads_updates: ClassVar[bool] = True
+    """Its accountant counts each client's rounds from the round's updates."""
     clip: float = 1.0
     noise_multiplier: float = 1.0
     delta: float = 1e-5

@@ -15,10 +15,11 @@ from ..strategies.base import Strategy
 from ..transforms import Transform
 from .accountant import AccountantKind, Release, calibrate
 from .central import CentralDP
+from .distributed import DistributedDP
 from .dpsgd import DPSGD, client_release
 from .local import LocalDP
 
-Mode = Literal["none", "central", "local", "dp-sgd"]
+Mode = Literal["none", "central", "local", "dp-sgd", "distributed"]
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,13 @@ class PrivacyOptions:
             checks.fail(self, "noise_multiplier", f"mode {self.mode!r} needs noise_multiplier or target_epsilon")
         if self.clipping == "adaptive" and self.mode != "central":
             checks.fail(self, "clipping", "adaptive clipping is part of central DP (mode = 'central')")
+        if self.mode == "distributed":
+            if not self.secure_noise:
+                checks.fail(self, "secure_noise", "distributed DP's noise always comes from each client's own "
+                                                  "secret stream; seeded noise is not offered for it")
+            if self.accountant != "rdp":
+                checks.fail(self, "accountant", "distributed DP's bound (Kairouz et al. 2021) is an RDP curve; use "
+                                                "'rdp'")
         if self.mode == "dp-sgd" and self.accountant == "pld":
             checks.fail(self, "accountant", "DP-SGD samples batches without replacement, which only the RDP "
                                             "accountant analyses in dp-accounting; use 'rdp'")
@@ -80,6 +88,8 @@ class PrivacyOptions:
             return LocalDP(self.clip, z, self.delta, self.accountant, self.max_epsilon, self.secure_noise)
         if self.mode == "dp-sgd":
             return DPSGD(self.clip, z, self.delta, self.max_epsilon, self.secure_noise)
+        if self.mode == "distributed":
+            return DistributedDP(self.clip, z, self.delta, self.max_epsilon)
         raise ConfigError(f"privacy.mode = {self.mode!r} has no mechanism")
 
 
@@ -98,6 +108,11 @@ def privatize(strategy: Strategy, options: PrivacyOptions, noise_multiplier: flo
             raise ConfigError(f"privacy.mode = 'central' needs the weighted-mean aggregator (it adds noise to a sum); "
                               f"aggregator {aggregator.name!r} is not a sum")
         aggregator = WeightedMean("uniform", 1.0)
+    if options.mode == "distributed":
+        if not isinstance(aggregator, WeightedMean):
+            raise ConfigError(f"privacy.mode = 'distributed' needs the weighted-mean aggregator (its noise is added "
+                              f"to a sum); aggregator {aggregator.name!r} is not a sum")
+        aggregator = WeightedMean("uniform")
     try:
         return replace(strategy, sampler=sampler, aggregator=aggregator,
                        transforms=(*strategy.transforms, options.mechanism(z)))
@@ -115,6 +130,8 @@ def planned_release(strategy: Strategy, options: PrivacyOptions, z: float, popul
         return Release(z, "fixed", population=population, sample=sampler.num_selected(population))
     if options.mode == "local":
         return Release(z, "none")
+    if options.mode == "distributed":  # every round counts for every client: a Gaussian sum, add/remove-one
+        return Release(z, "poisson", rate=1.0, population=population)
     if not sizes:
         raise ConfigError("privacy.target_epsilon: DP-SGD calibration needs the clients' example counts")
     return client_release(z, strategy.local.program(), min(sizes))

@@ -31,10 +31,12 @@ def derive(mine: X25519PrivateKey, theirs: bytes, purpose: str, round: int) -> b
 
 
 def expand(seed: bytes, n: int, ring: Ring) -> np.ndarray:
-    """n uniform residues mod 2^bits: the AES-256-CTR keystream of `seed` (zero nonce: one seed, one vector)."""
+    """n uniform residues mod 2^bits: the AES-256-CTR keystream of `seed` (zero nonce: one seed, one vector), in
+    4-byte words for rings of up to 32 bits and 8-byte words above."""
     encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
-    words = np.frombuffer(encryptor.update(bytes(8 * n)), dtype=np.uint64)
-    return words & np.uint64(ring.modulus - 1)
+    width = 4 if ring.bits <= 32 else 8
+    words = np.frombuffer(encryptor.update(bytes(width * n)), dtype=np.uint32 if width == 4 else np.uint64)
+    return words.astype(np.uint64) & np.uint64(ring.modulus - 1)
 
 
 def masked(x: np.ndarray, me: int, self_seed: bytes, pair_seeds: dict[int, bytes], ring: Ring) -> np.ndarray:

@@ -22,6 +22,7 @@ Signatures on the advertised keys (the paper's active-security variant) are not 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -34,8 +35,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from . import masks, shamir
 from .ring import Ring
+from .wire import CIPHERTEXT_BYTES, SHARE_BYTES
 
-SHARE_BYTES = 66  # a share of GF(2^521 - 1)
+log = logging.getLogger(__name__)
 
 
 class SecAggAbort(Exception):
@@ -84,15 +86,26 @@ class ClientSession:
     self_seed: bytes = field(default_factory=lambda: secrets.token_bytes(32))
     peers: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     received: dict[int, bytes] = field(default_factory=dict)
-    revealed: bool = False
+    stage: str = "advertise"
+    """The next request this session answers: each is answered once, in order ("done" after unmask)."""
+    rejected: dict[int, str] = field(default_factory=dict)
+    """Neighbours whose shares did not decrypt at unmask (tampered, or replayed from another round or pair)."""
+
+    def _step(self, asked: str, then: str) -> None:
+        if self.stage != asked:
+            raise Rejected(f"client {self.client_id}: asked to {asked} in round {self.round}, where the next "
+                           f"step is {self.stage} (a replayed or out-of-order request)")
+        self.stage = then
 
     def advertise(self) -> tuple[bytes, bytes]:
         """Stage 1: (share-encryption public key, mask public key)."""
+        self._step("advertise", "share")
         return masks.public_bytes(self.share_key), masks.public_bytes(self.mask_key)
 
     def share_keys(self, peers: dict[int, tuple[bytes, bytes]]) -> dict[int, bytes]:
         """Stage 2: given the neighbours' advertised keys, each neighbour's encrypted shares of this client's
         self-mask seed and mask private key."""
+        self._step("share", "mask")
         if self.client_id in peers or len(peers) < self.threshold:
             raise SecAggAbort(f"client {self.client_id}: {len(peers)} neighbours; the threshold is {self.threshold}")
         self.peers = dict(peers)
@@ -112,6 +125,7 @@ class ClientSession:
     def masked_input(self, x: np.ndarray, ciphertexts: dict[int, bytes]) -> np.ndarray:
         """Stage 3: given the shares sent to this client by its neighbours in U2, its vector (ring residues)
         masked by its self mask and its pairwise masks with those neighbours."""
+        self._step("mask", "unmask")
         unknown = set(ciphertexts) - set(self.peers)
         if unknown:
             raise Rejected(f"client {self.client_id}: shares from non-neighbours {sorted(unknown)}")
@@ -124,20 +138,23 @@ class ClientSession:
 
     def unmask(self, survivors: set[int]) -> dict[int, tuple[str, int]]:
         """Stage 4: for each neighbour in U2, the share of its self-mask seed ("b") if it is a survivor, else of
-        its mask key ("s"). Asked once: a second request (which could reveal both of one client) is refused."""
-        if self.revealed:
+        its mask key ("s"). Asked once: a second request (which could reveal both of one client) is refused. Shares
+        that do not decrypt are left out, with the reason in `rejected` and the log."""
+        if self.stage == "done":
             raise Rejected(f"client {self.client_id}: unmask was asked twice in round {self.round}")
+        self._step("unmask", "done")
         if len(survivors) < self.threshold:
             raise SecAggAbort(f"{len(survivors)} survivors; the threshold is {self.threshold}")
-        self.revealed = True
         out = {}
         for j, blob in sorted(self.received.items()):
             key = masks.derive(self.share_key, self.peers[j][0], "share", self.round)
             try:
                 plain = AESGCM(key).decrypt(blob[:12], blob[12:], _aad(self.round, j, self.client_id))
             except InvalidTag:
-                raise Rejected(f"client {self.client_id}: the shares from client {j} do not decrypt (tampered, "
-                               "or from another round or pair)") from None
+                self.rejected[j] = (f"the shares from client {j} do not decrypt (tampered, or from another round "
+                                    "or pair)")
+                log.warning("round %d: client %d: %s", self.round, self.client_id, self.rejected[j])
+                continue
             b, s = plain[:SHARE_BYTES], plain[SHARE_BYTES:]
             out[j] = ("b", int.from_bytes(b, "big")) if j in survivors else ("s", int.from_bytes(s, "big"))
         return out
@@ -157,45 +174,54 @@ class ServerSession:
     inputs: dict[int, np.ndarray] = field(default_factory=dict)
 
     def advertised(self, keys: dict[int, tuple[bytes, bytes]]) -> dict[int, dict[int, tuple[bytes, bytes]]]:
-        """After stage 1 (U1 = the senders): each client's neighbours' keys."""
+        """After stage 1 (U1 = the senders, whose keys are 32 bytes each): each client's neighbours' keys."""
         if len(keys) < self.threshold + 1:
             raise SecAggAbort(f"{len(keys)} clients advertised keys; the round needs {self.threshold + 1}")
-        for i, (c, s) in keys.items():
-            if len(c) != 32 or len(s) != 32:
-                raise Rejected(f"client {i}: advertised keys of {len(c)} and {len(s)} bytes; X25519 keys are 32")
         self.keys = dict(keys)
         self.graph = neighbours(list(keys), self.degree, keys)
         return {i: {j: keys[j] for j in self.graph[i]} for i in keys}
 
-    def shared(self, sent: dict[int, dict[int, bytes]]) -> dict[int, dict[int, bytes]]:
-        """After stage 2 (U2 = the senders): what each client in U2 receives, the ciphertexts addressed to it."""
+    def shared(self, sent: dict[int, dict[int, bytes]]) -> tuple[dict[int, dict[int, bytes]], dict[int, str]]:
+        """After stage 2: what each client in U2 (the senders whose messages pass) receives, the ciphertexts
+        addressed to it; and the messages rejected, with why."""
+        rejected: dict[int, str] = {}
         for i, out in sent.items():
-            if i not in self.keys or set(out) != set(self.graph[i]):
-                raise Rejected(f"client {i}: shares for {sorted(out)[:10]}, not for its neighbours")
-        self.shares = dict(sent)
-        return {j: {i: sent[i][j] for i in sent if j in sent[i]} for j in sent}
+            if i not in self.keys:
+                rejected[i] = "shares from a client that advertised no keys"
+            elif set(out) != set(self.graph[i]):
+                rejected[i] = f"shares for clients {sorted(out)[:10]}, not for its {len(self.graph[i])} neighbours"
+            elif any(len(c) != CIPHERTEXT_BYTES for c in out.values()):
+                rejected[i] = f"a ciphertext that is not {CIPHERTEXT_BYTES} bytes"
+        self.shares = {i: out for i, out in sent.items() if i not in rejected}
+        return {j: {i: self.shares[i][j] for i in self.shares if j in self.shares[i]} for j in self.shares}, rejected
 
-    def masked(self, inputs: dict[int, np.ndarray]) -> set[int]:
-        """After stage 3 (U3 = the senders, who must be in U2): the survivors to send the unmask request."""
-        unknown = set(inputs) - set(self.shares)
-        if unknown:
-            raise Rejected(f"masked inputs from clients {sorted(unknown)} that did not share keys")
-        self.inputs = dict(inputs)
-        if len(inputs) < self.threshold:
-            raise SecAggAbort(f"{len(inputs)} masked inputs; the threshold is {self.threshold}")
-        return set(inputs)
+    def masked(self, inputs: dict[int, np.ndarray]) -> tuple[set[int], dict[int, str]]:
+        """After stage 3: U3 (the senders in U2), to whom the unmask request goes; and the inputs rejected."""
+        rejected = {i: "a masked input from a client that did not share keys" for i in inputs if i not in self.shares}
+        self.inputs = {i: y for i, y in inputs.items() if i not in rejected}
+        if len(self.inputs) < self.threshold + 1:  # each survivor's seed is rebuilt from t other survivors' shares
+            raise SecAggAbort(f"{len(self.inputs)} masked inputs; the threshold is {self.threshold}, so a round "
+                              f"needs {self.threshold + 1}")
+        return set(self.inputs), rejected
 
-    def unmasked(self, revealed: dict[int, dict[int, tuple[str, int]]], size: int) -> np.ndarray:
-        """After stage 4: the ring sum of the survivors' vectors (SecAggAbort when a secret lacks shares)."""
+    def unmasked(self, revealed: dict[int, dict[int, tuple[str, int]]], size: int
+                 ) -> tuple[np.ndarray, dict[int, str]]:
+        """After stage 4: the ring sum of the survivors' vectors, and the reveals rejected (SecAggAbort when a
+        secret lacks shares, or its shares disagree)."""
         survivors, dropped = set(self.inputs), set(self.shares) - set(self.inputs)
         wanted: dict[tuple[str, int], dict[int, int]] = {}
-        for i, shares in revealed.items():
+        rejected: dict[int, str] = {}
+        for i, shares in sorted(revealed.items()):
             if i not in survivors:
-                raise Rejected(f"client {i}: unmask shares from a client that sent no masked input")
-            for j, (kind, value) in shares.items():
-                if kind != ("b" if j in survivors else "s") or j not in self.graph.get(i, ()):
-                    raise Rejected(f"client {i}: a {kind!r} share of client {j}, which the round does not ask for")
-                wanted.setdefault((kind, j), {})[holder(i)] = value
+                rejected[i] = "unmask shares from a client that sent no masked input"
+                continue
+            for j, (kind, _) in shares.items():
+                if j not in self.graph.get(i, ()) or j not in self.shares or kind != ("b" if j in survivors else "s"):
+                    rejected[i] = f"a {kind!r} share of client {j}, which the round does not ask it for"
+                    break
+            else:
+                for j, (kind, value) in shares.items():
+                    wanted.setdefault((kind, j), {})[holder(i)] = value
         total = np.zeros(size, dtype=np.uint64)
         for y in self.inputs.values():
             total = self.ring.add(total, y)
@@ -208,11 +234,18 @@ class ServerSession:
                 if k in survivors:  # k got j's shares in stage 2, so it masked with j
                     m = masks.expand(masks.derive(key, self.keys[k][1], "mask", self.round), size, self.ring)
                     total = self.ring.sub(total, m) if k < j else self.ring.add(total, m)
-        return total
+        return total, rejected
 
     def _secret(self, wanted: dict[tuple[str, int], dict[int, int]], kind: str, j: int) -> bytes:
         got = wanted.get((kind, j), {})
+        what = "self-mask seed" if kind == "b" else "mask key"
         if len(got) < self.threshold:
-            raise SecAggAbort(f"round {self.round}: {len(got)} shares of client {j}'s "
-                              f"{'self-mask seed' if kind == 'b' else 'mask key'}; the threshold is {self.threshold}")
-        return shamir.combine(got, self.threshold, 32)
+            raise SecAggAbort(f"round {self.round}: {len(got)} shares of client {j}'s {what}; the threshold is "
+                              f"{self.threshold}")
+        if not shamir.consistent(got, self.threshold):
+            raise SecAggAbort(f"round {self.round}: the shares of client {j}'s {what} disagree (a neighbour sent a "
+                              "wrong share)")
+        try:
+            return shamir.combine(got, self.threshold, 32)
+        except ValueError as exc:
+            raise SecAggAbort(f"round {self.round}: client {j}'s {what}: {exc}") from None

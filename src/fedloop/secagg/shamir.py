@@ -50,6 +50,31 @@ def combine(shares: Mapping[int, int], threshold: int, size: int) -> bytes:
     return secret.to_bytes(size, "big")
 
 
+def consistent(shares: Mapping[int, int], threshold: int) -> bool:
+    """Whether every share lies on the polynomial of degree threshold - 1 through the first `threshold` of them (a
+    wrong share among more than `threshold` is then caught instead of silently giving a wrong secret)."""
+    points = sorted(shares.items())
+    base, rest = points[:threshold], points[threshold:]
+    inverse = []
+    for i, (xi, _) in enumerate(base):
+        den = 1
+        for j, (xj, _) in enumerate(base):
+            if i != j:
+                den = den * (xi - xj) % PRIME
+        inverse.append(pow(den, -1, PRIME))
+    for x, y in rest:
+        value = 0
+        for i, (_, yi) in enumerate(base):
+            num = 1
+            for j, (xj, _) in enumerate(base):
+                if i != j:
+                    num = num * (x - xj) % PRIME
+            value = (value + yi * num * inverse[i]) % PRIME
+        if value != y:
+            return False
+    return True
+
+
 def check(threshold: int, holders: Sequence[int]) -> None:
     """ConfigError unless 2 <= threshold <= the number of holders and the holder ids are distinct and >= 1."""
     if len(set(holders)) != len(holders) or any(h < 1 for h in holders):

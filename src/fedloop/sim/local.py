@@ -7,9 +7,10 @@ from collections.abc import Sequence
 
 from ..client import ClientApp, MemoryStates, RoundStates, StateStore, Trained
 from ..errors import ConfigError
-from ..fleet import CONCURRENT, STAGES
+from ..fleet import CONCURRENT, MESSAGES, STAGES, checked_message
 from ..params import num_bytes
-from ..types import ClientInfo, Reply, Task, Update
+from ..secagg.client import Sessions
+from ..types import ClientInfo, Message, Reply, Task, Update
 from .choice import make_executor, resolve_executor
 from .executors import Executor, Job
 from .population import AppList, Population
@@ -23,7 +24,7 @@ class LocalFleet:
     memory follows the clients sampled, not the population. Tasks run when their replies are collected.
     """
 
-    capabilities = frozenset({STAGES, CONCURRENT})
+    capabilities = frozenset({STAGES, CONCURRENT, MESSAGES})
 
     def __init__(self, population: Population | Sequence[ClientApp], executor: str | Executor = "sequential",
                  states: StateStore | None = None, workers: int | None = None):
@@ -35,6 +36,8 @@ class LocalFleet:
         else:
             self.chosen = self._label = executor.name
             self.executor = executor
+        self.sessions: Sessions = {}
+        """Secure aggregation's client secrets: this process holds every simulated client's."""
         self._open: list[Task] = []
         self._down = 0
         self._up = 0
@@ -46,24 +49,38 @@ class LocalFleet:
         """The client's app, keeping its state in this fleet's store."""
         app = self.population.app(client_id)
         app.states = self.states
+        app.sessions = self.sessions
         return app
 
     def submit(self, tasks: Sequence[Task]) -> None:
         self._open += tasks
 
     def collect(self, until: float | None = None, min_replies: int | None = None) -> list[Reply]:
-        """Runs every open task (in-process work cannot stop early; worker executors stop waiting at `until`)."""
+        """Runs every open task (in-process work cannot stop early; worker executors stop waiting at `until`).
+        Protocol stages that involve no training are answered here, by the client apps; the rest go to the
+        executor."""
         tasks, self._open = self._open, []
-        jobs = []
-        for task in tasks:
+        jobs: list[Job] = []
+        answered: dict[int, Reply] = {}
+        for pos, task in enumerate(tasks):
             try:
                 app = self.app(task.client_id)
             except KeyError:
                 raise ConfigError(f"task for client {task.client_id}, which is not in this fleet") from None
-            jobs.append(Job(app, task, app.begin(task) if task.kind == "fit" else {}))
+            if task.kind == "secagg":
+                answered[pos] = app.answer(task)
+            else:
+                jobs.append(Job(app, task, app.begin(task) if task.kind == "fit" else {}))
+        trained = iter(zip(jobs, self.executor.run(jobs, until) if jobs else [], strict=True))
         replies: list[Reply] = []
-        for job, result in zip(jobs, self.executor.run(jobs, until), strict=True):
-            replies.append(job.app.finish(job.task, result, job.state) if isinstance(result, Trained) else result)
+        for pos, task in enumerate(tasks):
+            reply: Reply
+            if pos in answered:
+                reply = answered[pos]
+            else:
+                job, result = next(trained)
+                reply = job.app.finish(job.task, result, job.state) if isinstance(result, Trained) else result
+            replies.append(checked_message(task, reply))
         self._count(tasks, replies)
         return replies
 
@@ -76,11 +93,13 @@ class LocalFleet:
         for t in tasks:
             if t.broadcast.key not in sizes:
                 sizes[t.broadcast.key] = num_bytes(t.params) + num_bytes(t.extras)
-            self._down += sizes[t.broadcast.key]
+            self._down += sizes[t.broadcast.key] + sum(len(v) for v in t.config.values() if isinstance(v, bytes))
         self._up += sum(num_bytes(r.params) + num_bytes(r.extras) for r in replies if isinstance(r, Update))
+        self._up += sum(len(r.data) for r in replies if isinstance(r, Message))
 
     def traffic(self) -> tuple[int, int]:
-        """The raw tensor bytes tasks and updates would move over a network (nothing crosses one here)."""
+        """The raw bytes tasks and replies would move over a network (nothing crosses one here): tensors, and
+        protocol messages both ways."""
         return self._down, self._up
 
     def incidents(self) -> list[str]:

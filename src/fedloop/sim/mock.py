@@ -1,12 +1,13 @@
 """Test fleets: MockFleet answers tasks with a function in-process, ChaosFleet wraps any fleet and injects seeded
-dropouts, stragglers and corrupt updates, so the loop's retry, min_updates and deadline logic can be tested (and
-robustness measured) without processes or networks."""
+dropouts, stragglers and corrupt updates, DropAt loses chosen clients' replies at chosen stages (a client leaving
+mid-protocol), so the loop's retry, min_updates and deadline logic and secure aggregation's dropout handling can be
+tested (and robustness measured) without processes or networks."""
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -135,6 +136,55 @@ class ChaosFleet:
 
     def describe(self) -> str:
         return f"chaos({self.inner.describe()})"
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class DropAt:
+    """`inner` where the listed clients' replies at the listed stages are lost (a Failure each, as from a client
+    that stopped answering): {stage: client ids}, the stage as the task's broadcast names it ("fit",
+    "secagg-share", ...). With `once`, only the first exchange of each (round, stage) loses them (a retried round
+    runs clean). Keeps the server's transcript: every task it sent (`tasks`) and reply it got (`replies`)."""
+
+    def __init__(self, inner: Fleet, drops: Mapping[str, Sequence[int]], once: bool = False):
+        self.inner, self.drops, self.once = inner, drops, once
+        self.capabilities = inner.capabilities
+        self._seen: set[tuple[int, str]] = set()
+        self._now: set[tuple[int, int]] = set()
+        self.tasks: list[Task] = []
+        self.replies: list[Reply] = []
+
+    def clients(self) -> list[ClientInfo]:
+        return self.inner.clients()
+
+    def submit(self, tasks: Sequence[Task]) -> None:
+        self.tasks += tasks
+        for t in tasks:
+            key = (t.round, t.broadcast.stage)
+            if t.client_id in self.drops.get(t.broadcast.stage, ()) and not (self.once and key in self._seen):
+                self._now.add((t.round, t.client_id))
+        self._seen |= {(t.round, t.broadcast.stage) for t in tasks}
+        self.inner.submit(tasks)
+
+    def collect(self, until: float | None = None, min_replies: int | None = None) -> list[Reply]:
+        out: list[Reply] = []
+        for r in self.inner.collect(until, min_replies):
+            if (r.round, r.client_id) in self._now:
+                self._now.discard((r.round, r.client_id))
+                r = Failure(r.client_id, r.round, "dropped out")
+            out.append(r)
+        self.replies += out
+        return out
+
+    def cancel(self) -> list[Task]:
+        return self.inner.cancel()
+
+    def traffic(self) -> tuple[int, int]:
+        return self.inner.traffic()
+
+    def describe(self) -> str:
+        return f"drop-at({self.inner.describe()})"
 
     def close(self) -> None:
         self.inner.close()

@@ -27,9 +27,11 @@ from ..aggregators import Aggregator, WeightedMean
 from ..client.state import ClientState
 from ..client.training import ClientContext, FullGradient, LocalSGD, LocalSpec, SGDProgram, Trained, train_program
 from ..errors import ConfigError
+from ..fleet import MESSAGES, STAGES
 from ..params import clone
 from ..randomness import SecretStream, secret
 from ..sampling import Sampler, round_rng, task_seeds
+from ..secagg.options import SecAggOptions
 from ..server_opt import SGD, ServerOptimizer
 from ..transforms import Transform, own_state
 from ..types import Aggregate, Broadcast, ClientInfo, ConfigValue, Reply, ServerState, Task, TaskKind, Update
@@ -47,6 +49,8 @@ class Strategy:
     aggregator: Aggregator = field(default_factory=WeightedMean)
     server_opt: ServerOptimizer = field(default_factory=SGD)
     transforms: tuple[Transform, ...] = ()
+    secure: SecAggOptions | None = None
+    """Secure aggregation (SecAgg+): the server gets only the sum of each round's updates (secagg/)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "transforms", tuple(self.transforms))
@@ -54,7 +58,8 @@ class Strategy:
                  ("local", isinstance(self.local, LocalSGD | FullGradient), "a LocalSGD or FullGradient"),
                  ("aggregator", callable(getattr(self.aggregator, "apply", None)), "an aggregator (init, apply)"),
                  ("server_opt", callable(getattr(self.server_opt, "step", None)), "a server optimizer (init, step)"),
-                 ("transforms", all(isinstance(t, Transform) for t in self.transforms), "a tuple of Transforms"))
+                 ("transforms", all(isinstance(t, Transform) for t in self.transforms), "a tuple of Transforms"),
+                 ("secure", self.secure is None or isinstance(self.secure, SecAggOptions), "SecAggOptions or None"))
         for part, ok, what in parts:
             if not ok:
                 checks.fail(self, part, f"expected {what}")
@@ -62,6 +67,34 @@ class Strategy:
             if (why := transform.check(self)) is not None:
                 raise ConfigError(f"{transform.name} cannot be used with strategy {self.name!r}: {why}",
                                   key="transforms", value=transform.name, rule=why)
+        if self.secure is not None and not self.secure.enabled:
+            object.__setattr__(self, "secure", None)
+        if self.secure is not None and (why := self.insecure_part()) is not None:
+            raise ConfigError(f"secure aggregation cannot be used with {why}", key="secure", value=True, rule=why)
+
+    def insecure_part(self) -> str | None:
+        """The part of this strategy that needs what secure aggregation hides (each client's plain update), or
+        None when every part works on the sum alone."""
+        agg = self.aggregator
+        if not isinstance(agg, WeightedMean):
+            return (f"aggregator {agg.name!r}: it is not a (weighted) sum, and secure aggregation gives the server "
+                    "the sum of the updates only")
+        if agg.fixed_denominator is not None:
+            return "a fixed denominator (central DP's): use privacy.mode = 'distributed' under secure aggregation"
+        if type(self).aggregate_extras is not Strategy.aggregate_extras:
+            return (f"strategy {self.name!r}: it reduces extras of each update (e.g. control variates), which "
+                    "secure aggregation does not carry")
+        for t in self.transforms:
+            if type(t).server_update is not Transform.server_update or getattr(t, "reads_updates", False):
+                return (f"transform {t.name!r}: it checks or accounts for each client's update on the server, which "
+                        "secure aggregation hides")
+        return None
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """The fleet capabilities a run of this strategy needs (secure aggregation's stages and messages
+        included)."""
+        return self.requires | (frozenset({STAGES, MESSAGES}) if self.secure is not None else frozenset())
 
     # --- server half ---
     def init(self, params: Mapping, seed: int) -> ServerState:

@@ -1,0 +1,147 @@
+"""The server's side of a SecAgg+ round over any fleet that carries messages: the strategy's fit tasks become the
+masked-input stage, with an advertise and a share stage before them and an unmask stage after.
+
+Each stage is one exchange of the fleet (the round deadline applies to each). A reply that is not the message its
+stage asks for (the wrong size, malformed records, shares for clients that are not the sender's neighbours, a
+reveal the round does not ask for) is rejected with the reason logged, and its client counts as dropped from that
+stage on; late and replayed replies never reach this module (the fleet answers only open tasks). A round that
+cannot finish (too few clients or shares, shares that disagree, masked counts that do not add up) aborts: it
+releases nothing, and the loop records it as a failed round and runs it again as the round policy says.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+from ..fleet import MESSAGE_SIZE, Fleet, run
+from ..types import Broadcast, ClientInfo, Failure, Message, Params, Reply, Task
+from . import wire
+from .client import ADVERTISE, PEERS, SESSION, SHARE, SHARES, SURVIVORS, UNMASK
+from .options import SecAggOptions
+from .protocol import SecAggAbort, ServerSession
+from .vector import RoundSpec, SecureSum, decode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SecureRound:
+    """A round's outcome: the sum (None when it aborted or nobody was asked), the clients that dropped or were
+    rejected, and why it aborted."""
+
+    result: SecureSum | None
+    failures: list[Failure] = field(default_factory=list)
+    abort: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage (each exchange, and the server's unmasking work)."""
+
+
+def round_spec(options: SecAggOptions, tasks: Sequence[Task], clients: Sequence[ClientInfo], uniform: bool,
+               reference: Params, noise: tuple[float, float] = (0.0, 0.0)) -> RoundSpec:
+    counts = {c.client_id: c.num_examples for c in clients}
+    return RoundSpec(options.bits, float(options.clip_range), len(tasks),
+                     max(counts.get(t.client_id, 0) for t in tasks), uniform, options.threshold_for(len(tasks)),
+                     sum(v.numel() for v in reference.values()), float(noise[0]), float(noise[1]))
+
+
+def secure_exchange(options: SecAggOptions, fleet: Fleet, tasks: Sequence[Task], clients: Sequence[ClientInfo],
+                    uniform: bool, deadline: float | None, noise: tuple[float, float] = (0.0, 0.0)) -> SecureRound:
+    """Run the fit `tasks` of one round as a SecAgg+ round; the sum of the survivors' updates is all it keeps.
+    `noise`: distributed DP's (noise multiplier, L2 clip norm), (0, 0) for none."""
+    if not tasks:
+        return SecureRound(None)
+    out = SecureRound(None)
+    first = tasks[0]
+    n = len(tasks)
+    try:
+        spec = round_spec(options, tasks, clients, uniform, first.params, noise)
+    except ValueError as exc:
+        return SecureRound(None, abort=str(exc))
+    if options.threshold_for(n) > options.degree(n):
+        return SecureRound(None, abort=f"a round of {n} clients gives each {options.degree(n)} neighbours, fewer "
+                                       f"than secagg.threshold = {options.threshold_for(n)}")
+    server = ServerSession(first.round, spec.ring, spec.threshold, options.degree(n))
+    base = {**spec.to_config(), SESSION: secrets.token_bytes(16)}
+
+    def stage(name: str, ids: Sequence[int], config: Callable[[int], dict], size: Callable[[int], int]
+              ) -> dict[int, bytes]:
+        """One exchange: the messages of the clients that answered it, the others recorded as failures."""
+        start = time.perf_counter()
+        shared = Broadcast(first.broadcast.version, {}, {}, name)
+        asked = [Task(i, first.round, "secagg", shared, 0, {**base, **config(i), MESSAGE_SIZE: size(i)})
+                 for i in ids]
+        got = _messages(run(fleet, asked, deadline), name, out)
+        out.timings[name] = time.perf_counter() - start
+        return got
+
+    def reject(rejected: dict[int, str], name: str) -> None:
+        for i, why in sorted(rejected.items()):
+            log.warning("round %d: secure aggregation, %s: client %d: %s", first.round, name, i, why)
+            out.failures.append(Failure(i, first.round, f"secure aggregation, {name}: {why}"))
+
+    try:
+        got = stage(ADVERTISE, [t.client_id for t in tasks], lambda i: {}, lambda i: wire.KEYS_BYTES)
+        peers = server.advertised({i: (m[:32], m[32:]) for i, m in got.items()})
+        got = stage(SHARE, sorted(peers), lambda i: {PEERS: wire.pack({j: a + b for j, (a, b) in peers[i].items()},
+                                                                       wire.KEYS_BYTES)},
+                    lambda i: len(peers[i]) * (wire.ID_BYTES + wire.CIPHERTEXT_BYTES))
+        sent, rejected = {}, {}
+        for i, m in got.items():
+            try:
+                sent[i] = wire.unpack(m, wire.CIPHERTEXT_BYTES, "shares")
+            except wire.Malformed as exc:
+                rejected[i] = str(exc)
+        inbox, more = server.shared(sent)
+        reject({**rejected, **more}, SHARE)
+        vector_bytes = spec.length * wire.word_bytes(spec.bits)
+        fit = [replace(t, config={**t.config, **base, SHARES: wire.pack(inbox[t.client_id], wire.CIPHERTEXT_BYTES),
+                                  MESSAGE_SIZE: vector_bytes})
+               for t in tasks if t.client_id in inbox]
+        start = time.perf_counter()
+        got = _messages(run(fleet, fit, deadline), "masked input", out)
+        out.timings["secagg-masked-input"] = time.perf_counter() - start
+        inputs, rejected = {}, {}
+        for i, m in got.items():
+            try:
+                inputs[i] = wire.unpack_vector(m, spec.length, spec.bits, "masked input")
+            except wire.Malformed as exc:
+                rejected[i] = str(exc)
+        reject(rejected, "masked input")
+        survivors, more = server.masked(inputs)
+        reject(more, "masked input")
+        listed = wire.pack_ids(survivors)
+        got = stage(UNMASK, sorted(survivors), lambda i: {SURVIVORS: listed},
+                    lambda i: sum(1 for j in server.graph[i] if j in server.shares) * (wire.ID_BYTES +
+                                                                                     wire.REVEAL_BYTES))
+        revealed, rejected = {}, {}
+        for i, m in got.items():
+            try:
+                revealed[i] = wire.unpack_reveals(m, "unmask shares")
+            except wire.Malformed as exc:
+                rejected[i] = str(exc)
+        start = time.perf_counter()
+        total, more = server.unmasked(revealed, spec.length)
+        reject({**rejected, **more}, UNMASK)
+        counts = {c.client_id: c.num_examples for c in clients}
+        out.result = decode(total, spec, first.params, len(survivors), sum(counts[i] for i in survivors))
+        out.timings["secagg-server-unmasking"] = time.perf_counter() - start
+    except (SecAggAbort, ValueError) as exc:
+        out.abort = str(exc)
+        log.warning("round %d: secure aggregation aborted: %s", first.round, exc)
+    return out
+
+
+def _messages(replies: Sequence[Reply], stage: str, out: SecureRound) -> dict[int, bytes]:
+    """The messages among `replies`; the failures go to `out`."""
+    got = {}
+    for r in replies:
+        if isinstance(r, Message):
+            got[r.client_id] = r.data
+        else:
+            reason = r.reason if isinstance(r, Failure) else f"a {type(r).__name__} instead of a message"
+            out.failures.append(Failure(r.client_id, r.round, f"secure aggregation, {stage}: {reason}"))
+    return got
