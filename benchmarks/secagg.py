@@ -20,13 +20,14 @@ Each prints test accuracy per seed.
 
     python benchmarks/secagg.py                              # N = 10, 50, 100, 200; 10^5 and 10^6 params
     python benchmarks/secagg.py --clients 10 50 --params 100000 --rounds 3
-    python benchmarks/secagg.py --dp --rounds 40 --seeds 3
+    python benchmarks/secagg.py --dp --rounds 40 --seeds 3 --z 1.0
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import statistics
 import tempfile
@@ -111,14 +112,14 @@ def dp_cell(mode: str, z: float, rounds: int, seed: int) -> dict:
 
 def compare_dp(args: argparse.Namespace) -> None:
     """Distributed DP against central DP at the same epsilon (see the module docstring)."""
-    z = 1.0
+    z = args.z
     threshold = SecAggOptions(enabled=True).threshold_for(DP_CLIENTS)
     z_central = z * math.sqrt(DP_CLIENTS / (threshold + 1))
     print(f"distributed z = {z} (threshold {threshold}: effective {z_central:.4f}); central z = {z_central:.4f}")
     print(f"{'mode':>12} {'seed':>5} {'epsilon':>9} {'accuracy':>9} {'seconds':>8}")
     for mode, zz in (("distributed", z), ("central", z_central)):
         for seed in range(args.seeds):
-            path = RESULTS / f"dp_{mode}_rounds-{args.rounds}_seed-{seed}.json"
+            path = RESULTS / f"dp_{mode}_z-{zz:.4f}_rounds-{args.rounds}_seed-{seed}.json"
             if args.fresh or not path.exists():
                 atomic_write_text(path, json.dumps(dp_cell(mode, zz, args.rounds, seed), indent=1) + "\n")
             cell = json.loads(path.read_text())
@@ -134,8 +135,10 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="run every cell again")
     parser.add_argument("--dp", action="store_true", help="compare distributed with central DP instead")
     parser.add_argument("--seeds", type=int, default=3, help="--dp: seeds per mode")
+    parser.add_argument("--z", type=float, default=1.0, help="--dp: distributed DP's noise multiplier")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("fedloop").setLevel(logging.ERROR)  # the dropped clients' warnings, one line each
     if args.dp:
         compare_dp(args)
         return
