@@ -563,7 +563,8 @@ def test_11_a_client_learns_only_what_it_needs(site, tmp_path):
     hello = Raw(site, port, 0).stub.Hello(pb.HelloRequest(), metadata=Raw(site, port, 0).meta, timeout=30)
     settings = json.loads(hello.settings_json)
     assert str(site) not in hello.settings_json
-    assert set(settings["config"]) == {"seed", "data", "model", "app", "strategy", "client", "transforms", "privacy"}
+    assert set(settings["config"]) == {"seed", "data", "model", "app", "strategy", "client", "transforms", "privacy",
+                                       "secagg"}
     assert set(settings["config"]["data"]) == {"name", "test_fraction", "split", "label_column"}
     with pytest.raises(grpc.RpcError, match="unknown or revoked client token"):
         pb_grpc.FederationStub(Raw(site, port, 0).channel).Hello(

@@ -773,10 +773,15 @@ def test_the_server_cannot_remove_a_client_processs_noise(site, tmp_path, mode):
         assert float(gap.abs().max()) > 1e-3
 
 
-def test_secure_aggregation_over_grpc_sums_the_survivors_when_clients_drop_mid_round(site, tmp_path):
-    """Five client processes, every one asked: client 1 exits after advertising its keys, client 3 after sending
-    its masked input. The server learns the sum of clients 0, 2, 3 and 4 (client 3 unmasked from its neighbours'
-    shares), which is the plain FedAvg round without client 1 within the stated quantisation error."""
+@pytest.mark.parametrize("exits", [
+    {1: "secagg-share", 3: "secagg-unmask"},    # after advertising; after its masked input
+    {0: "secagg-advertise", 2: "fit"},           # before advertising; after sharing, while it trains
+])
+def test_secure_aggregation_over_grpc_sums_the_survivors_when_clients_drop_mid_round(site, tmp_path, exits):
+    """Five client processes, every one asked; two exit at the given stages of round 1. The server learns the sum
+    of the others, and of a client that exited after its masked input (unmasked from its neighbours' shares),
+    which is the plain FedAvg round without the clients lost before their masked input, within the stated
+    quantisation error; in round 2 the two that left are gone."""
     from conftest import DropAt
 
     from fedloop.net.client_process import EXIT_AT_STATUS
@@ -788,21 +793,22 @@ def test_secure_aggregation_over_grpc_sums_the_survivors_when_clients_drop_mid_r
                                                                                      "clients_per_round = 5")
                       .replace("federated = true", "federated = false"))
     server, port = start_server(root, config, tmp_path / "run")
-    exits = {1: "secagg-share", 3: "secagg-unmask"}
     clients = [start_client(root, port, c, *(["--exit-at", exits[c]] if c in exits else [])) for c in range(5)]
     log = finish(server)
     for c, proc in enumerate(clients):
         out, _ = proc.communicate(timeout=60)
         assert proc.returncode == (EXIT_AT_STATUS if c in exits else 0), out
+    lost = sorted(c for c, stage in exits.items() if stage != "secagg-unmask")  # before their masked input
     rounds = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     first = rounds[0]
-    assert first["clients"] == 4 and first["failures"] == 2, first
+    assert first["clients"] == 5 - len(lost) and first["failures"] == 2, first
     reasons = {f["client"]: f["reason"] for f in first["failed_clients"]}
-    assert "secure aggregation, secagg-share" in reasons[1] and "secure aggregation, secagg-unmask" in reasons[3]
-    assert rounds[1]["clients"] == 3 and rounds[1]["selected"] == [0, 2, 4]  # the two that left are gone
+    for c, stage in exits.items():
+        assert f"secure aggregation, {'masked input' if stage == 'fit' else stage}" in reasons[c], reasons
+    assert rounds[1]["selected"] == [c for c in range(5) if c not in exits]  # the two that left are gone
     assert "rounds 2" in log
 
-    # the simulator, plain FedAvg, with client 1 lost in round 1 and clients 1 and 3 gone in round 2
+    # the simulator, plain FedAvg, with the lost clients' updates missing in round 1 and both gone in round 2
     cfg = load_config(config)
     plain = replace(strategy_from_config(cfg), secure=None)
     held_out = Dataset("held-out", data.x_train, data.y_train, data.x_test, data.y_test, 3)
@@ -812,12 +818,12 @@ def test_secure_aggregation_over_grpc_sums_the_survivors_when_clients_drop_mid_r
     model_fn = model_factory("mlp", held_out.spec())
 
     class Leaving(DropAt):
-        def clients(self):  # clients 1 and 3 have left by round 2
-            return [c for c in self.inner.clients() if c.client_id not in (1, 3)] if self.tasks else \
+        def clients(self):  # the clients that exited have left by round 2
+            return [c for c in self.inner.clients() if c.client_id not in exits] if self.tasks else \
                 self.inner.clients()
 
     with one_thread():
-        fleet = Leaving(build_fleet(held_out, part, plain, model_fn), {"fit": [1]}, once=True)
+        fleet = Leaving(build_fleet(held_out, part, plain, model_fn), {"fit": lost}, once=True)
         sim = train(fleet, model_fn, plain, options(2, cfg.seed), test=Examples.all(data.x_test, data.y_test))
     deployed = load_file(tmp_path / "run" / "model.safetensors")
     bound = sum(r["secagg_error_bound"] for r in rounds)  # each round's mean moves the model by at most its bound

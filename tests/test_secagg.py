@@ -117,7 +117,7 @@ def secagg_round(n=8, degree=6, threshold=3, size=5000, drop=None, tamper=None, 
     xs = {i: ring.encode(torch.empty(size).uniform_(-1, 1), stream) for i in clients}
     server = ServerSession(round, ring, threshold, degree)
     alive = set(clients) - set(drop.get(1, ()))
-    peers = server.advertised({i: clients[i].advertise() for i in sorted(alive)})
+    peers, _ = server.advertised({i: b"".join(clients[i].advertise()) for i in sorted(alive)})
     alive -= set(drop.get(2, ()))
     sent = {i: clients[i].share_keys(peers[i]) for i in sorted(alive)}
     if tamper is not None:
@@ -199,7 +199,7 @@ def test_a_client_reveals_one_kind_of_share_per_neighbour_once():
     ring = Ring(bits=32, clip=1.0, clients=4)
     clients = {i: ClientSession(i, 1, ring, 2) for i in range(4)}
     server = ServerSession(1, ring, 2, 4)
-    peers = server.advertised({i: c.advertise() for i, c in clients.items()})
+    peers, _ = server.advertised({i: b"".join(c.advertise()) for i, c in clients.items()})
     inbox, _ = server.shared({i: c.share_keys(peers[i]) for i, c in clients.items()})
     inputs = {i: clients[i].masked_input(np.zeros(4, dtype=np.uint64), inbox[i]) for i in clients}
     survivors, _ = server.masked(inputs)
@@ -336,6 +336,37 @@ def test_malformed_replayed_or_tampered_messages_are_rejected_with_a_reason_and_
         assert float((got.state.params[k] - v).abs().max()) <= row["secagg_error_bound"] + 1e-6, k
 
 
+@pytest.mark.parametrize("bad,why", [
+    (lambda data: bytes(32) + data[32:], "low order"),  # every agreement with it would be all zeros
+    (lambda data: data[:40], "advertised 40 bytes"),
+])
+def test_a_client_advertising_unusable_keys_is_left_out_before_its_neighbours_use_them(bad, why):
+    from conftest import blobs, manual_partition, options, small_model
+
+    from fedloop import FedAvg, Sampler, SimOptions
+    from fedloop.experiment import build_fleet
+    from fedloop.run import train
+    from fedloop.types import Message
+
+    def edit(r):
+        if isinstance(r, Message) and r.client_id == 4 and r.stage == "secagg-advertise":
+            return replace(r, data=bad(r.data))
+        return r
+
+    data = blobs(n_train=sum(SIZES), n_test=30)
+    strategy = replace(FedAvg(Sampler(clients_per_round=len(SIZES))),
+                       secure=SecAggOptions(enabled=True, clip_range=10.0))
+    fleet = Tamper(build_fleet(data, manual_partition(SIZES), strategy, small_model,
+                               sim=SimOptions(executor="sequential")), edit)
+    got = train(fleet, small_model, strategy, options(1, seed=2))
+    row = got.history[0]
+    assert [f["client"] for f in row["failed_clients"]] == [4] and why in row["failed_clients"][0]["reason"]
+    assert row["clients"] == 5 and not row.get("failed")
+    expected, _ = secure_run({"fit": [4]}, secure=False)
+    for k, v in expected.state.params.items():
+        assert float((got.state.params[k] - v).abs().max()) <= row["secagg_error_bound"] + 1e-6, k
+
+
 def test_a_client_session_answers_each_stage_once_and_in_order():
     ring = Ring(bits=32, clip=1.0, clients=4)
     c = ClientSession(0, 5, ring, 2)
@@ -457,7 +488,7 @@ def test_the_noise_in_the_unmasked_sum_has_the_variance_the_dropouts_allow():
         ring = spec.ring
         server = ServerSession(1, ring, 3, n - 1)
         clients = {i: ClientSession(i, 1, ring, 3) for i in range(n)}
-        peers = server.advertised({i: c_.advertise() for i, c_ in clients.items()})
+        peers, _ = server.advertised({i: b"".join(c_.advertise()) for i, c_ in clients.items()})
         inbox, _ = server.shared({i: c_.share_keys(peers[i]) for i, c_ in clients.items()})
         alive = list(range(survivors))
         inputs = {i: clients[i].masked_input(encode(zero, None, 10, spec, stream), inbox[i]) for i in alive}

@@ -23,6 +23,16 @@ def public_bytes(key: X25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
+def usable(public: bytes) -> bool:
+    """Whether a 32-byte X25519 public key agrees to a nonzero secret (a low-order point gives all zeros with any
+    private key, since X25519 clamps private scalars to multiples of the cofactor)."""
+    try:
+        X25519PrivateKey.generate().exchange(X25519PublicKey.from_public_bytes(public))
+    except ValueError:
+        return False
+    return True
+
+
 def derive(mine: X25519PrivateKey, theirs: bytes, purpose: str, round: int) -> bytes:
     """32 bytes shared by the two parties: HKDF-SHA256 of their X25519 agreement, bound to the purpose and round."""
     agreed = mine.exchange(X25519PublicKey.from_public_bytes(theirs))

@@ -171,15 +171,27 @@ class ServerSession:
     keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)
     graph: dict[int, list[int]] = field(default_factory=dict)
     shares: dict[int, dict[int, bytes]] = field(default_factory=dict)
-    inputs: dict[int, np.ndarray] = field(default_factory=dict)
+    survivors: set[int] = field(default_factory=set)
+    """U3: the clients whose masked inputs were received."""
+    total: np.ndarray | None = None
+    """The ring sum of the masked inputs, added as they arrive (the server never holds them all at once)."""
 
-    def advertised(self, keys: dict[int, tuple[bytes, bytes]]) -> dict[int, dict[int, tuple[bytes, bytes]]]:
-        """After stage 1 (U1 = the senders, whose keys are 32 bytes each): each client's neighbours' keys."""
-        if len(keys) < self.threshold + 1:
-            raise SecAggAbort(f"{len(keys)} clients advertised keys; the round needs {self.threshold + 1}")
-        self.keys = dict(keys)
-        self.graph = neighbours(list(keys), self.degree, keys)
-        return {i: {j: keys[j] for j in self.graph[i]} for i in keys}
+    def advertised(self, keys: dict[int, bytes]) -> tuple[dict[int, dict[int, tuple[bytes, bytes]]], dict[int, str]]:
+        """After stage 1: each client's neighbours' keys (U1 = the senders of two valid X25519 public keys, 64
+        bytes), and the messages rejected, with why (a low-order key would give its neighbours an all-zero
+        agreement: one client could make them all fail)."""
+        rejected: dict[int, str] = {}
+        for i, m in keys.items():
+            if len(m) != 64:
+                rejected[i] = f"advertised {len(m)} bytes; two X25519 public keys are 64"
+            elif not (masks.usable(m[:32]) and masks.usable(m[32:])):
+                rejected[i] = "an advertised key of low order (its agreements would all be zero)"
+        valid = {i: (m[:32], m[32:]) for i, m in keys.items() if i not in rejected}
+        if len(valid) < self.threshold + 1:
+            raise SecAggAbort(f"{len(valid)} clients advertised keys; the round needs {self.threshold + 1}")
+        self.keys = valid
+        self.graph = neighbours(list(valid), self.degree, valid)
+        return {i: {j: valid[j] for j in self.graph[i]} for i in valid}, rejected
 
     def shared(self, sent: dict[int, dict[int, bytes]]) -> tuple[dict[int, dict[int, bytes]], dict[int, str]]:
         """After stage 2: what each client in U2 (the senders whose messages pass) receives, the ciphertexts
@@ -195,20 +207,30 @@ class ServerSession:
         self.shares = {i: out for i, out in sent.items() if i not in rejected}
         return {j: {i: self.shares[i][j] for i in self.shares if j in self.shares[i]} for j in self.shares}, rejected
 
-    def masked(self, inputs: dict[int, np.ndarray]) -> tuple[set[int], dict[int, str]]:
-        """After stage 3: U3 (the senders in U2), to whom the unmask request goes; and the inputs rejected."""
-        rejected = {i: "a masked input from a client that did not share keys" for i in inputs if i not in self.shares}
-        self.inputs = {i: y for i, y in inputs.items() if i not in rejected}
-        if len(self.inputs) < self.threshold + 1:  # each survivor's seed is rebuilt from t other survivors' shares
-            raise SecAggAbort(f"{len(self.inputs)} masked inputs; the threshold is {self.threshold}, so a round "
+    def receive(self, i: int, y: np.ndarray) -> str | None:
+        """Add one masked input to the running sum; why it is rejected, or None."""
+        if i not in self.shares:
+            return "a masked input from a client that did not share keys"
+        if i in self.survivors:
+            return "a second masked input"
+        self.total = y.copy() if self.total is None else self.ring.add(self.total, y)
+        self.survivors.add(i)
+        return None
+
+    def masked(self, inputs: dict[int, np.ndarray] | None = None) -> tuple[set[int], dict[int, str]]:
+        """After stage 3 (the inputs received one by one, or given here): U3, to whom the unmask request goes; and
+        the inputs rejected."""
+        rejected = {i: why for i, y in (inputs or {}).items() if (why := self.receive(i, y)) is not None}
+        if len(self.survivors) < self.threshold + 1:  # each survivor's seed is rebuilt from t other survivors' shares
+            raise SecAggAbort(f"{len(self.survivors)} masked inputs; the threshold is {self.threshold}, so a round "
                               f"needs {self.threshold + 1}")
-        return set(self.inputs), rejected
+        return set(self.survivors), rejected
 
     def unmasked(self, revealed: dict[int, dict[int, tuple[str, int]]], size: int
                  ) -> tuple[np.ndarray, dict[int, str]]:
         """After stage 4: the ring sum of the survivors' vectors, and the reveals rejected (SecAggAbort when a
         secret lacks shares, or its shares disagree)."""
-        survivors, dropped = set(self.inputs), set(self.shares) - set(self.inputs)
+        survivors, dropped = set(self.survivors), set(self.shares) - set(self.survivors)
         wanted: dict[tuple[str, int], dict[int, int]] = {}
         rejected: dict[int, str] = {}
         for i, shares in sorted(revealed.items()):
@@ -222,9 +244,7 @@ class ServerSession:
             else:
                 for j, (kind, value) in shares.items():
                     wanted.setdefault((kind, j), {})[holder(i)] = value
-        total = np.zeros(size, dtype=np.uint64)
-        for y in self.inputs.values():
-            total = self.ring.add(total, y)
+        total = self.total if self.total is not None else np.zeros(size, dtype=np.uint64)
         for j in sorted(survivors):
             seed = self._secret(wanted, "b", j)
             total = self.ring.sub(total, masks.expand(seed, size, self.ring))

@@ -10,11 +10,14 @@ the clipped updates by less than clients / scale per coordinate (each rounding m
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from ..randomness import SecretStream
+if TYPE_CHECKING:  # the ring itself needs no torch: a light client can mask without it (benchmarks/net.py)
+    import torch
+
+    from ..randomness import SecretStream
 
 
 @dataclass(frozen=True)

@@ -85,7 +85,8 @@ def secure_exchange(options: SecAggOptions, fleet: Fleet, tasks: Sequence[Task],
 
     try:
         got = stage(ADVERTISE, [t.client_id for t in tasks], lambda i: {}, lambda i: wire.KEYS_BYTES)
-        peers = server.advertised({i: (m[:32], m[32:]) for i, m in got.items()})
+        peers, rejected = server.advertised(got)
+        reject(rejected, ADVERTISE)
         got = stage(SHARE, sorted(peers), lambda i: {PEERS: wire.pack({j: a + b for j, (a, b) in peers[i].items()},
                                                                        wire.KEYS_BYTES)},
                     lambda i: len(peers[i]) * (wire.ID_BYTES + wire.CIPHERTEXT_BYTES))
@@ -104,15 +105,16 @@ def secure_exchange(options: SecAggOptions, fleet: Fleet, tasks: Sequence[Task],
         start = time.perf_counter()
         got = _messages(run(fleet, fit, deadline), "masked input", out)
         out.timings["secagg-masked-input"] = time.perf_counter() - start
-        inputs, rejected = {}, {}
-        for i, m in got.items():
+        rejected = {}
+        for i in sorted(got):
             try:
-                inputs[i] = wire.unpack_vector(m, spec.length, spec.bits, "masked input")
+                why = server.receive(i, wire.unpack_vector(got.pop(i), spec.length, spec.bits, "masked input"))
             except wire.Malformed as exc:
-                rejected[i] = str(exc)
+                why = str(exc)
+            if why is not None:
+                rejected[i] = why
         reject(rejected, "masked input")
-        survivors, more = server.masked(inputs)
-        reject(more, "masked input")
+        survivors, _ = server.masked()
         listed = wire.pack_ids(survivors)
         got = stage(UNMASK, sorted(survivors), lambda i: {SURVIVORS: listed},
                     lambda i: sum(1 for j in server.graph[i] if j in server.shares) * (wire.ID_BYTES +
