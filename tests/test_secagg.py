@@ -576,3 +576,16 @@ def test_a_client_of_a_secure_run_refuses_to_send_a_plain_update():
     task = strategy.tasks(state, fleet.clients()[:1])[0]  # a fit task without secure aggregation's stages
     reply = fleet.app(0).handle(task)
     assert isinstance(reply, Failure) and "asks for a plain update" in reply.reason
+
+
+def test_the_privacy_planner_describes_distributed_dp():
+    from fedloop.build import load_config, privacy_options, strategy_from_config
+    from fedloop.privacy.planner import plan
+
+    cfg = load_config(None, ["privacy.mode='distributed'", "secagg.enabled=true", "privacy.target_epsilon=8.0",
+                             "model.name='logreg'", "partition.num_clients=50", "strategy.clients_per_round=50"])
+    lines = plan(strategy_from_config(cfg, calibrating=True), privacy_options(cfg), 40, 50, [], "digits",
+                 target=8.0, num_params=650)
+    text = "\n".join(lines)
+    assert "distributed discrete Gaussian under secure aggregation" in text and "no amplification" in text
+    assert "spends epsilon 8 in 40 rounds" in text and "noise-to-signal" in text

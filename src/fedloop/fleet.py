@@ -97,9 +97,9 @@ def checked_message(task: Task, reply: Reply) -> Reply:
     return reply if why is None else Failure(task.client_id, task.round, f"reply rejected: {why}")
 
 
-def incidents(fleet: Fleet) -> list[str]:
-    """Work a fleet lost with a worker (a dead process, actor or node) since the last call and what became of it,
-    for fleets that run work again rather than fail its clients (simulation); none for the others."""
+def incidents(fleet: object) -> list[str]:
+    """Work a fleet (or an executor) lost with a worker (a dead process, actor or node) since the last call and what
+    became of it, for those that run work again rather than fail its clients (simulation); none for the others."""
     own = getattr(fleet, "incidents", None)
     return list(own()) if own is not None else []
 

@@ -32,7 +32,7 @@ def noise_to_signal(options: PrivacyOptions, z: float, num_params: int, per_roun
     N(0, (zC)^2) per coordinate to the sum of m updates (z sqrt(d) / m); local DP's m independent noises average
     down to z sqrt(d) / sqrt(m); a DP-SGD step adds it to the sum of B clipped example gradients (z sqrt(d) / B)."""
     spread = z * math.sqrt(num_params)
-    if options.mode == "central":
+    if options.mode in ("central", "distributed"):  # distributed: at least this noise reaches the sum
         return spread / max(per_round, 1e-12)
     if options.mode == "local":
         return spread / math.sqrt(max(per_round, 1e-12))
@@ -42,11 +42,12 @@ def noise_to_signal(options: PrivacyOptions, z: float, num_params: int, per_roun
 def _signal_lines(options: PrivacyOptions, z: float, num_params: int, per_round: float, batch: int) -> list[str]:
     ratio = noise_to_signal(options, z, num_params, per_round, batch)
     where = {"central": f"{per_round:g} clients per round", "local": f"{per_round:g} clients per round",
-             "dp-sgd": f"batches of {batch} examples"}[options.mode]
+             "distributed": f"{per_round:g} clients per round", "dp-sgd": f"batches of {batch} examples"}[options.mode]
     lines = [f"noise-to-signal of the released mean: {ratio:.3g} (noise norm over the clip norm; {num_params:,} "
              f"params, {where}); measured cells still learn at {LEARNS_AT:g}"]
     if ratio > 2 * LEARNS_AT:
         need = {"central": ("clients per round (strategy.clients_per_round)", ratio / LEARNS_AT * per_round),
+                "distributed": ("clients per round (strategy.clients_per_round)", ratio / LEARNS_AT * per_round),
                 "local": ("clients per round (strategy.clients_per_round)", (ratio / LEARNS_AT) ** 2 * per_round),
                 "dp-sgd": ("examples per batch (client.batch_size)", ratio / LEARNS_AT * batch)}[options.mode]
         fewer = int(num_params / (ratio / LEARNS_AT) ** 2)
@@ -62,7 +63,8 @@ def plan(strategy: Strategy, options: PrivacyOptions, rounds: int, population: i
     """The planner's lines (with `num_params`, the model's size: the noise-to-signal of the released mean)."""
     z: float | None
     if options.mode == "none":
-        raise ConfigError("privacy.mode = 'none': set privacy.mode to central, local or dp-sgd to plan a budget")
+        raise ConfigError("privacy.mode = 'none': set privacy.mode to central, local, dp-sgd or distributed to plan a "
+                          "budget")
     if target is None and noise is None:
         target = options.target_epsilon
     if target is not None:
@@ -90,6 +92,10 @@ def plan(strategy: Strategy, options: PrivacyOptions, rounds: int, population: i
 
 def _describe(options: PrivacyOptions, release) -> str:
     who = "examples of the client with the fewest" if options.mode == "dp-sgd" else "clients"
+    if options.mode == "distributed":
+        return (f"distributed discrete Gaussian under secure aggregation, noise multiplier at least "
+                f"{release.noise_multiplier:.4g} in the sum (more when more clients than the threshold survive), "
+                f"clip {options.clip:g}; every round counts for every client (no amplification by sampling)")
     if release.sampling == "poisson":
         how = f"Poisson sampling of {who}, q = {release.rate:.4g}"
     elif release.sampling == "fixed" and release.sample < release.population:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from ..client import ClientApp, MemoryStates, RoundStates, StateStore, Trained
 from ..errors import ConfigError
-from ..fleet import CONCURRENT, MESSAGES, STAGES, checked_message
+from ..fleet import CONCURRENT, MESSAGES, STAGES, checked_message, incidents
 from ..params import num_bytes
 from ..secagg.client import Sessions
 from ..types import ClientInfo, Message, Reply, Task, Update
@@ -104,8 +104,7 @@ class LocalFleet:
 
     def incidents(self) -> list[str]:
         """Work the executor lost with a worker since the last call, and what became of it."""
-        own = getattr(self.executor, "incidents", None)
-        return own() if own is not None else []
+        return incidents(self.executor)
 
     def describe(self) -> str:
         """What ran: the executor, for auto what it chose, and any clients it could not batch."""

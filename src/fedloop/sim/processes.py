@@ -20,10 +20,10 @@ from concurrent.futures.process import BrokenProcessPool
 import torch
 
 from ..client import ClientApp
-from ..types import Failure, Task
+from ..types import Task
 from .executors import Executor, Job, Result, Sequential, Vectorized
 from .packing import Arrays, Packed, dispatch, run_packed, unpack_result
-from .shares import Share, after_loss
+from .shares import Share, after_loss, fail
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +40,6 @@ def _start_worker(resolve: Callable[[int], ClientApp]) -> None:
 def _run_share(inner: str, broadcast: Packed, tasks: list[Task], states: list[Arrays]) -> list[Result]:
     assert _resolve is not None
     return run_packed(_inner[inner].run, _resolve, broadcast, tasks, states)
-
-
-def _fail(share: Share, results: list[Result | None], why: str) -> None:
-    for i, task in zip(share.members, share.tasks, strict=True):
-        results[i] = Failure(task.client_id, task.round, why)
 
 
 def default_workers() -> int:
@@ -96,7 +91,7 @@ class Processes:
                     continue
                 except TimeoutError:
                     replace_pool = True
-                    _fail(share, results, "no reply before the deadline (the worker was stopped)")
+                    fail(share, results, "no reply before the deadline (the worker was stopped)")
                     continue
                 for i, result in zip(share.members, out, strict=True):
                     results[i] = unpack_result(result)
@@ -104,7 +99,7 @@ class Processes:
                 self.close(kill=True)
             if until is not None and time.monotonic() >= until:
                 while queue:
-                    _fail(queue.popleft(), results, "no reply before the deadline")
+                    fail(queue.popleft(), results, "no reply before the deadline")
         return [r for r in results if r is not None]
 
     def incidents(self) -> list[str]:

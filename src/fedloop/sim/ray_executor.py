@@ -28,13 +28,13 @@ from typing import Any
 
 from ..app import file_modules
 from ..errors import ConfigError, WorkersLost
-from ..types import Failure, Task
+from ..types import Task
 from .choice import make_executor, resolve_executor
 from .executors import Job, Result
 from .packing import Arrays, Packed, dispatch, run_packed, unpack_result
 from .population import Population
 from .ray_cluster import auth_hint, connect
-from .shares import Share, after_loss
+from .shares import Share, after_loss, fail
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +182,7 @@ class RayExecutor:
     def _fail(shares: Sequence[Share], results: list[Result | None], why: str) -> None:
         for share in shares:
             log.warning("ray executor: %s; %d clients failed", why, len(share.members))
-            for i, task in zip(share.members, share.tasks, strict=True):
-                results[i] = Failure(task.client_id, task.round, why)
+            fail(share, results, why)
 
     def incidents(self) -> list[str]:
         """Work lost with an actor since the last call, and what became of it."""

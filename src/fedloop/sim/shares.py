@@ -35,6 +35,12 @@ class Share:
                 for m, t, s in zip(self.members, self.tasks, self.states, strict=True)]
 
 
+def fail(share: Share, results: list[Result | None], why: str) -> None:
+    """Every job of `share` ends as its client's Failure, with `why` (by job position in results)."""
+    for i, task in zip(share.members, share.tasks, strict=True):
+        results[i] = Failure(task.client_id, task.round, why)
+
+
 def after_loss(share: Share, why: str, queue: deque[Share], results: list[Result | None]) -> str:
     """Put what a lost share becomes in the queue to run again (or its failure in results, by job position); logs
     and returns the incident."""
