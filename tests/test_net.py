@@ -282,6 +282,15 @@ def deploy(root: Path, config: Path, out: Path, client_args: dict[int, list[str]
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def client_files(data):
+    """The data as the client files hold it: (the server's view of the whole set, each client's rows in order)."""
+    held_out = Dataset("held-out", data.x_train, data.y_train, data.x_test, data.y_test, 3)
+    bounds = np.cumsum([0, *SIZES])
+    part = Partition("files", [np.arange(bounds[c], bounds[c + 1]) for c in range(len(SIZES))],
+                     [np.arange(c * 10, (c + 1) * 10) for c in range(len(SIZES))], "test")
+    return held_out, part
+
+
 def simulated_params(data, config: Path, rounds: int, attack: AttackOptions | None = None,
                      malicious: frozenset[int] = frozenset()):
     """The simulator on the clients' partition (each client's rows, in order) and seed, single-threaded like the
@@ -289,10 +298,7 @@ def simulated_params(data, config: Path, rounds: int, attack: AttackOptions | No
     cfg = load_config(config)
     if attack is not None:
         return _attacked_params(data, cfg, rounds, attack, malicious)
-    held_out = Dataset("held-out", data.x_train, data.y_train, data.x_test, data.y_test, 3)
-    bounds = np.cumsum([0, *SIZES])
-    part = Partition("files", [np.arange(bounds[c], bounds[c + 1]) for c in range(len(SIZES))],
-                     [np.arange(c * 10, (c + 1) * 10) for c in range(len(SIZES))], "test")
+    held_out, part = client_files(data)
     with one_thread():
         return simulate(model_factory("mlp", held_out.spec()), held_out, part, strategy_from_config(cfg),
                         options(rounds, cfg.seed, federated=cfg.eval.federated),
@@ -301,10 +307,7 @@ def simulated_params(data, config: Path, rounds: int, attack: AttackOptions | No
 
 def _attacked_params(data, cfg, rounds: int, attack: AttackOptions, malicious: frozenset[int]):
     """simulated_params with `malicious` clients attacking through the simulator's AttackFleet."""
-    held_out = Dataset("held-out", data.x_train, data.y_train, data.x_test, data.y_test, 3)
-    bounds = np.cumsum([0, *SIZES])
-    part = Partition("files", [np.arange(bounds[c], bounds[c + 1]) for c in range(len(SIZES))],
-                     [np.arange(c * 10, (c + 1) * 10) for c in range(len(SIZES))], "test")
+    held_out, part = client_files(data)
     model_fn, strategy = model_factory("mlp", held_out.spec()), strategy_from_config(cfg)
     with one_thread():
         fleet = AttackFleet(build_fleet(held_out, part, strategy, model_fn), attack, malicious)
@@ -811,10 +814,7 @@ def test_secure_aggregation_over_grpc_sums_the_survivors_when_clients_drop_mid_r
     # the simulator, plain FedAvg, with the lost clients' updates missing in round 1 and both gone in round 2
     cfg = load_config(config)
     plain = replace(strategy_from_config(cfg), secure=None)
-    held_out = Dataset("held-out", data.x_train, data.y_train, data.x_test, data.y_test, 3)
-    bounds = np.cumsum([0, *SIZES])
-    part = Partition("files", [np.arange(bounds[c], bounds[c + 1]) for c in range(len(SIZES))],
-                     [np.arange(c * 10, (c + 1) * 10) for c in range(len(SIZES))], "test")
+    held_out, part = client_files(data)
     model_fn = model_factory("mlp", held_out.spec())
 
     class Leaving(DropAt):

@@ -213,8 +213,10 @@ def test_a_client_reveals_one_kind_of_share_per_neighbour_once():
 SIZES = [23, 31, 17, 40, 29, 35]
 
 
-def secure_run(drops=None, once=False, rounds=1, secure=None, executor="sequential", strategy=None, **policy):
-    """FedAvg over six blob clients, all asked each round, through DropAt(drops); (result, the DropAt fleet)."""
+def secure_run(drops=None, once=False, rounds=1, secure=None, executor="sequential", strategy=None, wrap=None,
+               **policy):
+    """FedAvg over six blob clients, all asked each round, through DropAt(drops) (and `wrap` around it);
+    (result, the DropAt fleet)."""
     from conftest import DropAt, blobs, manual_partition, options, small_model
 
     from fedloop import FedAvg, Sampler, SimOptions
@@ -229,8 +231,8 @@ def secure_run(drops=None, once=False, rounds=1, secure=None, executor="sequenti
         strategy = replace(strategy, secure=secure or SecAggOptions(enabled=True, clip_range=10.0))
     fleet = DropAt(build_fleet(data, manual_partition(SIZES), strategy, small_model,
                                sim=SimOptions(executor=executor)), drops or {}, once)
-    result = train(fleet, small_model, strategy, options(rounds, seed=2, policy=RoundPolicy(**policy)),
-                   test=Examples.all(data.x_test, data.y_test))
+    result = train(wrap(fleet) if wrap else fleet, small_model, strategy,
+                   options(rounds, seed=2, policy=RoundPolicy(**policy)), test=Examples.all(data.x_test, data.y_test))
     return result, fleet
 
 
@@ -295,11 +297,6 @@ class Tamper:
 
 
 def test_malformed_replayed_or_tampered_messages_are_rejected_with_a_reason_and_the_round_finishes(caplog):
-    from conftest import blobs, manual_partition, options, small_model
-
-    from fedloop import FedAvg, Sampler, SimOptions
-    from fedloop.experiment import build_fleet
-    from fedloop.run import train
     from fedloop.types import Message
 
     kept: dict = {}
@@ -318,12 +315,8 @@ def test_malformed_replayed_or_tampered_messages_are_rejected_with_a_reason_and_
             return replace(r, data=kept[(3, "secagg-share")][:len(r.data)])
         return r
 
-    data = blobs(n_train=sum(SIZES), n_test=30)
-    strategy = replace(FedAvg(Sampler(clients_per_round=len(SIZES))),
-                       secure=SecAggOptions(enabled=True, threshold=2, clip_range=10.0))
-    fleet = Tamper(build_fleet(data, manual_partition(SIZES), strategy, small_model,
-                               sim=SimOptions(executor="sequential")), edit)
-    got = train(fleet, small_model, strategy, options(1, seed=2))
+    got, _ = secure_run(secure=SecAggOptions(enabled=True, threshold=2, clip_range=10.0),
+                        wrap=lambda fleet: Tamper(fleet, edit))
     row = got.history[0]
     reasons = {f["client"]: f["reason"] for f in row["failed_clients"]}
     assert set(reasons) == {1, 3}
@@ -341,11 +334,6 @@ def test_malformed_replayed_or_tampered_messages_are_rejected_with_a_reason_and_
     (lambda data: data[:40], "advertised 40 bytes"),
 ])
 def test_a_client_advertising_unusable_keys_is_left_out_before_its_neighbours_use_them(bad, why):
-    from conftest import blobs, manual_partition, options, small_model
-
-    from fedloop import FedAvg, Sampler, SimOptions
-    from fedloop.experiment import build_fleet
-    from fedloop.run import train
     from fedloop.types import Message
 
     def edit(r):
@@ -353,12 +341,7 @@ def test_a_client_advertising_unusable_keys_is_left_out_before_its_neighbours_us
             return replace(r, data=bad(r.data))
         return r
 
-    data = blobs(n_train=sum(SIZES), n_test=30)
-    strategy = replace(FedAvg(Sampler(clients_per_round=len(SIZES))),
-                       secure=SecAggOptions(enabled=True, clip_range=10.0))
-    fleet = Tamper(build_fleet(data, manual_partition(SIZES), strategy, small_model,
-                               sim=SimOptions(executor="sequential")), edit)
-    got = train(fleet, small_model, strategy, options(1, seed=2))
+    got, _ = secure_run(wrap=lambda fleet: Tamper(fleet, edit))
     row = got.history[0]
     assert [f["client"] for f in row["failed_clients"]] == [4] and why in row["failed_clients"][0]["reason"]
     assert row["clients"] == 5 and not row.get("failed")

@@ -266,11 +266,8 @@ def check_secure(cfg: Config, options: SecAggOptions) -> None:
 
 def check_secure_round(options: SecAggOptions, size: int, what: str) -> None:
     """ConfigError when rounds of `size` clients cannot run SecAgg+ with these options."""
-    degree, threshold = options.degree(size), options.threshold_for(size)
-    if size < 3 or threshold > degree:
-        raise ConfigError(f"{what} {size} clients: secure aggregation needs rounds of at least 3 clients, each "
-                          f"with at least secagg.threshold = {threshold} neighbours (a round of {size} gives "
-                          f"{max(degree, 0)})")
+    if (why := options.unfit(size)) is not None:
+        raise ConfigError(f"{what} {size} clients: {why}")
 
 
 def app_from_config(cfg: Config) -> App | None:

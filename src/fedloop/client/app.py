@@ -82,15 +82,16 @@ class ClientApp:
                     metrics.update(more)
                 update = Update(update.client_id, update.round, params, update.num_examples, metrics,
                                 update.extras, update.version)
-            masked = None
-            if self.strategy.secure is not None and not secagg.is_masked(task):
-                raise ValueError("the run uses secure aggregation, but this fit task asks for a plain update")
+            reply: Update | Message = update
             if secagg.is_masked(task):
-                masked = secagg.masked_update(task, update.params, update.metrics.get("train_loss"),
-                                              update.num_examples, self.sessions)
+                reply = Message(self.client_id, task.round, task.broadcast.stage,
+                                secagg.masked_update(task, update.params, update.metrics.get("train_loss"),
+                                                     update.num_examples, self.sessions))
+            elif self.strategy.secure is not None:
+                raise ValueError("the run uses secure aggregation, but this fit task asks for a plain update")
             if new_state is not state:
                 self.states.commit(self.client_id, task.round, state, new_state)
-            return update if masked is None else Message(self.client_id, task.round, task.broadcast.stage, masked)
+            return reply
         except Exception as exc:  # noqa: BLE001
             return self._failure(task, exc)
 

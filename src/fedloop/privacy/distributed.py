@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from dp_accounting import rdp
 
+from .. import checks
 from ..errors import AggregationError
 from ..transforms import RoundInfo, Transform, clip_to_norm
 from ..types import Params, Task
@@ -76,8 +77,6 @@ class DistributedDP(Transform):
     def __post_init__(self) -> None:
         check_accounting(self)
         if not self.secure_noise:
-            from .. import checks
-
             checks.fail(self, "secure_noise", "distributed DP's noise always comes from each client's own secret "
                                               "stream; seeded noise is not offered for it")
 

@@ -64,13 +64,8 @@ class PrivacyOptions:
             checks.fail(self, "noise_multiplier", f"mode {self.mode!r} needs noise_multiplier or target_epsilon")
         if self.clipping == "adaptive" and self.mode != "central":
             checks.fail(self, "clipping", "adaptive clipping is part of central DP (mode = 'central')")
-        if self.mode == "distributed":
-            if not self.secure_noise:
-                checks.fail(self, "secure_noise", "distributed DP's noise always comes from each client's own "
-                                                  "secret stream; seeded noise is not offered for it")
-            if self.accountant != "rdp":
-                checks.fail(self, "accountant", "distributed DP's bound (Kairouz et al. 2021) is an RDP curve; use "
-                                                "'rdp'")
+        if self.mode == "distributed" and self.accountant != "rdp":
+            checks.fail(self, "accountant", "distributed DP's bound (Kairouz et al. 2021) is an RDP curve; use 'rdp'")
         if self.mode == "dp-sgd" and self.accountant == "pld":
             checks.fail(self, "accountant", "DP-SGD samples batches without replacement, which only the RDP "
                                             "accountant analyses in dp-accounting; use 'rdp'")
@@ -89,7 +84,7 @@ class PrivacyOptions:
         if self.mode == "dp-sgd":
             return DPSGD(self.clip, z, self.delta, self.max_epsilon, self.secure_noise)
         if self.mode == "distributed":
-            return DistributedDP(self.clip, z, self.delta, self.max_epsilon)
+            return DistributedDP(self.clip, z, self.delta, self.max_epsilon, self.secure_noise)
         raise ConfigError(f"privacy.mode = {self.mode!r} has no mechanism")
 
 
@@ -103,16 +98,12 @@ def privatize(strategy: Strategy, options: PrivacyOptions, noise_multiplier: flo
     if z is None:
         raise ConfigError("privacy.target_epsilon: the noise multiplier has not been calibrated yet")
     aggregator = strategy.aggregator
-    if options.mode == "central":
+    if options.mode in ("central", "distributed"):
         if not isinstance(aggregator, WeightedMean):
-            raise ConfigError(f"privacy.mode = 'central' needs the weighted-mean aggregator (it adds noise to a sum); "
-                              f"aggregator {aggregator.name!r} is not a sum")
-        aggregator = WeightedMean("uniform", 1.0)
-    if options.mode == "distributed":
-        if not isinstance(aggregator, WeightedMean):
-            raise ConfigError(f"privacy.mode = 'distributed' needs the weighted-mean aggregator (its noise is added "
-                              f"to a sum); aggregator {aggregator.name!r} is not a sum")
-        aggregator = WeightedMean("uniform")
+            raise ConfigError(f"privacy.mode = {options.mode!r} needs the weighted-mean aggregator (it adds noise to a "
+                              f"sum); aggregator {aggregator.name!r} is not a sum")
+        # central DP: the plain sum (its transform noises it, then divides); distributed DP: the survivors' mean
+        aggregator = WeightedMean("uniform", 1.0 if options.mode == "central" else None)
     try:
         return replace(strategy, sampler=sampler, aggregator=aggregator,
                        transforms=(*strategy.transforms, options.mechanism(z)))

@@ -49,10 +49,16 @@ def expand(seed: bytes, n: int, ring: Ring) -> np.ndarray:
     return words.astype(np.uint64) & np.uint64(ring.modulus - 1)
 
 
+def pair(y: np.ndarray, seed: bytes, me: int, other: int, ring: Ring, remove: bool = False) -> np.ndarray:
+    """y with the pairwise mask of `me` toward `other` applied (added toward a larger id, subtracted toward a
+    smaller, so a pair's masks cancel in the sum), or with it taken off again (`remove`)."""
+    m = expand(seed, y.size, ring)
+    return ring.add(y, m) if (me < other) != remove else ring.sub(y, m)
+
+
 def masked(x: np.ndarray, me: int, self_seed: bytes, pair_seeds: dict[int, bytes], ring: Ring) -> np.ndarray:
-    """x + self mask + the pairwise masks (added toward larger ids, subtracted toward smaller), mod 2^bits."""
+    """x + self mask + the pairwise masks, mod 2^bits."""
     y = ring.add(x, expand(self_seed, x.size, ring))
     for other, seed in sorted(pair_seeds.items()):
-        m = expand(seed, x.size, ring)
-        y = ring.add(y, m) if me < other else ring.sub(y, m)
+        y = pair(y, seed, me, other, ring)
     return y

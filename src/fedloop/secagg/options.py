@@ -53,3 +53,11 @@ class SecAggOptions:
     def threshold_for(self, n: int) -> int:
         """The shares needed in a round of n clients."""
         return self.threshold if self.threshold is not None else self.degree(n) // 2 + 1
+
+    def unfit(self, n: int) -> str | None:
+        """Why a round of n clients cannot run SecAgg+ with these options, or None."""
+        degree, threshold = self.degree(n), self.threshold_for(n)
+        if n < 3 or threshold > degree:
+            return (f"secure aggregation needs rounds of at least 3 clients, each with at least secagg.threshold = "
+                    f"{threshold} neighbours (a round of {n} gives {max(degree, 0)})")
+        return None

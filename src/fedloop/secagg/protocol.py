@@ -252,8 +252,8 @@ class ServerSession:
             key = X25519PrivateKey.from_private_bytes(self._secret(wanted, "s", j))
             for k in self.graph[j]:
                 if k in survivors:  # k got j's shares in stage 2, so it masked with j
-                    m = masks.expand(masks.derive(key, self.keys[k][1], "mask", self.round), size, self.ring)
-                    total = self.ring.sub(total, m) if k < j else self.ring.add(total, m)
+                    seed = masks.derive(key, self.keys[k][1], "mask", self.round)
+                    total = masks.pair(total, seed, k, j, self.ring, remove=True)
         return total, rejected
 
     def _secret(self, wanted: dict[tuple[str, int], dict[int, int]], kind: str, j: int) -> bytes:

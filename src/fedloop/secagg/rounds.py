@@ -14,8 +14,9 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 from ..fleet import MESSAGE_SIZE, Fleet, run
 from ..types import Broadcast, ClientInfo, Failure, Message, Params, Reply, Task
@@ -26,6 +27,7 @@ from .protocol import SecAggAbort, ServerSession
 from .vector import RoundSpec, SecureSum, decode
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -40,9 +42,9 @@ class SecureRound:
     """Seconds per stage (each exchange, and the server's unmasking work)."""
 
 
-def round_spec(options: SecAggOptions, tasks: Sequence[Task], clients: Sequence[ClientInfo], uniform: bool,
+def round_spec(options: SecAggOptions, tasks: Sequence[Task], counts: Mapping[int, int], uniform: bool,
                reference: Params, noise: tuple[float, float] = (0.0, 0.0)) -> RoundSpec:
-    counts = {c.client_id: c.num_examples for c in clients}
+    """The spec of a round of `tasks`, whose clients declared these sample `counts`."""
     return RoundSpec(options.bits, float(options.clip_range), len(tasks),
                      max(counts.get(t.client_id, 0) for t in tasks), uniform, options.threshold_for(len(tasks)),
                      sum(v.numel() for v in reference.values()), float(noise[0]), float(noise[1]))
@@ -57,26 +59,29 @@ def secure_exchange(options: SecAggOptions, fleet: Fleet, tasks: Sequence[Task],
     out = SecureRound(None)
     first = tasks[0]
     n = len(tasks)
+    counts = {c.client_id: c.num_examples for c in clients}
+    if (why := options.unfit(n)) is not None:
+        return SecureRound(None, abort=why)
     try:
-        spec = round_spec(options, tasks, clients, uniform, first.params, noise)
+        spec = round_spec(options, tasks, counts, uniform, first.params, noise)
     except ValueError as exc:
         return SecureRound(None, abort=str(exc))
-    if options.threshold_for(n) > options.degree(n):
-        return SecureRound(None, abort=f"a round of {n} clients gives each {options.degree(n)} neighbours, fewer "
-                                       f"than secagg.threshold = {options.threshold_for(n)}")
     server = ServerSession(first.round, spec.ring, spec.threshold, options.degree(n))
     base = {**spec.to_config(), SESSION: secrets.token_bytes(16)}
 
+    def timed(key: str, name: str, asked: Sequence[Task]) -> dict[int, bytes]:
+        """One exchange (its seconds in out.timings[key]): the messages of the clients that answered it, the others
+        recorded as failures of stage `name`."""
+        start = time.perf_counter()
+        got = _messages(run(fleet, asked, deadline), name, out)
+        out.timings[key] = time.perf_counter() - start
+        return got
+
     def stage(name: str, ids: Sequence[int], config: Callable[[int], dict], size: Callable[[int], int]
               ) -> dict[int, bytes]:
-        """One exchange: the messages of the clients that answered it, the others recorded as failures."""
-        start = time.perf_counter()
         shared = Broadcast(first.broadcast.version, {}, {}, name)
-        asked = [Task(i, first.round, "secagg", shared, 0, {**base, **config(i), MESSAGE_SIZE: size(i)})
-                 for i in ids]
-        got = _messages(run(fleet, asked, deadline), name, out)
-        out.timings[name] = time.perf_counter() - start
-        return got
+        return timed(name, name, [Task(i, first.round, "secagg", shared, 0,
+                                       {**base, **config(i), MESSAGE_SIZE: size(i)}) for i in ids])
 
     def reject(rejected: dict[int, str], name: str) -> None:
         for i, why in sorted(rejected.items()):
@@ -90,21 +95,14 @@ def secure_exchange(options: SecAggOptions, fleet: Fleet, tasks: Sequence[Task],
         got = stage(SHARE, sorted(peers), lambda i: {PEERS: wire.pack({j: a + b for j, (a, b) in peers[i].items()},
                                                                        wire.KEYS_BYTES)},
                     lambda i: len(peers[i]) * (wire.ID_BYTES + wire.CIPHERTEXT_BYTES))
-        sent, rejected = {}, {}
-        for i, m in got.items():
-            try:
-                sent[i] = wire.unpack(m, wire.CIPHERTEXT_BYTES, "shares")
-            except wire.Malformed as exc:
-                rejected[i] = str(exc)
+        sent, rejected = _parsed(got, lambda m: wire.unpack(m, wire.CIPHERTEXT_BYTES, "shares"))
         inbox, more = server.shared(sent)
         reject({**rejected, **more}, SHARE)
         vector_bytes = spec.length * wire.word_bytes(spec.bits)
         fit = [replace(t, config={**t.config, **base, SHARES: wire.pack(inbox[t.client_id], wire.CIPHERTEXT_BYTES),
                                   MESSAGE_SIZE: vector_bytes})
                for t in tasks if t.client_id in inbox]
-        start = time.perf_counter()
-        got = _messages(run(fleet, fit, deadline), "masked input", out)
-        out.timings["secagg-masked-input"] = time.perf_counter() - start
+        got = timed("secagg-masked-input", "masked input", fit)
         rejected = {}
         for i in sorted(got):
             try:
@@ -119,22 +117,27 @@ def secure_exchange(options: SecAggOptions, fleet: Fleet, tasks: Sequence[Task],
         got = stage(UNMASK, sorted(survivors), lambda i: {SURVIVORS: listed},
                     lambda i: sum(1 for j in server.graph[i] if j in server.shares) * (wire.ID_BYTES +
                                                                                      wire.REVEAL_BYTES))
-        revealed, rejected = {}, {}
-        for i, m in got.items():
-            try:
-                revealed[i] = wire.unpack_reveals(m, "unmask shares")
-            except wire.Malformed as exc:
-                rejected[i] = str(exc)
+        revealed, rejected = _parsed(got, lambda m: wire.unpack_reveals(m, "unmask shares"))
         start = time.perf_counter()
         total, more = server.unmasked(revealed, spec.length)
         reject({**rejected, **more}, UNMASK)
-        counts = {c.client_id: c.num_examples for c in clients}
         out.result = decode(total, spec, first.params, len(survivors), sum(counts[i] for i in survivors))
         out.timings["secagg-server-unmasking"] = time.perf_counter() - start
     except (SecAggAbort, ValueError) as exc:
         out.abort = str(exc)
         log.warning("round %d: secure aggregation aborted: %s", first.round, exc)
     return out
+
+
+def _parsed(got: Mapping[int, bytes], parse: Callable[[bytes], T]) -> tuple[dict[int, T], dict[int, str]]:
+    """Each client's message parsed, and the clients whose message is malformed, with why."""
+    parsed, rejected = {}, {}
+    for i, m in got.items():
+        try:
+            parsed[i] = parse(m)
+        except wire.Malformed as exc:
+            rejected[i] = str(exc)
+    return parsed, rejected
 
 
 def _messages(replies: Sequence[Reply], stage: str, out: SecureRound) -> dict[int, bytes]:

@@ -128,9 +128,8 @@ def encode(update: Params, loss: float | None, num_examples: int, spec: RoundSpe
         raise ValueError(f"an update of {flat.numel()} coordinates; the round's model has {spec.size}")
     w = 1.0 if spec.uniform else float(num_examples)
     ring = spec.ring
-    if spec.noise_multiplier > 0 and float(torch.linalg.vector_norm(flat)) > spec.l2_clip * (1 + 1e-6):
-        raise ValueError(f"an update of L2 norm {float(torch.linalg.vector_norm(flat)):.6g} under distributed DP, "
-                         f"whose clip norm is {spec.l2_clip:g}")
+    if spec.noise_multiplier > 0 and (norm := float(torch.linalg.vector_norm(flat))) > spec.l2_clip * (1 + 1e-6):
+        raise ValueError(f"an update of L2 norm {norm:.6g} under distributed DP, whose clip norm is {spec.l2_clip:g}")
     safe = 0.0 if loss is None or not math.isfinite(loss) or spec.noise_multiplier > 0 else \
         min(max(loss, 0.0), LOSS_CAP)
     scaled_loss = num_examples / spec.max_examples * safe / LOSS_CAP * ring.clip
