@@ -129,6 +129,28 @@ def small_model() -> nn.Module:
     return nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
 
 
+def local_sgd(x, xs, ys, seed, epochs, bsz, lr, momentum=0.0, penalty=None, model_fn=None):
+    """Local training by hand: torch.optim.SGD on the mean cross-entropy (+ penalty(params)) over the batches
+    fedloop draws from the task seed. The local params and the number of steps taken."""
+    m = (model_fn or small_model)()
+    m.load_state_dict(x)
+    opt = torch.optim.SGD(m.parameters(), lr=lr, momentum=momentum)
+    gen = torch.Generator().manual_seed(seed)
+    steps = 0
+    for _ in range(epochs):
+        order = torch.randperm(len(ys), generator=gen)
+        for s in range(0, len(ys), bsz):
+            b = order[s:s + bsz]
+            opt.zero_grad()
+            loss = F.cross_entropy(m(xs[b]), ys[b])
+            if penalty is not None:
+                loss = loss + penalty(dict(m.named_parameters()))
+            loss.backward()
+            opt.step()
+            steps += 1
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}, steps
+
+
 def options(rounds: int, seed: int = 0, federated: bool = False, **kw) -> RunOptions:
     """Run options for a short run (no federated evaluation unless asked)."""
     return RunOptions(rounds=rounds, seed=seed, eval=EvalOptions(federated=federated), **kw)

@@ -114,8 +114,16 @@ def test_with_a_single_client_the_aggregate_is_its_update(name):
     agg, rejected = reduce([update], strategy, state, 1)
     assert not rejected and agg.num_clients == 1 and agg.num_examples == 17
     assert_equal(agg.params, update.params)
-    stepped, _ = strategy.server_opt.step(state.params, update.params, state.opt_state)
+    step = OWN_STEPS.get(name, lambda u, s: u.params)(update, strategy)
+    stepped, _ = strategy.server_opt.step(state.params, step, state.opt_state)
     assert_equal(strategy.apply(state, agg).params, stepped)
+
+
+OWN_STEPS = {  # the server step of a lone client's update, for strategies whose step is not the update itself
+    "fednova": lambda u, s: {k: v * float(u.extras["normaliser"]) for k, v in u.params.items()},  # |a|_1 d
+    "feddyn": lambda u, s: {k: v + s.alpha * v / s.alpha for k, v in u.params.items()},  # delta + h / alpha, m = 1
+    "qfedavg": lambda u, s: {k: v * (1 / s.h(u)) for k, v in u.params.items()},  # Delta_k / h_k
+}
 
 
 def test_the_table_covers_every_local_spec():

@@ -292,17 +292,18 @@ def client_files(data):
 
 
 def simulated_params(data, config: Path, rounds: int, attack: AttackOptions | None = None,
-                     malicious: frozenset[int] = frozenset()):
+                     malicious: frozenset[int] = frozenset(), history: bool = False):
     """The simulator on the clients' partition (each client's rows, in order) and seed, single-threaded like the
-    client processes (`--threads 1`), so the float summation order and hence every bit match."""
+    client processes (`--threads 1`), so the float summation order and hence every bit match (with `history`: and
+    its per-round records)."""
     cfg = load_config(config)
     if attack is not None:
         return _attacked_params(data, cfg, rounds, attack, malicious)
     held_out, part = client_files(data)
     with one_thread():
-        return simulate(model_factory("mlp", held_out.spec()), held_out, part, strategy_from_config(cfg),
-                        options(rounds, cfg.seed, federated=cfg.eval.federated),
-                        sim=SimOptions(executor="sequential")).state.params
+        res = simulate(model_factory("mlp", held_out.spec()), held_out, part, strategy_from_config(cfg),
+                       options(rounds, cfg.seed, federated=cfg.eval.federated), sim=SimOptions(executor="sequential"))
+    return (res.state.params, res.history) if history else res.state.params
 
 
 def _attacked_params(data, cfg, rounds: int, attack: AttackOptions, malicious: frozenset[int]):
@@ -853,3 +854,32 @@ def test_distributed_dp_over_grpc_noises_the_sum_inside_secure_aggregation(site,
     assert summary["privacy"]["mode"] == "distributed"
     assert summary["privacy"]["epsilon"] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-3)
     assert rows[0]["train_loss"] is None
+
+
+BASELINES = {  # name: ([strategy] lines, [client] lines)
+    "fednova": ('name = "fednova"\n', "momentum = 0.5\n"),
+    "feddyn": ('name = "feddyn"\nalpha = 0.1\n', ""),
+    "qfedavg": ('name = "qfedavg"\nq = 2.0\n', ""),
+    "ditto": ('name = "ditto"\nlam = 0.3\n', ""),
+}
+
+
+@pytest.mark.parametrize("name", list(BASELINES))
+def test_the_baselines_over_grpc_end_with_the_simulators_model(site, tmp_path, name):
+    """FedNova (normalisers travel as extras and are checked), FedDyn and Ditto (client state kept in the client
+    processes), q-FedAvg (losses travel as extras): deployed, each ends with the simulator's model, bit for bit."""
+    root, data = site
+    strategy, client = BASELINES[name]
+    config = write_config(root, name)
+    config.write_text(config.read_text().replace("[strategy]\n", "[strategy]\n" + strategy)
+                      .replace("[client]\n", "[client]\n" + client).replace("rounds = 3", "rounds = 2")
+                      .replace("federated = true", f"federated = {'true' if name == 'ditto' else 'false'}"))
+    rounds = deploy(root, config, tmp_path / "run")
+    assert [r["clients"] for r in rounds] == [4, 4]
+    deployed = load_file(tmp_path / "run" / "model.safetensors")
+    expected, history = simulated_params(data, config, 2, history=True)
+    assert all(torch.equal(deployed[k], expected[k]) for k in expected)
+    if name == "ditto":  # personal models evaluated in the client processes, as in the simulator
+        for got, want in zip(rounds, history, strict=True):
+            assert got["fed_personal_loss"] == pytest.approx(want["fed_personal_loss"], rel=1e-6)
+            assert got["fed_personal_loss"] != pytest.approx(got["fed_loss"], rel=1e-3)

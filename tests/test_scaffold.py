@@ -3,9 +3,8 @@ variates kept between rounds, and the server's control variate averaged over the
 
 import pytest
 import torch
-from conftest import blobs, manual_partition, options
+from conftest import blobs, local_sgd, manual_partition, options
 from conftest import small_model as model_fn
-from torch.nn import functional as F
 
 from fedloop import SGD, LocalSGD, Sampler, Scaffold, SimOptions, simulate
 from fedloop.params import allclose
@@ -34,22 +33,12 @@ def test_scaffold_matches_the_paper_with_partial_participation(executor):
         deltas, dcs = {}, {}
         for i in chosen:
             idx = torch.as_tensor(part.train[i])
-            xs, ys = data.x_train[idx], data.y_train[idx]
-            m = model_fn()
-            m.load_state_dict(x)
-            gen = torch.Generator().manual_seed(task_seed(seed, r, i))
-            steps = 0
-            for _ in range(epochs):
-                order = torch.randperm(len(ys), generator=gen)
-                for s in range(0, len(ys), bsz):
-                    b = order[s:s + bsz]
-                    m.zero_grad()
-                    F.cross_entropy(m(xs[b]), ys[b]).backward()
-                    with torch.no_grad():
-                        for k, p in m.named_parameters():
-                            p -= lr * (p.grad + c[k] - ci[i][k])
-                    steps += 1
-            y = {k: v.detach() for k, v in m.state_dict().items()}
+            correction = {k: c[k] - ci[i][k] for k in x}  # every gradient corrected by c - c_i
+
+            def drift(p, correction=correction):
+                return sum((p[k] * correction[k]).sum() for k in p)
+            y, steps = local_sgd(x, data.x_train[idx], data.y_train[idx], task_seed(seed, r, i), epochs, bsz, lr,
+                                 penalty=drift)
             new_ci = {k: ci[i][k] - c[k] + (x[k] - y[k]) / (steps * lr) for k in x}
             dcs[i] = {k: new_ci[k] - ci[i][k] for k in x}
             ci[i] = new_ci

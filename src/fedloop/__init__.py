@@ -26,14 +26,18 @@ from .sampling import Sampler
 from .server_opt import SGD, Adagrad, Adam, Yogi
 from .sim import ChaosFleet, LocalFleet, MockFleet, SimOptions, gaussian_population, make_fleet
 from .strategies import (
+    Ditto,
     FedAdagrad,
     FedAdam,
     FedAvg,
     FedAvgM,
+    FedDyn,
+    FedNova,
     FedProx,
     FedSGD,
     FedYogi,
     PowerOfChoice,
+    QFedAvg,
     Scaffold,
     Strategy,
     make_strategy,
@@ -45,10 +49,11 @@ __version__ = "0.1.0"
 
 __all__ = [
     "SGD", "Adagrad", "Adam", "AggregationError", "App", "ChaosFleet", "CheckpointError", "CheckpointOptions",
-    "ClientApp", "Clip", "Config", "ConfigError", "DataError", "Dataset", "EvalOptions", "Examples", "FedAdagrad",
-    "FedAdam", "FedAvg", "FedAvgM", "FedProx", "FedSGD", "FedYogi", "FedloopError", "FullGradient", "LocalFleet",
-    "LocalSGD", "MockFleet", "Observer", "Partition", "PowerOfChoice", "RoundPolicy", "RunOptions", "RunResult",
-    "SGDProgram", "Sampler", "Scaffold", "SimOptions", "StopOptions", "Strategy", "Trained", "Transform",
-    "TransportError", "WeightedMean", "Yogi", "build_model", "gaussian_population", "load_config", "load_dataset",
-    "load_model", "make_fleet", "make_partition", "make_strategy", "run_config", "simulate",
+    "ClientApp", "Clip", "Config", "ConfigError", "DataError", "Dataset", "Ditto", "EvalOptions", "Examples",
+    "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedDyn", "FedNova", "FedProx", "FedSGD", "FedYogi", "FedloopError",
+    "FullGradient", "LocalFleet", "LocalSGD", "MockFleet", "Observer", "Partition", "PowerOfChoice", "QFedAvg",
+    "RoundPolicy", "RunOptions", "RunResult", "SGDProgram", "Sampler", "Scaffold", "SimOptions", "StopOptions",
+    "Strategy", "Trained", "Transform", "TransportError", "WeightedMean", "Yogi", "build_model", "gaussian_population",
+    "load_config", "load_dataset", "load_model", "make_fleet", "make_partition", "make_strategy", "run_config",
+    "simulate"
 ]

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from . import checks, culprits, interrupts
-from .errors import AggregationError, PrivacyBudgetExhausted, WorkersLost
+from .client.training import LocalSGD
+from .errors import AggregationError, ConfigError, PrivacyBudgetExhausted, WorkersLost
 from .fleet import Fleet, check_capabilities, incidents, run
 from .observers import Observer
 from .reduction import reduce, reduce_secure
@@ -19,7 +20,19 @@ from .sampling import task_seeds
 from .secagg.rounds import SecureRound, secure_exchange
 from .stops import PrivacyBudget, StopCondition
 from .strategies.base import Strategy
-from .types import Aggregate, Broadcast, Evaluation, Failure, Params, Reply, RoundRecord, ServerState, Task, Update
+from .types import (
+    Aggregate,
+    Broadcast,
+    ConfigValue,
+    Evaluation,
+    Failure,
+    Params,
+    Reply,
+    RoundRecord,
+    ServerState,
+    Task,
+    Update,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +70,9 @@ _EMPTY_TOLD: set[tuple[int, ...]] = set()
 
 
 def federated_metrics(evals: Sequence[Evaluation]) -> dict[str, float]:
-    """Example-weighted means over clients' local test splits, and the spread of accuracy across clients (clients
-    with no local test rows count for nothing, and are named in the log once)."""
+    """Example-weighted means over clients' local test splits, and the spread across clients of each accuracy
+    (global, personal, fine-tuned: min, 10th percentile, median, standard deviation); clients with no local test rows
+    count for nothing, and are named in the log once."""
     empty = tuple(e.client_id for e in evals if e.num_examples == 0)
     if empty and empty not in _EMPTY_TOLD:
         _EMPTY_TOLD.add(empty)
@@ -74,30 +88,48 @@ def federated_metrics(evals: Sequence[Evaluation]) -> dict[str, float]:
         vals = [e.metrics[key] for e in evals if key in e.metrics]
         if len(vals) == len(evals):
             out[f"fed_{key}"] = sum(e.metrics[key] * e.num_examples for e in evals) / total
-    if all("accuracy" in e.metrics for e in evals):
-        acc = np.array([e.metrics["accuracy"] for e in evals])
-        out.update(fed_accuracy_min=float(acc.min()), fed_accuracy_p10=float(np.percentile(acc, 10)),
-                   fed_accuracy_median=float(np.median(acc)))
+    for key in [k for k in evals[0].metrics if k.endswith("accuracy")]:  # global, personal, fine-tuned
+        if all(key in e.metrics for e in evals):
+            acc = np.array([e.metrics[key] for e in evals])
+            out.update({f"fed_{key}_min": float(acc.min()), f"fed_{key}_p10": float(np.percentile(acc, 10)),
+                        f"fed_{key}_median": float(np.median(acc)), f"fed_{key}_std": float(acc.std())})
     return out
 
 
 def evaluate_round(state: ServerState, fleet: Fleet, evaluator: Evaluator | None, federated: bool,
-                   deadline: float | None = None) -> tuple[dict[str, float], list[Failure]]:
-    """Centralized metrics on the held-out test set and federated metrics on every client's local split, with the
-    clients whose evaluation failed (the federated metrics cover the others)."""
+                   deadline: float | None = None, config: Mapping[str, ConfigValue] | None = None
+                   ) -> tuple[dict[str, float], list[Failure]]:
+    """Centralized metrics on the held-out test set and federated metrics on every client's local split (each
+    evaluate task carrying `config`), with the clients whose evaluation failed (the federated metrics cover the
+    others)."""
     metrics = dict(evaluator(state.params)) if evaluator is not None else {}
     failures: list[Failure] = []
     if federated:
         ids = [c.client_id for c in fleet.clients() if c.client_id not in state.excluded]
         seeds = task_seeds(state.seed, state.round, ids).tolist()
         shared = Broadcast(state.round, state.params, {}, "evaluate")
-        tasks = [Task(c, state.round, "evaluate", shared, s) for c, s in zip(ids, seeds, strict=True)]
+        tasks = [Task(c, state.round, "evaluate", shared, s, dict(config or {}))
+                 for c, s in zip(ids, seeds, strict=True)]
         replies = run(fleet, tasks, deadline)
         failures = [r for r in replies if isinstance(r, Failure)]
         for f in failures:
             log.warning("round %d: client %d failed its evaluation: %s", f.round, f.client_id, f.reason)
         metrics.update(federated_metrics([r for r in replies if isinstance(r, Evaluation)]))
     return metrics, failures
+
+
+@dataclass(frozen=True)
+class _Evaluation:
+    """How a run evaluates: centrally with `evaluator`, and on the clients' splits when `federated`, each task
+    carrying `config`."""
+
+    evaluator: Evaluator | None
+    federated: bool
+    config: dict[str, ConfigValue]
+    deadline: float | None
+
+    def run(self, state: ServerState, fleet: Fleet) -> tuple[dict[str, float], list[Failure]]:
+        return evaluate_round(state, fleet, self.evaluator, self.federated, self.deadline, self.config)
 
 
 @dataclass
@@ -193,7 +225,8 @@ def _settle(strategy: Strategy, state: ServerState, got: _Exchanges, min_updates
 
 def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequence[StopCondition], *,
              evaluator: Evaluator | None = None, eval_every: int = 1, federated_eval: bool = True,
-             policy: RoundPolicy = RoundPolicy(), observers: Sequence[Observer] = ()) -> LoopResult:
+             eval_config: Mapping[str, ConfigValue] | None = None, policy: RoundPolicy = RoundPolicy(),
+             observers: Sequence[Observer] = ()) -> LoopResult:
     """Run rounds from `state` until a stop condition holds (see DESIGN.md, "One round").
 
     Observers get every round record (failed attempts included) with the state after it. A KeyboardInterrupt (Ctrl-C,
@@ -204,8 +237,12 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequen
                        (" with secure aggregation" if strategy.secure is not None else ""))
     stops = [*stops, PrivacyBudget(strategy.transforms)]
     result = LoopResult(state)
+    evaluation = _Evaluation(evaluator, federated_eval, dict(eval_config or {}), policy.round_deadline)
+    if evaluation.config.get("fine_tune_steps") and not isinstance(strategy.local, LocalSGD):
+        raise ConfigError(f"eval.fine_tune_steps: strategy {strategy.name!r} has no local SGD to fine-tune with "
+                          "(its clients compute one full gradient)")
     try:
-        _rounds(strategy, fleet, stops, evaluator, eval_every, federated_eval, policy, observers, result)
+        _rounds(strategy, fleet, stops, evaluation, eval_every, policy, observers, result)
     except KeyboardInterrupt:
         log.warning("interrupted after round %d; the run keeps its files up to that round", result.state.round)
         result.stop_reason = "interrupted"
@@ -216,9 +253,8 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequen
     return result
 
 
-def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], evaluator: Evaluator | None,
-            eval_every: int, federated_eval: bool, policy: RoundPolicy, observers: Sequence[Observer],
-            result: LoopResult) -> None:
+def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], evaluation: _Evaluation,
+            eval_every: int, policy: RoundPolicy, observers: Sequence[Observer], result: LoopResult) -> None:
     """The rounds of run_loop, recorded in `result` as they complete."""
     state = result.state
     attempts = 0
@@ -272,8 +308,7 @@ def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], ev
         metrics = {k: v for k, v in agg.metrics.items() if k != "train_loss"} if agg else {}
         eval_failures: list[Failure] = []
         if state.round % eval_every == 0 or _first(stop.before(state) for stop in stops) is not None:
-            result.final_metrics, eval_failures = evaluate_round(state, fleet, evaluator, federated_eval,
-                                                                 policy.round_deadline)
+            result.final_metrics, eval_failures = evaluation.run(state, fleet)
             metrics.update(result.final_metrics)
             timings["evaluate"] = time.perf_counter() - t_aggregate
         record = RoundRecord(state.round, got.selected, updates, failures,
@@ -290,7 +325,7 @@ def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], ev
             return
     result.stop_reason = reason
     if not any(not r.failed for r in result.records):
-        result.final_metrics, _ = evaluate_round(state, fleet, evaluator, federated_eval, policy.round_deadline)
+        result.final_metrics, _ = evaluation.run(state, fleet)
 
 
 def _first(reasons: Iterable[str | None]) -> str | None:

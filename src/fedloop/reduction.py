@@ -18,13 +18,16 @@ from .types import Aggregate, Failure, ServerState, Update
 
 
 def screen(updates: Sequence[Update], strategy: Strategy, state: ServerState) -> tuple[list[Update], list[Failure]]:
-    """Each update (in client-id order) through every transform's server_update, in chain order; an update a
-    transform rejects becomes a Failure with the reason."""
+    """Each update (in client-id order) through the strategy's own check, then every transform's server_update, in
+    chain order; an update either rejects becomes a Failure with the reason."""
     ids = [u.client_id for u in updates]
     if len(set(ids)) != len(ids):
         raise AggregationError(f"more than one update from a client in one round: {sorted(ids)}")
     kept, rejected = [], []
     for u in sorted(updates, key=lambda u: u.client_id):
+        if (why := strategy.refuse(u)) is not None:
+            rejected.append(Failure(u.client_id, u.round, f"update rejected: {why}"))
+            continue
         for i, transform in enumerate(strategy.transforms):
             out = transform.server_update(u, own_state(state.transform_state, i))
             if isinstance(out, str):

@@ -37,9 +37,17 @@ class EvalOptions:
 
     every: int = 1
     federated: bool = True
+    fine_tune_steps: int = 0
+    """Federated evaluation also measures each client's model after this many local SGD steps from the global one
+    (fine_tuned_* metrics; 0: not measured)."""
 
     def __post_init__(self) -> None:
         checks.at_least(self, "every", 1)
+        checks.at_least(self, "fine_tune_steps", 0)
+
+    def task_config(self) -> dict[str, int]:
+        """What every evaluate task carries."""
+        return {"fine_tune_steps": self.fine_tune_steps} if self.fine_tune_steps else {}
 
 
 @dataclass(frozen=True)
@@ -186,7 +194,8 @@ def _train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, 
     for o in observers:
         o.start(state, options.resume)
     result = run_loop(strategy, fleet, state, options.stop_conditions(), evaluator=evaluator,
-                      eval_every=options.eval.every, federated_eval=options.eval.federated, policy=options.policy,
+                      eval_every=options.eval.every, federated_eval=options.eval.federated,
+                      eval_config=options.eval.task_config(), policy=options.policy,
                       observers=observers)
     with interrupts.held():  # a stop request while the files are written waits until they are
         return _finish(result, fleet, model_fn, strategy, options, run_dir, t0, observers)

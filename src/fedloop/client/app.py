@@ -21,12 +21,15 @@ from ..secagg import client as secagg
 from ..types import ClientInfo, Evaluation, Failure, Message, Reply, Task, Update
 from .evaluate import evaluate
 from .state import ClientState, RoundStates
-from .training import ClientContext, LossFn, Trained
+from .training import ClientContext, LossFn, Trained, sgd_steps
 
 if TYPE_CHECKING:
     from ..strategies.base import Strategy
 
 log = logging.getLogger(__name__)
+
+FINE_TUNE = 1_000_002
+"""The sub-seed of an evaluate task's seed that orders the batches of its local fine-tuning."""
 
 
 @dataclass
@@ -95,8 +98,11 @@ class ClientApp:
         except Exception as exc:  # noqa: BLE001
             return self._failure(task, exc)
 
-    def evaluate(self, task: Task, model: nn.Module | None = None) -> Evaluation | Failure:
-        """Metrics of the task's params on the local test split (or the train split, with config split=train)."""
+    def evaluate(self, task: Task, model: nn.Module | None = None, state: ClientState | None = None
+                 ) -> Evaluation | Failure:
+        """Metrics of the task's params on the local test split (or the train split, with config split=train), with
+        the strategy's personal metrics from the client's newest `state` (read from its store when not given), and
+        with config fine_tune_steps = k those of the params after k local SGD steps (fine_tuned_*)."""
         try:
             self._check(task)
             split = task.config.get("split", "test")
@@ -105,7 +111,16 @@ class ClientApp:
             data = self.test if split == "test" else self.train
             if data is None or len(data) == 0:  # nothing to measure is not a failure: it counts for nothing
                 return Evaluation(self.client_id, task.round, 0, {})
-            metrics = evaluate(model if model is not None else self.model_fn(), task.params, data, self.loss_fn)
+            state = state if state is not None else self.states.latest(self.client_id)
+            ctx = ClientContext(model if model is not None else self.model_fn(), self.train, self.loss_fn, state)
+            metrics = self.strategy.client_evaluate(task, ctx, data)
+            steps = task.config.get("fine_tune_steps", 0)
+            if not isinstance(steps, int) or steps < 0:
+                raise ValueError(f"fine_tune_steps = {steps!r}: expected an integer >= 0")
+            if steps:
+                tuned = sgd_steps(self.strategy.local.program(), task, ctx, steps, sub_seed(task.seed, FINE_TUNE))
+                tuned_metrics = evaluate(ctx.model, tuned, data, self.loss_fn)
+                metrics.update({f"fine_tuned_{k}": v for k, v in tuned_metrics.items()})
             return Evaluation(self.client_id, task.round, len(data), metrics)
         except Exception as exc:  # noqa: BLE001
             return self._failure(task, exc)

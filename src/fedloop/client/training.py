@@ -7,6 +7,7 @@ Training runs on a workspace model: the global params are copied into it first, 
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -67,6 +68,9 @@ class Trained:
     num_examples: int
     steps: int
     metrics: Mapping[str, float]
+    extras: Params = field(default_factory=dict)
+    """What the strategy's own client training produced beside the update, for its client_finish (Ditto's
+    personal model)."""
 
 
 @dataclass
@@ -87,17 +91,39 @@ def train_program(program: SGDProgram, task: Task, ctx: ClientContext) -> Traine
         return Trained(update, len(ctx.train), steps, metrics)
     if program.returns == "gradient":
         return full_gradient(ctx, task.params)
+    model, steps, tally = _sgd(program, task, ctx, task.seed)
+    local = dict(named_tensors(model))
+    update = {k: g - local[k].detach() for k, g in task.params.items()}
+    return Trained(update, len(ctx.train), steps, tally.metrics("train_"))
+
+
+def sgd_steps(program: SGDProgram, task: Task, ctx: ClientContext, steps: int, seed: int) -> Params:
+    """The params after `steps` steps of the program's SGD from task.params on the client's batches (epochs repeat
+    as needed; batches drawn from `seed`): local fine-tuning before an evaluation."""
+    model, _, _ = _sgd(program, task, ctx, seed, steps)
+    return {k: v.detach().clone() for k, v in named_tensors(model)}
+
+
+def _sgd(program: SGDProgram, task: Task, ctx: ClientContext, seed: int, max_steps: int | None = None
+         ) -> tuple[nn.Module, int, Tally]:
+    """The program's epochs of SGD from task.params on the workspace model (or exactly `max_steps` steps, the
+    epochs repeating as needed): the trained model, the steps taken and the training tally."""
     model = ctx.model
     load_into(model, task.params)
     model.train()
     trainable = dict(model.named_parameters())
     tensors = list(trainable.values())
     buffers: list[torch.Tensor | None] = [None] * len(tensors)
-    gen = torch.Generator().manual_seed(task.seed)
+    gen = torch.Generator().manual_seed(seed)
     tally = Tally()
     steps = 0
-    for _ in range(program.epochs):
+    if max_steps is not None and len(ctx.train) == 0:
+        return model, 0, tally  # no rows to take a step on
+    epochs = range(program.epochs) if max_steps is None else itertools.count()
+    for _ in epochs:
         for xb, yb in ctx.train.batches(program.batch_size, gen):
+            if steps == max_steps:
+                return model, steps, tally
             for p in tensors:
                 p.grad = None
             out = model(xb)
@@ -107,9 +133,7 @@ def train_program(program: SGDProgram, task: Task, ctx: ClientContext) -> Traine
             sgd_step(tensors, [p.grad for p in tensors], buffers, program)
             tally.add(loss, out, yb)
             steps += 1
-    local = dict(named_tensors(model))
-    update = {k: g - local[k].detach() for k, g in task.params.items()}
-    return Trained(update, len(ctx.train), steps, tally.metrics("train_"))
+    return model, steps, tally
 
 
 def full_gradient(ctx: ClientContext, params: Params, chunk_size: int = 4096) -> Trained:

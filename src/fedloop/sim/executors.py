@@ -63,7 +63,7 @@ class Sequential:
     def run_one(self, job: Job) -> Result:
         model = self.workspaces.get(job.app)
         if job.task.kind == "evaluate":
-            return job.app.evaluate(job.task, model)
+            return job.app.evaluate(job.task, model, job.state)
         return job.app.fit(job.task, job.state, model)
 
     def run(self, jobs: Sequence[Job], until: float | None = None) -> list[Result]:

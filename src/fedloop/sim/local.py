@@ -70,7 +70,8 @@ class LocalFleet:
             if task.kind == "secagg":
                 answered[pos] = app.answer(task)
             else:
-                jobs.append(Job(app, task, app.begin(task) if task.kind == "fit" else {}))
+                state = app.begin(task) if task.kind == "fit" else app.states.latest(task.client_id)
+                jobs.append(Job(app, task, state))
         trained = iter(zip(jobs, self.executor.run(jobs, until) if jobs else [], strict=True))
         replies: list[Reply] = []
         for pos, task in enumerate(tasks):

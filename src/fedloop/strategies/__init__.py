@@ -6,16 +6,21 @@ from typing import Any
 
 from ..errors import ConfigError
 from .base import Strategy
+from .ditto import Ditto
 from .fedavg import FedAvg
 from .fedavgm import FedAvgM
+from .feddyn import FedDyn
+from .fednova import FedNova
 from .fedopt import FedAdagrad, FedAdam, FedYogi
 from .fedprox import FedProx
 from .fedsgd import FedSGD
 from .power_of_choice import PowerOfChoice
+from .qfedavg import QFedAvg
 from .scaffold import Scaffold
 
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (
-    FedAvg, FedSGD, FedProx, Scaffold, FedAvgM, FedAdam, FedYogi, FedAdagrad, PowerOfChoice)}
+    FedAvg, FedSGD, FedProx, Scaffold, FedAvgM, FedAdam, FedYogi, FedAdagrad, PowerOfChoice, FedNova, FedDyn, QFedAvg,
+    Ditto)}
 
 
 def make_strategy(name: str, **parts: Any) -> Strategy:
@@ -27,5 +32,5 @@ def make_strategy(name: str, **parts: Any) -> Strategy:
     return cls(**parts)
 
 
-__all__ = ["STRATEGIES", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedProx", "FedSGD", "FedYogi",
-           "PowerOfChoice", "Scaffold", "Strategy", "make_strategy"]
+__all__ = ["STRATEGIES", "Ditto", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedDyn", "FedNova", "FedProx",
+           "FedSGD", "FedYogi", "PowerOfChoice", "QFedAvg", "Scaffold", "Strategy", "make_strategy"]

@@ -6,12 +6,14 @@ Server half:
   init            the initial server state
   configure       the round's first exchange (normally its fit tasks)
   follow_up       the next exchange of a multi-stage round, from the replies to the last one ([] when done)
+  refuse          the strategy's check of an update's claims (FedNova's normaliser)
   aggregate_extras  strategy-specific reduction of the updates' extras (SCAFFOLD's control-variate deltas)
   apply           server state + aggregate -> new server state (the server optimizer's step)
 Client half (run by the client app in every mode):
   client_program  local training declared as an SGDProgram, which every executor can batch
   client_train    for training that is not an SGDProgram: overriding it makes the clients train one at a time
   client_finish   after training: the update to send and the client's new persistent state
+  client_evaluate metrics on a client's local split (personal models add theirs)
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ import numpy as np
 
 from .. import checks
 from ..aggregators import Aggregator, WeightedMean
+from ..client.evaluate import evaluate
 from ..client.state import ClientState
 from ..client.training import ClientContext, FullGradient, LocalSGD, LocalSpec, SGDProgram, Trained, train_program
+from ..data.examples import Examples
 from ..errors import ConfigError
 from ..fleet import MESSAGES, STAGES
 from ..params import clone
@@ -135,6 +139,11 @@ class Strategy:
         """The round's next exchange after `tasks` got `replies`; [] once these replies hold the round's updates."""
         return []
 
+    def refuse(self, update: Update) -> str | None:
+        """Why the server cannot use `update` (e.g. an extra out of its possible range), or None. The strategy's
+        own check of what a client claims, before the transforms screen the update."""
+        return None
+
     def aggregate_extras(self, updates: Sequence[Update]) -> dict:
         return {}
 
@@ -165,8 +174,28 @@ class Strategy:
                         version=task.broadcast.version)
         return update, state
 
+    def client_evaluate(self, task: Task, ctx: ClientContext, data: Examples) -> dict[str, float]:
+        """Metrics of the task's params on `data` (a client's local split); a strategy with personal models adds
+        theirs (Ditto's personal_* metrics)."""
+        return evaluate(ctx.model, task.params, data, ctx.loss_fn)
+
     def unbatchable_reason(self) -> str | None:
         """Why this strategy's clients cannot train as one batch (None when they can)."""
         if type(self).client_train is not Strategy.client_train:
             return f"strategy {self.name!r} trains its clients with its own client_train"
         return None
+
+
+def require_mean(strategy: Strategy, why: str, weighting: str | None = None, private_ok: bool = True) -> None:
+    """Refuse an aggregator that is not a plain weighted mean (of the given weighting), a fixed denominator, or
+    (unless `private_ok`) a privacy mechanism: the parts a strategy's server step is derived for. `why` says what
+    the strategy's analysis needs."""
+    agg = strategy.aggregator
+    if not isinstance(agg, WeightedMean) or agg.fixed_denominator is not None:
+        checks.fail(strategy, "aggregator", f"{why}: expected the plain mean (aggregator.name = 'mean')")
+    assert isinstance(agg, WeightedMean)  # checks.fail raised otherwise
+    if weighting is not None and agg.weighting != weighting:
+        checks.fail(strategy, "aggregator", f"{why}: expected aggregator.weighting = {weighting!r}")
+    if not private_ok and (private := [t.name for t in strategy.transforms if getattr(t, "private", False)]):
+        raise ConfigError(f"strategy {strategy.name!r} cannot be used with {', '.join(private)}: {why}, and no "
+                          "privacy mechanism's analysis covers that", key="transforms", value=private[0], rule=why)

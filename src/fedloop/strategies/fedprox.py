@@ -16,6 +16,16 @@ from .base import Strategy
 
 
 @dataclass(frozen=True)
+class Proximal:
+    """The penalty mu/2 ||w - w_global||^2 (a value, so that clients with the same mu still train as one batch)."""
+
+    mu: float
+
+    def __call__(self, params: Params, global_params: Params, aux: Params) -> torch.Tensor:
+        return cast(torch.Tensor, 0.5 * self.mu * sum(((p - global_params[k]) ** 2).sum() for k, p in params.items()))
+
+
+@dataclass(frozen=True)
 class FedProx(Strategy):
     name: ClassVar[str] = "fedprox"
     mu: float = 0.01
@@ -24,8 +34,5 @@ class FedProx(Strategy):
         super().__post_init__()
         checks.in_range(self, "mu", 0.0, float("inf"))
 
-    def proximal(self, params: Params, global_params: Params, aux: Params) -> torch.Tensor:
-        return cast(torch.Tensor, 0.5 * self.mu * sum(((p - global_params[k]) ** 2).sum() for k, p in params.items()))
-
     def client_program(self, task: Task, state: ClientState) -> SGDProgram:
-        return replace(super().client_program(task, state), penalty=self.proximal)
+        return replace(super().client_program(task, state), penalty=Proximal(self.mu))
