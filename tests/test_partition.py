@@ -109,3 +109,42 @@ def test_bad_partition_requests_are_clear_errors(kwargs, match):
     args = dict(num_clients=10, seed=0) | kwargs
     with pytest.raises(ConfigError, match=match):
         make_partition(d, args.pop("scheme"), args.pop("num_clients"), args.pop("seed"), **args)
+
+
+@settings(max_examples=30, deadline=None)
+@given(labels=st.lists(st.integers(0, 9), min_size=200, max_size=400), clients=st.integers(1, 10),
+       k=st.integers(1, 3), seed=st.integers(0, 2**16))
+def test_label_quantity_skew_covers_every_held_label_once(labels, clients, k, seed):
+    present = len(np.unique(labels))
+    k = min(k, present)
+    try:
+        part = make_partition(labelled(labels), "classes", clients, seed, classes_per_client=k,
+                              local_test_fraction=0.0)
+    except ConfigError as exc:  # a rare label with fewer rows than holders leaves a client empty: said, not hidden
+        assert "gets no rows" in str(exc)
+        return
+    y = np.asarray(labels)
+    counts = label_counts(y, part.train, 10)
+    assert ((counts > 0).sum(1) <= k).all()
+    rows = np.concatenate(part.train)
+    assert len(rows) == len(set(rows.tolist()))  # no row twice; rows of labels nobody holds are left out
+    held = np.flatnonzero(counts.sum(0))
+    assert set(np.flatnonzero(np.isin(y, np.unique(y)[held]))) == set(rows.tolist())
+
+
+def test_label_quantity_skew_follows_niid_bench():
+    """#C = k: client i holds label i mod 10 and k - 1 others; a label's rows are split equally among its holders."""
+    y = np.repeat(np.arange(10), 100)
+    for k in (1, 2, 3):
+        part = make_partition(labelled(y), "classes", 10, 7, classes_per_client=k, local_test_fraction=0.0)
+        counts = label_counts(y, part.train, 10)
+        assert ((counts > 0).sum(1) == k).all()
+        assert all(counts[i, i % 10] > 0 for i in range(10))
+        for c in range(10):
+            held = counts[:, c][counts[:, c] > 0]
+            assert held.max() - held.min() <= 1 and held.sum() == 100  # equal shares of every row of the label
+    one = label_counts(y, make_partition(labelled(y), "classes", 10, 7, classes_per_client=1,
+                                         local_test_fraction=0.0).train, 10)
+    assert np.array_equal(one, np.eye(10, dtype=int) * 100)
+    with pytest.raises(ConfigError, match="classes_per_client = 11 must be between 1 and the data's 10 classes"):
+        make_partition(labelled(y), "classes", 10, 7, classes_per_client=11)

@@ -24,6 +24,7 @@ from .data.examples import Dataset
 from .data.partition import Partition, make_partition
 from .data.registry import data_source, load_dataset
 from .errors import ConfigError, DataError
+from .heterogeneity import Heterogeneity
 from .loop import RoundPolicy
 from .models import model_factory
 from .privacy.options import PrivacyOptions, calibrate_noise, privatize
@@ -140,11 +141,13 @@ def calibrated(cfg: Config, population: int, sizes: Sequence[int] = ()) -> Confi
 
 
 def run_options(cfg: Config, **more: Any) -> RunOptions:
-    """The run's options from [eval], [stop], [checkpoint], seed and rounds (and `more`: out, observers, ...)."""
+    """The run's options from [eval], [stop], [checkpoint], [heterogeneity], seed and rounds (and `more`: out,
+    observers, ...)."""
     return make("", RunOptions, rounds=cfg.rounds, seed=cfg.seed,
                 eval=make("eval", EvalOptions, **_values(cfg.eval)),
                 stop=make("stop", StopOptions, **_values(cfg.stop)),
-                checkpoint=make("checkpoint", CheckpointOptions, **_values(cfg.checkpoint)), **more)
+                checkpoint=make("checkpoint", CheckpointOptions, **_values(cfg.checkpoint)),
+                heterogeneity=make("heterogeneity", Heterogeneity, **_values(cfg.heterogeneity)), **more)
 
 
 def sim_options(cfg: Config) -> SimOptions:
@@ -306,7 +309,8 @@ def read_with(app: App, path: str) -> Dataset:
 def partition_from_config(cfg: Config, data: Dataset) -> Partition:
     p = cfg.partition
     return make_partition(data, p.scheme, p.num_clients, cfg.seed, alpha=p.alpha,
-                          shards_per_client=p.shards_per_client, local_test_fraction=p.local_test_fraction)
+                          shards_per_client=p.shards_per_client, classes_per_client=p.classes_per_client,
+                          local_test_fraction=p.local_test_fraction)
 
 
 def model_fn_from_config(cfg: Config, spec: dict) -> Callable[[], nn.Module]:

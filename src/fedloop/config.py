@@ -24,6 +24,7 @@ from .client import LocalSGD
 from .data.partition import SCHEMES
 from .data.registry import DATASETS
 from .errors import ConfigError
+from .heterogeneity import Heterogeneity
 from .models import MODELS
 from .privacy.options import PrivacyOptions
 from .progress import LogOptions
@@ -107,6 +108,7 @@ if TYPE_CHECKING:
     PrivacySection: TypeAlias = _Built
     AttackSection: TypeAlias = _Built
     SecAggSection: TypeAlias = _Built
+    HeterogeneitySection: TypeAlias = _Built
 else:
     StrategySection = create_model(
         "StrategySection", __base__=_Section, name=(Literal[tuple(STRATEGIES)], "fedavg"), **_fields(Sampler),
@@ -125,6 +127,7 @@ else:
     PrivacySection = section("PrivacySection", PrivacyOptions)
     AttackSection = section("AttackSection", AttackOptions)
     SecAggSection = section("SecAggSection", SecAggOptions)
+    HeterogeneitySection = section("HeterogeneitySection", Heterogeneity)
 
 MOVED = {"server_lr": ("server_opt", "lr"), "server_momentum": ("server_opt", "momentum"),
          "weighting": ("aggregator", "weighting")}
@@ -148,6 +151,7 @@ class PartitionConfig(_Section):
     num_clients: int = Field(20, ge=1)
     alpha: float = Field(0.5, gt=0)
     shards_per_client: int = Field(2, ge=1)
+    classes_per_client: int = Field(2, ge=1)
     local_test_fraction: float = Field(0.1, ge=0, lt=1)
 
 
@@ -179,6 +183,7 @@ class Config(_Section):
     transforms: list[TransformSection] = Field(default_factory=list)
     privacy: PrivacySection = Field(default_factory=PrivacySection)
     secagg: SecAggSection = Field(default_factory=SecAggSection)
+    heterogeneity: HeterogeneitySection = Field(default_factory=HeterogeneitySection)
     attack: AttackSection = Field(default_factory=AttackSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     stop: StopSection = Field(default_factory=StopSection)
@@ -310,7 +315,8 @@ def _toml_value(v: Any) -> str:
 
 
 COMPUTATION = ("seed", "data", "partition", "model", "app", "strategy", "client", "aggregator", "server_opt",
-               "transforms", "privacy", "secagg", "attack", "sim.executor", "sim.engine", "sim.workers")
+               "transforms", "privacy", "secagg", "attack", "heterogeneity", "sim.executor", "sim.engine",
+               "sim.workers")
 """What changes a run's arithmetic: a resumed run must keep all of it (its rounds, evaluation, stop conditions and
 checkpoints may change)."""
 

@@ -14,6 +14,7 @@ from . import checks, culprits, interrupts
 from .client.training import LocalSGD
 from .errors import AggregationError, ConfigError, PrivacyBudgetExhausted, WorkersLost
 from .fleet import Fleet, check_capabilities, incidents, run
+from .heterogeneity import Heterogeneity
 from .observers import Observer
 from .reduction import reduce, reduce_secure
 from .sampling import task_seeds
@@ -142,16 +143,33 @@ class _Exchanges:
     population: int
     secure: SecureRound | None = None
     """Under secure aggregation: the round's sum (or why it aborted), instead of updates."""
+    conditions: dict[str, float] = field(default_factory=dict)
+    """Under [heterogeneity]: how many clients were available and how many straggled."""
 
 
-def exchange(strategy: Strategy, fleet: Fleet, state: ServerState, deadline: float | None) -> _Exchanges:
+def exchange(strategy: Strategy, fleet: Fleet, state: ServerState, deadline: float | None,
+             heterogeneity: Heterogeneity | None = None) -> _Exchanges:
     """The round's exchanges: configure, then follow-ups until the strategy has its updates. Excluded clients are
-    never asked."""
+    never asked, nor clients that `heterogeneity` says are off this round; its stragglers do partial work."""
+    hetero = heterogeneity if heterogeneity is not None and heterogeneity.active else None
     available = [c for c in fleet.clients() if c.client_id not in state.excluded]
+    conditions: dict[str, float] = {}
+    if hetero is not None:
+        available = hetero.available(available, state.seed, state.round + 1)
+        conditions = {"available": len(available), "stragglers": 0}
+        if not available:
+            log.warning("round %d: no client is available; the round is skipped", state.round + 1)
+            return _Exchanges((), [], [], 0, None, conditions)
+    sizes = {c.client_id: c.num_examples for c in available}
     tasks = strategy.configure(state, available)
     failures: list[Failure] = []
+    dropped: list[Failure] = []
     secure = None
     while True:
+        if hetero is not None:
+            tasks, lost, straggled = hetero.straggle(tasks, sizes, strategy, state.seed)
+            dropped += lost
+            conditions["stragglers"] += straggled
         if strategy.secure is not None and tasks and all(t.kind == "fit" for t in tasks):
             uniform = getattr(strategy.aggregator, "weighting", "samples") == "uniform"
             noise = next((n for t in strategy.transforms if (n := t.client_noise()) is not None), (0.0, 0.0))
@@ -167,7 +185,8 @@ def exchange(strategy: Strategy, fleet: Fleet, state: ServerState, deadline: flo
     for f in failures:
         log.warning("round %d: client %d failed: %s", f.round, f.client_id, f.reason)
     updates = [r for r in replies if isinstance(r, Update)]
-    return _Exchanges(tuple(t.client_id for t in tasks), updates, failures, len(available), secure)
+    selected = sorted({t.client_id for t in tasks} | {f.client_id for f in dropped})
+    return _Exchanges(tuple(selected), updates, failures + dropped, len(available), secure, conditions)
 
 
 def _finite(params: Params) -> bool:
@@ -226,7 +245,7 @@ def _settle(strategy: Strategy, state: ServerState, got: _Exchanges, min_updates
 def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequence[StopCondition], *,
              evaluator: Evaluator | None = None, eval_every: int = 1, federated_eval: bool = True,
              eval_config: Mapping[str, ConfigValue] | None = None, policy: RoundPolicy = RoundPolicy(),
-             observers: Sequence[Observer] = ()) -> LoopResult:
+             heterogeneity: Heterogeneity | None = None, observers: Sequence[Observer] = ()) -> LoopResult:
     """Run rounds from `state` until a stop condition holds (see DESIGN.md, "One round").
 
     Observers get every round record (failed attempts included) with the state after it. A KeyboardInterrupt (Ctrl-C,
@@ -238,11 +257,14 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequen
     stops = [*stops, PrivacyBudget(strategy.transforms)]
     result = LoopResult(state)
     evaluation = _Evaluation(evaluator, federated_eval, dict(eval_config or {}), policy.round_deadline)
+    if heterogeneity is not None and (why := heterogeneity.check(strategy)) is not None:
+        raise ConfigError(f"heterogeneity.stragglers = {heterogeneity.stragglers}: strategy {strategy.name!r} "
+                          f"cannot straggle: {why}", key="stragglers", value=heterogeneity.stragglers, rule=why)
     if evaluation.config.get("fine_tune_steps") and not isinstance(strategy.local, LocalSGD):
         raise ConfigError(f"eval.fine_tune_steps: strategy {strategy.name!r} has no local SGD to fine-tune with "
                           "(its clients compute one full gradient)")
     try:
-        _rounds(strategy, fleet, stops, evaluation, eval_every, policy, observers, result)
+        _rounds(strategy, fleet, stops, evaluation, eval_every, policy, heterogeneity, observers, result)
     except KeyboardInterrupt:
         log.warning("interrupted after round %d; the run keeps its files up to that round", result.state.round)
         result.stop_reason = "interrupted"
@@ -254,22 +276,24 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequen
 
 
 def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], evaluation: _Evaluation,
-            eval_every: int, policy: RoundPolicy, observers: Sequence[Observer], result: LoopResult) -> None:
+            eval_every: int, policy: RoundPolicy, heterogeneity: Heterogeneity | None, observers: Sequence[Observer],
+            result: LoopResult) -> None:
     """The rounds of run_loop, recorded in `result` as they complete."""
     state = result.state
     attempts = 0
     while (reason := _first(stop.before(state) for stop in stops)) is None:
         start = time.perf_counter()
         moved = fleet.traffic()
-        got = exchange(strategy, fleet, state, policy.round_deadline)
+        got = exchange(strategy, fleet, state, policy.round_deadline, heterogeneity)
         down, up = (after - before for after, before in zip(fleet.traffic(), moved, strict=True))
         t_exchange = time.perf_counter()
-        nobody = not got.selected and strategy.sampler.poisson
+        nobody = not got.selected and strategy.sampler.poisson and got.population > 0
         if nobody:
             log.info("round %d: Poisson sampling asked no client", state.round + 1)
         try:
-            agg, rejected, new, why, excluded = _settle(strategy, state, got, 0 if nobody else policy.min_updates,
-                                                        nobody)
+            idle = got.population == 0  # no client was available (heterogeneity): the round is skipped
+            agg, rejected, new, why, excluded = _settle(strategy, state, got,
+                                                        0 if nobody or idle else policy.min_updates, nobody)
         except PrivacyBudgetExhausted as exc:
             log.warning("privacy budget: %s; the run stops after round %d", exc, state.round)
             result.stop_reason = "privacy_budget"
@@ -289,7 +313,8 @@ def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], ev
             attempts += 1
             log.warning("round %d failed: %s (attempt %d of %d)", state.round + 1, why, attempts, policy.retries + 1)
             record = RoundRecord(state.round + 1, got.selected, updates, failures, None, up, down,
-                                 time.perf_counter() - start, timings=timings, failed=True, excluded=excluded,
+                                 time.perf_counter() - start, dict(got.conditions), timings, failed=True,
+                                 excluded=excluded,
                                  incidents=tuple(incidents(fleet)), why=why or "")
             with interrupts.held():
                 result.records.append(record)
@@ -306,6 +331,7 @@ def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], ev
         attempts = 0
         state = new
         metrics = {k: v for k, v in agg.metrics.items() if k != "train_loss"} if agg else {}
+        metrics.update(got.conditions)
         eval_failures: list[Failure] = []
         if state.round % eval_every == 0 or _first(stop.before(state) for stop in stops) is not None:
             result.final_metrics, eval_failures = evaluation.run(state, fleet)

@@ -18,6 +18,7 @@ from . import checks, interrupts
 from .client import LossFn, RoundStates, evaluate
 from .data.examples import Examples
 from .fleet import Fleet
+from .heterogeneity import Heterogeneity
 from .loop import LoopResult, RoundPolicy, run_loop
 from .observers import Checkpointer, Observer, RunDirWriter
 from .params import from_model, load_into
@@ -83,6 +84,8 @@ class RunOptions:
     stop: StopOptions = field(default_factory=StopOptions)
     checkpoint: CheckpointOptions = field(default_factory=CheckpointOptions)
     policy: RoundPolicy = field(default_factory=RoundPolicy)
+    heterogeneity: Heterogeneity = field(default_factory=Heterogeneity)
+    """System heterogeneity to simulate: availability and stragglers (heterogeneity.py)."""
     out: str | Path | None = None
     """The run directory (None: write nothing)."""
     resume: bool = False
@@ -196,6 +199,7 @@ def _train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, 
     result = run_loop(strategy, fleet, state, options.stop_conditions(), evaluator=evaluator,
                       eval_every=options.eval.every, federated_eval=options.eval.federated,
                       eval_config=options.eval.task_config(), policy=options.policy,
+                      heterogeneity=options.heterogeneity,
                       observers=observers)
     with interrupts.held():  # a stop request while the files are written waits until they are
         return _finish(result, fleet, model_fn, strategy, options, run_dir, t0, observers)

@@ -39,6 +39,9 @@ class SGDProgram:
     penalty: Penalty | None = None
     returns: Literal["delta", "gradient"] = "delta"
     aux: Params = field(default_factory=dict, compare=False)
+    max_steps: int | None = field(default=None, compare=False)
+    """Stop after this many steps (a straggler's partial work, heterogeneity.stragglers); not part of the
+    program's identity either, so stragglers still train in one batch with the others."""
     clip: float | None = None
     """DP-SGD: each example's gradient is clipped to this L2 norm, and batches are drawn independently per step
     (client/dpsgd.py); None: plain SGD."""

@@ -7,9 +7,8 @@ Training runs on a workspace model: the global params are copied into it first, 
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -91,7 +90,7 @@ def train_program(program: SGDProgram, task: Task, ctx: ClientContext) -> Traine
         return Trained(update, len(ctx.train), steps, metrics)
     if program.returns == "gradient":
         return full_gradient(ctx, task.params)
-    model, steps, tally = _sgd(program, task, ctx, task.seed)
+    model, steps, tally = _sgd(program, task, ctx, task.seed, program.max_steps)
     local = dict(named_tensors(model))
     update = {k: g - local[k].detach() for k, g in task.params.items()}
     return Trained(update, len(ctx.train), steps, tally.metrics("train_"))
@@ -100,14 +99,14 @@ def train_program(program: SGDProgram, task: Task, ctx: ClientContext) -> Traine
 def sgd_steps(program: SGDProgram, task: Task, ctx: ClientContext, steps: int, seed: int) -> Params:
     """The params after `steps` steps of the program's SGD from task.params on the client's batches (epochs repeat
     as needed; batches drawn from `seed`): local fine-tuning before an evaluation."""
-    model, _, _ = _sgd(program, task, ctx, seed, steps)
+    model, _, _ = _sgd(replace(program, epochs=steps), task, ctx, seed, steps)  # an epoch takes at least a step
     return {k: v.detach().clone() for k, v in named_tensors(model)}
 
 
 def _sgd(program: SGDProgram, task: Task, ctx: ClientContext, seed: int, max_steps: int | None = None
          ) -> tuple[nn.Module, int, Tally]:
-    """The program's epochs of SGD from task.params on the workspace model (or exactly `max_steps` steps, the
-    epochs repeating as needed): the trained model, the steps taken and the training tally."""
+    """The program's epochs of SGD from task.params on the workspace model, stopping after `max_steps` steps when
+    set: the trained model, the steps taken and the training tally."""
     model = ctx.model
     load_into(model, task.params)
     model.train()
@@ -117,10 +116,7 @@ def _sgd(program: SGDProgram, task: Task, ctx: ClientContext, seed: int, max_ste
     gen = torch.Generator().manual_seed(seed)
     tally = Tally()
     steps = 0
-    if max_steps is not None and len(ctx.train) == 0:
-        return model, 0, tally  # no rows to take a step on
-    epochs = range(program.epochs) if max_steps is None else itertools.count()
-    for _ in epochs:
+    for _ in range(program.epochs):
         for xb, yb in ctx.train.batches(program.batch_size, gen):
             if steps == max_steps:
                 return model, steps, tally

@@ -1,4 +1,5 @@
-"""Partitions: who holds which training rows. Seeded; every row goes to exactly one client.
+"""Partitions: who holds which training rows. Seeded; a row goes to one client at most, and every row does except
+under label-quantity skew ("classes"), which leaves out the labels no client draws, as NIID-Bench does.
 
 Each client also gets a local test split for federated evaluation: its own test rows where the data have
 natural owners with a test set (LEAF, synthetic), otherwise a seeded hold-out of its partition.
@@ -14,7 +15,7 @@ import numpy as np
 from ..errors import ConfigError
 from .examples import Dataset
 
-SCHEMES = ("iid", "dirichlet", "shards", "quantity", "natural")
+SCHEMES = ("iid", "dirichlet", "shards", "quantity", "natural", "classes")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,37 @@ def shards(labels: np.ndarray, num_clients: int, per_client: int, rng: np.random
     return [np.sort(np.concatenate([pieces[s] for s in row])) for row in assign]
 
 
+def classes(labels: np.ndarray, num_clients: int, per_client: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """NIID-Bench's label-quantity skew (#C = k; Li et al., ICDE 2022): client i holds label i mod K and k - 1 other
+    labels drawn at random without repeats; each label's rows are shuffled and split equally among the clients that
+    hold it (labels that nobody holds are left out)."""
+    values = np.unique(labels)
+    k = len(values)
+    if not 1 <= per_client <= k:
+        raise ConfigError(f"partition.classes_per_client = {per_client} must be between 1 and the data's {k} classes")
+    held: list[list[int]] = []
+    for i in range(num_clients):
+        mine = [i % k]
+        while len(mine) < per_client:
+            c = int(rng.integers(k))
+            if c not in mine:
+                mine.append(c)
+        held.append(mine)
+    parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+    for c in range(k):
+        holders = [i for i in range(num_clients) if c in held[i]]
+        if not holders:
+            continue
+        rows = rng.permutation(np.flatnonzero(labels == values[c]))
+        for i, chunk in zip(holders, np.array_split(rows, len(holders)), strict=True):
+            parts[i].append(chunk)
+    out = [np.sort(np.concatenate(p)) for p in parts]
+    if (empty := [i for i, p in enumerate(out) if len(p) == 0]):
+        raise ConfigError(f"partition.classes_per_client = {per_client}: client {empty[0]} gets no rows (its labels "
+                          f"have fewer rows than clients holding them); use fewer clients")
+    return out
+
+
 def quantity(n: int, num_clients: int, alpha: float, rng: np.random.Generator) -> list[np.ndarray]:
     """Quantity skew: IID labels, client sizes in proportions drawn from Dirichlet(alpha), at least 1 row each."""
     if n < num_clients:
@@ -114,7 +146,8 @@ def hold_out(parts: list[np.ndarray], fraction: float, rng: np.random.Generator
 
 
 def make_partition(data: Dataset, scheme: str, num_clients: int, seed: int, *, alpha: float = 0.5,
-                   shards_per_client: int = 2, local_test_fraction: float = 0.1) -> Partition:
+                   shards_per_client: int = 2, classes_per_client: int = 2, local_test_fraction: float = 0.1
+                   ) -> Partition:
     """Partition `data`'s training rows over clients with the named scheme."""
     labels = data.y_train.numpy()
     if scheme not in SCHEMES:
@@ -142,6 +175,8 @@ def make_partition(data: Dataset, scheme: str, num_clients: int, seed: int, *, a
         if shards_per_client < 1:
             raise ConfigError(f"partition.shards_per_client = {shards_per_client} must be at least 1")
         parts = shards(labels, num_clients, shards_per_client, rng)
+    elif scheme == "classes":
+        parts = classes(labels, num_clients, classes_per_client, rng)
     else:
         if alpha <= 0:
             raise ConfigError(f"partition.alpha = {alpha} must be > 0")

@@ -104,8 +104,10 @@ def _pad(tensors: Sequence[torch.Tensor], sizes: Sequence[int]) -> torch.Tensor:
     return pad_sequence(list(tensors), batch_first=True)
 
 
-def _schedule(program: SGDProgram, tasks: Sequence[Task], data: Sequence[Examples]) -> _Schedule:
-    """Client c's step s = e * k_c + i takes rows i*width .. (i+1)*width - 1 of its epoch-e order."""
+def _schedule(program: SGDProgram, tasks: Sequence[Task], data: Sequence[Examples],
+              caps: Sequence[int | None] = ()) -> _Schedule:
+    """Client c's step s = e * k_c + i takes rows i*width .. (i+1)*width - 1 of its epoch-e order; a client with a
+    cap (a straggler's partial work, SGDProgram.max_steps) stops after that many steps."""
     x, y, index = _shared_arrays(data)
     sizes_list = [int(ix.numel()) for ix in index]
     sizes = torch.tensor(sizes_list)
@@ -122,6 +124,8 @@ def _schedule(program: SGDProgram, tasks: Sequence[Task], data: Sequence[Example
     order = _pad(orders, sizes_list).view(-1)  # client c, epoch e: order[(c * epochs + e) * n_max + i]
     per_epoch = (sizes + width - 1) // width
     steps = per_epoch * epochs
+    if any(c is not None for c in caps):
+        steps = torch.minimum(steps, torch.tensor([int(steps[i]) if c is None else c for i, c in enumerate(caps)]))
     s = torch.arange(int(steps.max()))
     clients = torch.arange(len(tasks))[:, None, None]
     epoch = (s[None, :] // per_epoch[:, None]).clamp(max=epochs - 1)[:, :, None]  # [clients, steps, 1]
@@ -175,7 +179,7 @@ def _train_chunk(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: Loss
     names = [n for n, _ in model.named_parameters()]
     forward = vmap(lambda p, xb: functional_call(model, p, (xb,)))
     row_losses = _row_losses(loss_fn)
-    plan = _schedule(program, tasks, data)
+    plan = _schedule(program, tasks, data, [p.max_steps for p in programs])
     order = torch.argsort(plan.steps, descending=True, stable=True)  # clients still training are a prefix
     rows, mask, steps = plan.rows[order], plan.mask[order], plan.steps[order]
     aux = _stacked_aux(programs, order)

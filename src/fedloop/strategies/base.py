@@ -32,6 +32,7 @@ from ..client.training import ClientContext, FullGradient, LocalSGD, LocalSpec, 
 from ..data.examples import Examples
 from ..errors import ConfigError
 from ..fleet import MESSAGES, STAGES
+from ..heterogeneity import MAX_STEPS
 from ..params import clone
 from ..randomness import SecretStream, secret
 from ..sampling import Sampler, round_rng, task_seeds
@@ -159,10 +160,15 @@ class Strategy:
 
     def training_program(self, task: Task, state: ClientState) -> SGDProgram:
         """The program a client runs: the strategy's client_program, then each transform's program step (DP-SGD's
-        per-example clipping and noise)."""
+        per-example clipping and noise), stopped after the task's max_steps when it has some (a straggler's partial
+        work, heterogeneity.py)."""
         program = self.client_program(task, state)
         for transform in self.transforms:
             program = transform.program(task, program)
+        if (cap := task.config.get(MAX_STEPS)) is not None:
+            if not isinstance(cap, int) or isinstance(cap, bool) or cap < 1:
+                raise ValueError(f"task config {MAX_STEPS} = {cap!r}: expected an integer >= 1")
+            program = replace(program, max_steps=cap)
         return program
 
     def client_train(self, task: Task, ctx: ClientContext) -> Trained:
