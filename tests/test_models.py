@@ -12,7 +12,8 @@ from fedloop.params import num_elements
 
 @pytest.mark.parametrize("name,shape,classes", [
     ("logreg", (8, 8), 10), ("mlp", (28, 28), 10), ("cnn", (28, 28), 10), ("cnn", (1, 28, 28), 62),
-    ("cifar-cnn", (3, 32, 32), 100), ("logreg", (60,), 10)])
+    ("cifar-cnn", (3, 32, 32), 100), ("logreg", (60,), 10), ("lenet", (28, 28), 10), ("lenet", (3, 32, 32), 10),
+    ("lenet", (1, 29, 31), 5)])
 def test_zoo_models_output_class_scores(name, shape, classes):
     m = build_model(name, shape, classes)
     assert m(torch.zeros(4, *shape)).shape == (4, classes)
@@ -21,6 +22,8 @@ def test_zoo_models_output_class_scores(name, shape, classes):
 def test_fedavg_paper_sizes():
     assert num_elements(dict(build_model("mlp", (28, 28), 10).named_parameters())) == 199_210
     assert num_elements(dict(build_model("cnn", (28, 28), 10).named_parameters())) == 1_663_370
+    # NIID-Bench's simple CNN: conv 6@5x5 (156) + conv 16@5x5 (2,416) + 256x120 + 120x84 + 84x10 with biases
+    assert num_elements(dict(build_model("lenet", (28, 28), 10).named_parameters())) == 156 + 2416 + 30840 + 10164 + 850
     lstm = build_model("char-lstm", (80,), VOCAB_SIZE, vocab_size=VOCAB_SIZE)
     assert lstm(torch.zeros(2, 80, dtype=torch.long)).shape == (2, VOCAB_SIZE)
 

@@ -69,6 +69,26 @@ class CNN(nn.Module):
         return self.head(self.features(x))
 
 
+class LeNet(nn.Module):
+    """NIID-Bench's simple CNN (Li et al., ICDE 2022), LeNet-5 in shape: two 5x5 conv layers (6 and 16 channels, no
+    padding) each followed by ReLU and 2x2 max pooling, then fully connected layers of 120 and 84 ReLU units."""
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int):
+        super().__init__()
+        c, h, w = _image_shape(input_shape, "lenet")
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 6, 5), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten())
+        flat = 16 * (((h - 4) // 2 - 4) // 2) * (((w - 4) // 2 - 4) // 2)
+        self.head = nn.Sequential(nn.Linear(flat, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
+                                  nn.Linear(84, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 3:
+            x = x.unsqueeze(1)
+        return self.head(self.features(x))
+
+
 class CifarCNN(nn.Module):
     """A small CIFAR CNN: conv5x5(64)-pool-conv5x5(64)-pool-FC 384-FC 192 (the TensorFlow tutorial model
     used in the FedAvg paper's CIFAR experiments)."""
@@ -106,7 +126,7 @@ class CharLSTM(nn.Module):
         return self.head(out[:, -1])
 
 
-MODELS = ("logreg", "mlp", "cnn", "cifar-cnn", "char-lstm")
+MODELS = ("logreg", "mlp", "cnn", "lenet", "cifar-cnn", "char-lstm")
 
 
 def build_model(name: str, input_shape: Sequence[int], num_classes: int,
@@ -118,6 +138,8 @@ def build_model(name: str, input_shape: Sequence[int], num_classes: int,
         return MLP(input_shape, num_classes)
     if name == "cnn":
         return CNN(input_shape, num_classes)
+    if name == "lenet":
+        return LeNet(input_shape, num_classes)
     if name == "cifar-cnn":
         return CifarCNN(input_shape, num_classes)
     if name == "char-lstm":
