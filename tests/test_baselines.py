@@ -322,3 +322,13 @@ def test_feddyn_and_ditto_run_under_secure_aggregation_and_fednova_and_qfedavg_a
     for cls in (FedNova, QFedAvg):  # their servers read each update's normaliser or loss
         with pytest.raises(ConfigError, match=f"strategy '{cls.name}': it reduces extras of each update"):
             replace(cls(sampler=Sampler(4)), secure=secure)
+
+
+def test_federated_evaluation_on_the_training_split_is_the_global_objective():
+    from fedloop.run import EvalOptions, RunOptions
+
+    data, part = blobs(n_train=sum(SIZES)), manual_partition(SIZES)
+    opts = RunOptions(rounds=2, seed=1, eval=EvalOptions(federated=True, federated_split="train"))
+    res = simulate(model_fn, data, part, FedAvg(sampler=Sampler(3), local=LocalSGD(epochs=1, batch_size=4)), opts)
+    loss, _ = evaluated(res.state.params, data.x_train, data.y_train)  # sum_k n_k F_k(w) / n over every row
+    assert res.history[-1]["fed_loss"] == pytest.approx(loss, rel=1e-5)

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -41,14 +41,21 @@ class EvalOptions:
     fine_tune_steps: int = 0
     """Federated evaluation also measures each client's model after this many local SGD steps from the global one
     (fine_tuned_* metrics; 0: not measured)."""
+    federated_split: Literal["test", "train"] = "test"
+    """The clients' split that federated evaluation measures: "train" gives the global training objective
+    sum_k n_k F_k(w) / n as fed_loss (the FedProx paper's training loss)."""
 
     def __post_init__(self) -> None:
         checks.at_least(self, "every", 1)
         checks.at_least(self, "fine_tune_steps", 0)
+        checks.one_of(self, "federated_split", ("test", "train"))
 
-    def task_config(self) -> dict[str, int]:
+    def task_config(self) -> dict[str, int | str]:
         """What every evaluate task carries."""
-        return {"fine_tune_steps": self.fine_tune_steps} if self.fine_tune_steps else {}
+        out: dict[str, int | str] = {"fine_tune_steps": self.fine_tune_steps} if self.fine_tune_steps else {}
+        if self.federated_split != "test":
+            out["split"] = self.federated_split
+        return out
 
 
 @dataclass(frozen=True)
