@@ -111,7 +111,8 @@ class ClientApp:
             data = self.test if split == "test" else self.train
             if data is None or len(data) == 0:  # nothing to measure is not a failure: it counts for nothing
                 return Evaluation(self.client_id, task.round, 0, {})
-            state = state if state is not None else self.states.latest(self.client_id)
+            if state is None:
+                state = self.states.latest(self.client_id) if self.strategy.evaluates_state else {}
             ctx = ClientContext(model if model is not None else self.model_fn(), self.train, self.loss_fn, state)
             metrics = self.strategy.client_evaluate(task, ctx, data)
             steps = task.config.get("fine_tune_steps", 0)

@@ -70,7 +70,10 @@ class LocalFleet:
             if task.kind == "secagg":
                 answered[pos] = app.answer(task)
             else:
-                state = app.begin(task) if task.kind == "fit" else app.states.latest(task.client_id)
+                if task.kind == "fit":
+                    state = app.begin(task)
+                else:
+                    state = app.states.latest(task.client_id) if app.strategy.evaluates_state else {}
                 jobs.append(Job(app, task, state))
         trained = iter(zip(jobs, self.executor.run(jobs, until) if jobs else [], strict=True))
         replies: list[Reply] = []

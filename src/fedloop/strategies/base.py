@@ -185,6 +185,12 @@ class Strategy:
         theirs (Ditto's personal_* metrics)."""
         return evaluate(ctx.model, task.params, data, ctx.loss_fn)
 
+    @property
+    def evaluates_state(self) -> bool:
+        """Whether client_evaluate reads the client's state (personal models): only then is it loaded for an
+        evaluation."""
+        return type(self).client_evaluate is not Strategy.client_evaluate
+
     def unbatchable_reason(self) -> str | None:
         """Why this strategy's clients cannot train as one batch (None when they can)."""
         if type(self).client_train is not Strategy.client_train:

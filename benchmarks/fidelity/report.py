@@ -1,0 +1,84 @@
+"""Every fidelity table from its cells' JSON files, beside the published numbers, as Markdown (the tables of
+benchmarks/fidelity/RESULTS.md). A cell that has not run is named as such.
+
+    python benchmarks/fidelity/report.py
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import fedavg
+import fedprox
+import niid_bench
+from cells import Cell
+
+
+def load(cell: Cell) -> dict[str, Any] | None:
+    return json.loads(cell.path.read_text()) if cell.path.exists() else None
+
+
+def minutes(result: dict[str, Any]) -> str:
+    return f"{result['wall_seconds'] / 60:.0f} min"
+
+
+def niid_table() -> list[str]:
+    out = ["| partition | algorithm | fedloop best accuracy % | published (Flower niid_bench) | within? | wall |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for cell in niid_bench.cells(tuple(niid_bench.PARTITIONS)):
+        part, algo, _ = cell.name.split("_")
+        published = niid_bench.PUBLISHED.get(part, {}).get(algo)
+        pub = f"{published[0]:.2f} ± {published[1]}" if published else "—"
+        result = load(cell)
+        if result is None:
+            if part in niid_bench.REQUIRED:
+                out.append(f"| {part} | {algo} | not run | {pub} | | |")
+            continue
+        ours = 100 * result["best_accuracy"]
+        within = "—" if not published else ("yes" if abs(ours - published[0]) <= max(published[1], 0.5) else "no")
+        out.append(f"| {part} | {algo} | {ours:.2f} | {pub} | {within} | {minutes(result)} |")
+    return out
+
+
+def fedprox_table() -> list[str]:
+    heads = " | ".join(f"loss r{r}" for r in fedprox.CHECKPOINTS)
+    out = [f"| stragglers | method | {heads} | max loss after r20 | test accuracy | wall |",
+           "| --- | --- | " + " | ".join("---" for _ in fedprox.CHECKPOINTS) + " | --- | --- | --- |"]
+    for cell in fedprox.cells():
+        f, method, _ = cell.name.split("_")
+        result = load(cell)
+        if result is None:
+            out.append(f"| {f[len('stragglers'):]}% | {method} | not run | | | | | | |")
+            continue
+        losses = " | ".join(f"{result['training_loss'].get(str(r), float('nan')):.4f}" for r in fedprox.CHECKPOINTS)
+        out.append(f"| {f[len('stragglers'):]}% | {method} | {losses} | {result['max_loss_after_20']:.4f} | "
+                   f"{result['final_accuracy']:.4f} | {minutes(result)} |")
+    return out
+
+
+def fedavg_table() -> list[str]:
+    out = ["| model | partition | algorithm | rounds to target | best accuracy | wall |",
+           "| --- | --- | --- | --- | --- | --- |"]
+    for cell in fedavg.cells():
+        model, part, *algo_parts, _ = cell.name.split("_")  # e.g. cnn_iid_E5_B10_seed0
+        algo = "_".join(algo_parts)
+        result = load(cell)
+        if result is None:
+            out.append(f"| {model} | {part} | {algo} | not run | | |")
+            continue
+        reached = result["best_accuracy"] is not None and result["best_accuracy"] >= fedavg.MODELS[model]
+        rounds = str(result["last_round"]) if reached else f"not reached in {result['last_round']}"
+        out.append(f"| {model} | {part} | {algo} | {rounds} | {result['best_accuracy']:.4f} | {minutes(result)} |")
+    return out
+
+
+def main() -> None:
+    for title, rows in (("NIID-Bench, Fashion-MNIST", niid_table()), ("FedProx, Synthetic(1,1)", fedprox_table()),
+                        ("FedAvg paper protocol, Fashion-MNIST", fedavg_table())):
+        print(f"### {title}\n")
+        print("\n".join(rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()
