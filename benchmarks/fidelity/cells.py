@@ -7,6 +7,7 @@ numbers; `python benchmarks/fidelity/report.py` prints every table beside them."
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -83,3 +84,17 @@ def best_accuracy(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     curve = [r["accuracy"] for r in rounds if "accuracy" in r]
     return {"best_accuracy": max(curve, default=None), "final_accuracy": curve[-1] if curve else None,
             "curve": [round(a, 4) for a in curve]}
+
+
+def cli(doc: str, cells_of: Callable[[argparse.Namespace], list[Cell]],
+        summarise: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        more: Callable[[argparse.ArgumentParser], None] | None = None) -> None:
+    """A table script's command line: --only (cells whose name contains one of these), --seed, and `more` flags."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="*", default=(), help="only cells whose name contains one of these")
+    ap.add_argument("--seed", type=int, default=0)
+    if more is not None:
+        more(ap)
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "2")
+    run_all(cells_of(args), summarise, args.only)

@@ -17,11 +17,9 @@ without reaching the target says so.
 
 from __future__ import annotations
 
-import argparse
-import os
 from typing import Any
 
-from cells import Cell, run_all
+from cells import Cell, cli
 
 TABLE = "fedavg"
 MODELS = {"mlp": 0.85, "cnn": 0.88}
@@ -59,13 +57,7 @@ def rounds_to_target(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="*", default=(), help="only cells whose name contains one of these")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
-    run_all(cells(args.seed), rounds_to_target, args.only)
-
+    cli(__doc__, lambda args: cells(args.seed), rounds_to_target)
 
 if __name__ == "__main__":
     main()

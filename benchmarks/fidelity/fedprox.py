@@ -14,12 +14,10 @@ or diverges as stragglers grow, and keeping partial work (mu = 0) already helps.
 
 from __future__ import annotations
 
-import argparse
 import math
-import os
 from typing import Any
 
-from cells import Cell, run_all
+from cells import Cell, cli
 
 TABLE = "fedprox"
 METHODS = {"fedavg": ["strategy.name=fedavg", "heterogeneity.partial_work=drop"],
@@ -47,13 +45,7 @@ def training_loss(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", nargs="*", default=(), help="only cells whose name contains one of these")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
-    run_all(cells(args.seed), training_loss, args.only)
-
+    cli(__doc__, lambda args: cells(args.seed), training_loss)
 
 if __name__ == "__main__":
     main()

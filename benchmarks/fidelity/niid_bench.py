@@ -14,10 +14,7 @@ seeds).
 
 from __future__ import annotations
 
-import argparse
-import os
-
-from cells import Cell, best_accuracy, run_all
+from cells import Cell, best_accuracy, cli
 
 TABLE = "niid_bench"
 ALGORITHMS = {"fedavg": ["strategy.name=fedavg"], "fedprox": ["strategy.name=fedprox", "strategy.mu=0.01"],
@@ -45,14 +42,8 @@ def cells(partitions: tuple[str, ...], seed: int = 0) -> list[Cell]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--all", action="store_true", help="every partition, not only Dir(0.5) and #C=2")
-    ap.add_argument("--only", nargs="*", default=(), help="only cells whose name contains one of these")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", "2")
-    run_all(cells(tuple(PARTITIONS) if args.all else REQUIRED, args.seed), best_accuracy, args.only)
-
+    cli(__doc__, lambda args: cells(tuple(PARTITIONS) if args.all else REQUIRED, args.seed), best_accuracy,
+        lambda ap: ap.add_argument("--all", action="store_true", help="every partition, not only Dir(0.5) and #C=2"))
 
 if __name__ == "__main__":
     main()
