@@ -1,4 +1,4 @@
-"""The command line: `fedloop run`, `fedloop partition`, `fedloop report`."""
+"""The command line: `fedloop run`, `fedloop partition`, `fedloop report`, `fedloop status`, `fedloop server`, ..."""
 
 from __future__ import annotations
 
@@ -162,6 +162,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.table import Table
+
+    from .status import describe, read_status
+
+    status = read_status(args.run_dir)
+    if args.json:
+        print(json.dumps(status.to_json(), indent=1))
+        return 0
+    table = Table(show_header=False, box=None)
+    for label, value in describe(status):
+        table.add_row(f"[bold]{label}[/bold]", value)
+    _stdout().print(table)
+    return 0
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from .build import check_runnable, log_options
     from .net.serve import serve
@@ -253,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="print a run's round table and redraw its plots")
     rep.add_argument("run_dir", help="a run directory (fedloop run --out, fedloop server --out)")
     rep.set_defaults(func=cmd_report)
+
+    stat = sub.add_parser("status", help="one screen on a run, running or finished: round, ETA, last metrics, "
+                                         "epsilon, failures")
+    stat.add_argument("run_dir", help="a run directory (fedloop run --out, fedloop server --out)")
+    stat.add_argument("--json", action="store_true", help="the same as JSON, for scripts")
+    stat.set_defaults(func=cmd_status)
 
     srv = sub.add_parser("server", help="run the rounds for clients that connect over gRPC")
     config_args(srv)
