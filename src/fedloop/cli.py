@@ -8,6 +8,8 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import get_args
 
@@ -37,6 +39,26 @@ def _default_out(cfg: Config) -> Path:
 def _sets(args: argparse.Namespace) -> list[str]:
     """--set overrides, with --app REF as app.ref=REF."""
     return [*args.set, f"app.ref={args.app}"] if args.app else list(args.set)
+
+
+DASHBOARD_PORT = 8050
+"""The dashboard's port when --dashboard names none."""
+
+
+@contextmanager
+def _dashboard(args: argparse.Namespace, out: Path) -> Iterator[None]:
+    """A dashboard of `out` beside the run while the body runs, when --dashboard asks for one."""
+    if args.dashboard is None:
+        yield
+        return
+    from .dashboard import Dashboard
+
+    board = Dashboard(out, port=args.dashboard, wait=True).start()
+    print(f"dashboard: {board.url}", file=sys.stderr, flush=True)
+    try:
+        yield
+    finally:
+        board.stop()
 
 
 EXIT = {"interrupted": 130, "diverged": 1}
@@ -75,7 +97,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, console, live, rounds=not args.quiet)
     # an --out that cannot be this run's is refused first; then what else can be known before any data is read (a
     # failure there leaves the directory as it was found)
-    with run_directory(out, resume=bool(args.resume), overwrite=args.overwrite), log_to(out, log_options(cfg)):
+    with run_directory(out, resume=bool(args.resume), overwrite=args.overwrite), log_to(out, log_options(cfg)), \
+            _dashboard(args, out):
         check_runnable(cfg, resuming=bool(args.resume))
         source = cfg.data.path or cfg.data.name if cfg.app.ref else cfg.data.name
         print(f"fedloop {cfg.strategy.name} on {source}, model {cfg.app.ref or cfg.model.name}, "
@@ -180,6 +203,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from .dashboard import Dashboard
+
+    board = Dashboard(args.run_dir, host=args.host, port=args.port)
+    print(f"dashboard of {args.run_dir}: {board.url} (Ctrl-C stops it)", flush=True)
+    board.serve_forever()
+    return 0
+
+
 def cmd_server(args: argparse.Namespace) -> int:
     from .build import check_runnable, log_options
     from .net.serve import serve
@@ -195,7 +227,8 @@ def cmd_server(args: argparse.Namespace) -> int:
         raise ConfigError(f"--certs {args.certs}: no such directory (`fedloop certs DIR` creates one)")
     out = Path(args.resume or args.out or _default_out(cfg))
     setup_logging(args.log_level, console, live=False)
-    with run_directory(out, resume=args.resume is not None, overwrite=args.overwrite), log_to(out, log_options(cfg)):
+    with run_directory(out, resume=args.resume is not None, overwrite=args.overwrite), log_to(out, log_options(cfg)), \
+            _dashboard(args, out):
         check_runnable(cfg, deployed=True)
         result = serve(cfg, out, cert_dir=args.certs, tokens=args.tokens, allowlist=args.allowlist,
                        insecure=args.insecure, mutual_tls=args.mtls, address=args.address,
@@ -242,6 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="how much fedloop logs (default: info)")
 
+    def dashboard_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--dashboard", type=int, nargs="?", const=DASHBOARD_PORT, metavar="PORT",
+                        help=f"serve the run's dashboard on 127.0.0.1:PORT while it runs (default {DASHBOARD_PORT})")
+
     def config_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("config", nargs="?", help="TOML config (default: the embedded digits job)")
         sp.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -259,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar and no per-round lines (log.txt has them)")
     log_level(run)
     run.add_argument("--table", action="store_true", help="print the round table at the end")
+    dashboard_arg(run)
     run.set_defaults(func=cmd_run)
 
     part = sub.add_parser("partition", help="show how a config partitions its data over clients")
@@ -272,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("run_dir", help="a run directory (fedloop run --out, fedloop server --out)")
     rep.set_defaults(func=cmd_report)
 
+    dash = sub.add_parser("dashboard", help="serve a live web page of a run directory (read-only)")
+    dash.add_argument("run_dir", help="a run directory, running or finished")
+    dash.add_argument("--port", type=int, default=DASHBOARD_PORT, help=f"default {DASHBOARD_PORT}; 0: any free port")
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    dash.set_defaults(func=cmd_dashboard)
+
     stat = sub.add_parser("status", help="one screen on a run, running or finished: round, ETA, last metrics, "
                                          "epsilon, failures")
     stat.add_argument("run_dir", help="a run directory (fedloop run --out, fedloop server --out)")
@@ -282,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(srv)
     srv.add_argument("--out", help="run directory (default: runs/<data>-<strategy>-<time>)")
     srv.add_argument("--address", help="HOST:PORT to listen on (default: server.address of the config)")
+    dashboard_arg(srv)
     srv.add_argument("--certs", metavar="DIR", help="TLS files from `fedloop certs DIR` (server.pem/.key, ca.pem)")
     srv.add_argument("--tokens", metavar="FILE", help="client tokens, '<id> <token>' per line (default: "
                                                       "DIR/tokens.txt of --certs)")

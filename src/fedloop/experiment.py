@@ -107,10 +107,15 @@ def simulate(model_fn: Callable[[], nn.Module] | App, data: Dataset, partition: 
     fleet = build_fleet(data, partition, strategy, model_fn, loss_fn, sim)
     try:
         return train(fleet, model_fn, strategy, options, test=Examples.all(data.x_test, data.y_test),
-                     loss_fn=loss_fn, partition_json=partition.to_json(), model_meta=model_meta,
+                     loss_fn=loss_fn, partition_json=partition_json(data, partition), model_meta=model_meta,
                      config_toml=config_toml)
     finally:
         fleet.close()
+
+
+def partition_json(data: Dataset, partition: Partition) -> dict:
+    """partition.json, with the label counts when the data are labelled by class."""
+    return partition.to_json(data.y_train.numpy(), data.num_classes)
 
 
 def run_config(cfg: Config, out: str | Path | None = None, observers: tuple[Observer, ...] = (), *,
@@ -148,8 +153,8 @@ def run_config(cfg: Config, out: str | Path | None = None, observers: tuple[Obse
         return train(fleet, model_fn, strategy,
                      run_options(cfg, out=out, observers=observers, resume=resume, overwrite=overwrite,
                                  policy=simulation_policy(cfg)),
-                     test=Examples.all(data.x_test, data.y_test), loss_fn=loss_fn, partition_json=partition.to_json(),
-                     model_meta=model_meta(cfg, spec, data.name),
+                     test=Examples.all(data.x_test, data.y_test), loss_fn=loss_fn,
+                     partition_json=partition_json(data, partition), model_meta=model_meta(cfg, spec, data.name),
                      config_toml=to_toml(cfg), extra_metrics=metric)
     finally:
         fleet.close()

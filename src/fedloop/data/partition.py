@@ -32,10 +32,15 @@ class Partition:
     def num_clients(self) -> int:
         return len(self.train)
 
-    def to_json(self) -> dict:
-        return {"scheme": self.scheme, "test_source": self.test_source,
-                "clients": {str(c): {"train": self.train[c].tolist(), "test": self.test[c].tolist()}
-                            for c in range(self.num_clients)}}
+    def to_json(self, labels: np.ndarray | None = None, num_classes: int | None = None) -> dict:
+        """The partition as partition.json holds it; with the training labels, also each client's row count per
+        class (`label_counts`, clients x classes: the dashboard's heatmap)."""
+        out: dict = {"scheme": self.scheme, "test_source": self.test_source,
+                     "clients": {str(c): {"train": self.train[c].tolist(), "test": self.test[c].tolist()}
+                                 for c in range(self.num_clients)}}
+        if labels is not None and labels.ndim == 1 and not np.issubdtype(labels.dtype, np.floating):
+            out["label_counts"] = label_counts(labels, self.train, num_classes or int(labels.max()) + 1).tolist()
+        return out
 
 
 def _rng(seed: int, tag: int) -> np.random.Generator:
