@@ -19,7 +19,7 @@ from .app import App, load_app
 from .attacks import AttackOptions
 from .attacks.options import UPDATE_ATTACKS
 from .client import LocalSGD, LossFn
-from .config import OWN_FIELDS, AggregatorSection, Config, ServerOptSection, default_of, read_raw, typed
+from .config import OWN_FIELDS, AggregatorSection, Config, ServerOptSection, default_of, read_raw, to_toml, typed
 from .data.examples import Dataset
 from .data.partition import Partition, make_partition
 from .data.registry import data_source, load_dataset
@@ -36,6 +36,8 @@ from .server_opt import SERVER_OPTIMIZERS
 from .server_options import ServerOptions
 from .sim.engines import SimOptions
 from .strategies import STRATEGIES, Strategy
+from .tracking import TrackingOptions
+from .tracking import observers as tracking_observers
 from .transforms import TRANSFORMS
 
 log = logging.getLogger(__name__)
@@ -142,7 +144,10 @@ def calibrated(cfg: Config, population: int, sizes: Sequence[int] = ()) -> Confi
 
 def run_options(cfg: Config, **more: Any) -> RunOptions:
     """The run's options from [eval], [stop], [checkpoint], [heterogeneity], seed and rounds (and `more`: out,
-    observers, ...)."""
+    observers, ...); with an `out`, [tracking]'s observers join the observers."""
+    tracking = make("tracking", TrackingOptions, **_values(cfg.tracking))
+    if more.get("out") is not None and tracking.backends:
+        more["observers"] = (*more.get("observers", ()), *tracking_observers(tracking, more["out"], to_toml(cfg)))
     return make("", RunOptions, rounds=cfg.rounds, seed=cfg.seed,
                 eval=make("eval", EvalOptions, **_values(cfg.eval)),
                 stop=make("stop", StopOptions, **_values(cfg.stop)),
@@ -217,6 +222,7 @@ def check_runnable(cfg: Config, deployed: bool = False, resuming: bool = False) 
     """What can be known wrong before a run directory is created or any data read: where the data come from, and
     a round size that the sampler can never give or that the aggregator's assumption refuses (a simulation's
     rounds draw from partition.num_clients clients; a server's from the clients that join)."""
+    make("tracking", TrackingOptions, **_values(cfg.tracking)).check_installed()
     app = app_from_config(cfg)
     if app is not None and app.load_data is not None:
         if cfg.data.path is None:

@@ -35,6 +35,7 @@ from .server_opt import SERVER_OPTIMIZERS
 from .server_options import ServerOptions
 from .sim.engines import SimOptions
 from .strategies import STRATEGIES, Strategy
+from .tracking import TrackingOptions
 from .transforms import TRANSFORMS
 
 DatasetName = Literal[DATASETS]  # type: ignore[valid-type]
@@ -109,6 +110,7 @@ if TYPE_CHECKING:
     AttackSection: TypeAlias = _Built
     SecAggSection: TypeAlias = _Built
     HeterogeneitySection: TypeAlias = _Built
+    TrackingSection: TypeAlias = _Built
 else:
     StrategySection = create_model(
         "StrategySection", __base__=_Section, name=(Literal[tuple(STRATEGIES)], "fedavg"), **_fields(Sampler),
@@ -128,6 +130,7 @@ else:
     AttackSection = section("AttackSection", AttackOptions)
     SecAggSection = section("SecAggSection", SecAggOptions)
     HeterogeneitySection = section("HeterogeneitySection", Heterogeneity)
+    TrackingSection = section("TrackingSection", TrackingOptions)
 
 MOVED = {"server_lr": ("server_opt", "lr"), "server_momentum": ("server_opt", "momentum"),
          "weighting": ("aggregator", "weighting")}
@@ -184,6 +187,7 @@ class Config(_Section):
     privacy: PrivacySection = Field(default_factory=PrivacySection)
     secagg: SecAggSection = Field(default_factory=SecAggSection)
     heterogeneity: HeterogeneitySection = Field(default_factory=HeterogeneitySection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
     attack: AttackSection = Field(default_factory=AttackSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     stop: StopSection = Field(default_factory=StopSection)
@@ -309,7 +313,7 @@ def _toml_value(v: Any) -> str:
         return repr(v)
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list):
+    if isinstance(v, list | tuple):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} as TOML")
 
