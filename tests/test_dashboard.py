@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -65,6 +66,10 @@ def test_the_dashboard_serves_the_run_and_nothing_else(board):
     counts = json.loads(get(dash.url + "api/partition")[1])["label_counts"]
     assert [sum(c) for c in counts] == SIZES
     assert get(dash.url + "api/config")[1].startswith(b"rounds = 3")
+    assert json.loads(get(dash.url + "api/presence")[1])["clients"] == []  # a simulation has no connections
+    seen = {"time": 100.0, "clients": [{"client": 2, "examples": 9, "live": False, "last_seen": 90.0, "missed": 1}]}
+    (run / "presence.json").write_text(json.dumps(seen))  # as a deployed server writes it
+    assert json.loads(get(dash.url + "api/presence")[1]) == seen
     for bad in ("../config.toml", "static/../../config.toml", "static/", "static/app.js/..%2f..%2fconfig.toml",
                 "metrics.jsonl", "%2e%2e/summary.json", "checkpoints/"):
         status, body = get(dash.url + bad)
@@ -154,6 +159,14 @@ def test_in_a_browser_a_live_run_gains_a_point_per_round_and_shows_an_injected_d
         want = f"client {dropped[0]['client']}: reply lost (chaos: drop)"
         wait_for(driver, lambda d: want in d.find_element("id", "clients").text, what=want)
         assert "running" in driver.find_element("id", "status").text
+        now = time.time()
+        (out / "presence.json").write_text(json.dumps({"time": now, "clients": [  # as a deployed server writes it
+            {"client": 0, "examples": 12, "live": True, "last_seen": now - 1, "missed": 0},
+            {"client": 1, "examples": 9, "live": False, "last_seen": now - 40, "missed": 2}]}))
+        wait_for(driver, lambda d: "1 of 2 joined clients connected" in d.find_element("id", "presence").text,
+                 what="the connected clients")
+        assert "client 1: gone, last seen 40 s ago, 9 examples, 2 tasks missed" in \
+            driver.find_element("id", "presence").text
         assert chart_points(driver, "clients") == chart_points(driver, "accuracy")
         shot = screenshot(driver, Path(os.environ.get("FEDLOOP_ARTIFACTS", tmp_path)) / "dashboard.png")
         assert shot.stat().st_size > 10_000

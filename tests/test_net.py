@@ -129,8 +129,11 @@ def test_server_and_five_client_processes_train_over_tls_like_the_simulator(site
         assert "the run is over" in finish(c)
     assert "rounds 3" in log and "accuracy" in log
     for name in ("config.toml", "metrics.jsonl", "model.safetensors", "summary.json", "curves.png",
-                 "checkpoints/round_0003.safetensors"):
+                 "checkpoints/round_0003.safetensors", "presence.json"):
         assert (tmp_path / "run" / name).exists(), name
+    seen = json.loads((tmp_path / "run" / "presence.json").read_text())  # the dashboard's connected clients
+    assert [(c["client"], c["examples"]) for c in seen["clients"]] == list(enumerate(SIZES))
+    assert all(0 <= seen["time"] - c["last_seen"] < 60 for c in seen["clients"])
     deployed = load_file(tmp_path / "run" / "model.safetensors")
 
     sim = simulated_params(data, config, rounds=3)

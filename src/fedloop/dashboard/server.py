@@ -1,7 +1,8 @@
 """The dashboard's HTTP side: a read-only server for one run directory, from the standard library
 (http.server, one thread per connection). It serves its own page and assets (uPlot, vendored), and the run's state
 as JSON: the status, the rounds of metrics.jsonl from a byte offset on (so a poll or the event stream reads only
-the new lines), the resolved config, the partition's label counts and the server's refusals. Nothing else is
+the new lines), the resolved config, the partition's label counts, and for a deployed server its clients'
+presence and its refusals. Nothing else is
 served: no file path from a request reaches the file system, so there is no traversal and no listing.
 """
 
@@ -81,6 +82,15 @@ def refusals(run_dir: Path, newest: int = REFUSALS) -> list[str]:
     return [line for line in lines if " refused " in line or "rejected the reply" in line][-newest:]
 
 
+def presence(run_dir: Path) -> dict[str, Any]:
+    """A deployed server's clients (presence.json: connected or not, when each was last seen); empty otherwise."""
+    try:
+        data = json.loads((run_dir / "presence.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"time": None, "clients": []}
+    return data if isinstance(data, dict) else {"time": None, "clients": []}
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
@@ -111,6 +121,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._json({"label_counts": label_counts(run_dir)})
             elif url.path == "/api/refusals":
                 self._json({"lines": refusals(run_dir)})
+            elif url.path == "/api/presence":
+                self._json(presence(run_dir))
             elif url.path == "/api/events":
                 self._events(_offset(parse_qs(url.query)))
             else:

@@ -85,7 +85,8 @@ class GrpcFleet:
         self._open: dict[int, Pending] = {}  # seq -> open task
         self._client_open: dict[int, list[int]] = {}  # client id -> seqs of its open tasks, oldest first
         self._replies: list[Reply] = []
-        self._seen: dict[int, float] = {}  # client id -> when it last called
+        self._seen: dict[int, float] = {}  # client id -> when it last called (-1e18: it left, for liveness)
+        self._called: dict[int, float] = {}  # client id -> when it last called, whatever happened since
         self._told_done: set[int] = set()
         self._seq = time.time_ns() // 1000  # distinct from any earlier server process's task numbers
         self._done = False
@@ -122,6 +123,17 @@ class GrpcFleet:
                        if self._missed.get(cid, 0) < self.options.max_missed and
                        (now - self._seen.get(cid, -1e18) <= self.options.liveness_timeout or cid in busy)),
                       key=lambda c: c.client_id)
+
+    def presence(self) -> list[dict[str, float | int | bool | None]]:
+        """Every client that joined: its sample count, whether it is live (as clients() counts it) and when it last
+        called (Unix time), for the dashboard."""
+        with self._cond:
+            live = {c.client_id for c in self._live()}
+            now, wall = time.monotonic(), time.time()
+            return [{"client": cid, "examples": c.num_examples, "live": cid in live,
+                     "last_seen": round(wall - (now - self._called[cid]), 3) if cid in self._called else None,
+                     "missed": self._missed.get(cid, 0)}
+                    for cid, c in sorted(self._clients.items())]
 
     def clients(self) -> list[ClientInfo]:
         """Joined clients that called within the liveness timeout (or are working on a task) and have not left too
@@ -259,7 +271,7 @@ class GrpcFleet:
             if first != (num_examples, num_test):
                 return (f"client {client_id} joined this run with {first[0]} training and {first[1]} test examples; "
                         f"its counts are fixed, not {num_examples} and {num_test}"), False
-            self._seen[client_id] = time.monotonic()
+            self._seen[client_id] = self._called[client_id] = time.monotonic()
             if client_id in self._clients and self._missed.get(client_id, 0) < self.options.max_missed:
                 return None, False
             new = client_id not in self._clients
@@ -285,7 +297,7 @@ class GrpcFleet:
         end = time.monotonic() + wait
         while True:
             with self._cond:
-                self._seen[client_id] = time.monotonic()
+                self._seen[client_id] = self._called[client_id] = time.monotonic()
                 if self._done:
                     self._told_done.add(client_id)
                     self._cond.notify_all()
@@ -312,7 +324,7 @@ class GrpcFleet:
         """Why an upload is refused before a byte of it is written, or None. Only a client with an open task may
         upload; a header that is malformed for its task (round, kind, size) answers the task as a Failure."""
         with self._cond:
-            self._seen[client_id] = time.monotonic()
+            self._seen[client_id] = self._called[client_id] = time.monotonic()
             p = self._open.get(header.seq)
             if p is None or p.task.client_id != client_id:
                 return f"task {header.seq} is not open for client {client_id} (stale, late or unknown)"
@@ -357,7 +369,7 @@ class GrpcFleet:
         arrive or the task closes, "" when the wait is over. If the call breaks first (the client's process or
         connection died), the task fails at once as "disconnected"."""
         with self._cond:
-            self._seen[client_id] = time.monotonic()
+            self._seen[client_id] = self._called[client_id] = time.monotonic()
             p = self._open.get(seq)
             if p is None or p.task.client_id != client_id or p.uploading or p.checking or self._done:
                 return "closed"
@@ -389,7 +401,7 @@ class GrpcFleet:
         """Record a client's reply to one of its open tasks (its header passed `precheck`, its bytes are in `path`);
         the reason it is rejected, or None. A rejected upload's file is deleted at once."""
         with self._cond:
-            self._seen[client_id] = time.monotonic()
+            self._seen[client_id] = self._called[client_id] = time.monotonic()
             self._up += size
             p = self._open.get(header.seq)
             if p is None or p.task.client_id != client_id or p.checking:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -31,7 +32,7 @@ from ..data.examples import Examples
 from ..errors import ConfigError, TransportError
 from ..observers import Observer
 from ..run import CheckpointOptions, train
-from ..store import RunDir, atomic_write_text, prepare_run_dir
+from ..store import RunDir, atomic_write_json, atomic_write_text, prepare_run_dir
 from ..types import RunResult
 from .auth import authenticator
 from .fleet import GrpcFleet
@@ -40,6 +41,8 @@ from .spool import Spool
 
 log = logging.getLogger(__name__)
 
+PRESENCE_EVERY = 2.0
+"""Seconds between writes of RUN_DIR/presence.json."""
 DEPLOYED = tuple(k for k in COMPUTATION if not k.startswith("sim.")) + ("server.max_update_norm",)
 """What a resumed server must keep: the computation (simulation settings aside) and its update bound."""
 
@@ -105,6 +108,7 @@ def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: 
     fleet = GrpcFleet(auth, client_settings(cfg, spec), run_id, spool, options, registry,
                       {**spec, "model_digest": model_digest(model_fn)})
     failure: str | None = "the server stopped"
+    presence = Presence(fleet, run_dir.path / "presence.json").start()
     try:
         server = start_server(fleet, address or options.address, cert_dir=cert_dir, insecure=insecure,
                               mutual_tls=mutual_tls,
@@ -139,4 +143,35 @@ def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: 
                 fleet.finish(drain=min(options.round_deadline or 30.0, 30.0), failure=failure or None)
             server.stop(grace=5)
     finally:
+        presence.stop()
         spool.remove()
+
+
+class Presence:
+    """Writes the clients' presence (GrpcFleet.presence) to RUN_DIR/presence.json every PRESENCE_EVERY seconds
+    while the server runs, atomically: which clients are connected and when each was last seen, for the
+    dashboard."""
+
+    def __init__(self, fleet: GrpcFleet, path: Path):
+        self.fleet, self.path = fleet, path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fedloop-presence", daemon=True)
+
+    def start(self) -> Presence:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(PRESENCE_EVERY):
+            self._write()
+        self._write()  # as the server stops: the file ends with the clients' last state
+
+    def _write(self) -> None:
+        try:
+            atomic_write_json(self.path, {"time": round(time.time(), 3), "clients": self.fleet.presence()})
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.path, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)

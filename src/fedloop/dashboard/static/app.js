@@ -144,6 +144,22 @@ function drawPartition(counts) {
 async function refusals() {
   const got = await (await fetch("/api/refusals")).json();
   text("refusals", got.lines.length ? got.lines.join("\n") : "none");
+  const seen = await (await fetch("/api/presence")).json();
+  if (!seen.clients.length) return;
+  const box = document.getElementById("presence");
+  box.innerHTML = "";
+  const live = seen.clients.filter(c => c.live).length;
+  const head = document.createElement("div");
+  head.textContent = `${live} of ${seen.clients.length} joined clients connected`;
+  box.appendChild(head);
+  for (const c of seen.clients) {
+    const d = document.createElement("div");
+    const ago = c.last_seen ? `${Math.max(0, Math.round(seen.time - c.last_seen))} s ago` : "never";
+    d.className = c.live ? "" : "failed";
+    d.textContent = `client ${c.client}: ${c.live ? "connected" : "gone"}, last seen ${ago}, ${c.examples} examples` +
+                    (c.missed ? `, ${c.missed} tasks missed` : "");
+    box.appendChild(d);
+  }
 }
 
 function listen() {
