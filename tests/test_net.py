@@ -152,6 +152,13 @@ def test_a_client_with_an_unknown_token_is_rejected_before_it_sees_params(site, 
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "UNAUTHENTICATED: unknown or revoked client token" in proc.stderr
+    from fedloop.dashboard.server import refusals
+
+    for _ in range(50):  # the server's log line, as the dashboard's refusals panel shows it
+        if refusals(tmp_path / "run"):
+            break
+        time.sleep(0.1)
+    assert "refused authentication" in refusals(tmp_path / "run")[-1]
     server.kill()
     server.wait()
 
