@@ -148,3 +148,20 @@ def test_label_quantity_skew_follows_niid_bench():
     assert np.array_equal(one, np.eye(10, dtype=int) * 100)
     with pytest.raises(ConfigError, match="classes_per_client = 11 must be between 1 and the data's 10 classes"):
         make_partition(labelled(y), "classes", 10, 7, classes_per_client=11)
+
+
+def test_a_balanced_dirichlet_partition_follows_niid_bench():
+    """balance: a client holding n / clients rows or more gets no rows of the classes still to split (so it ends
+    below the cap plus one class), and every client holds at least 10 rows; without it the split is unchanged."""
+    import hashlib
+
+    y = np.repeat(np.arange(10), 300)
+    for seed in range(5):
+        part = make_partition(labelled(y), "dirichlet", 10, seed, alpha=0.1, balance=True, local_test_fraction=0.0)
+        assert_exact_cover(part, len(y))
+        sizes = [len(t) for t in part.train]
+        assert min(sizes) >= 10 and max(sizes) < len(y) / 10 + 300
+        free = make_partition(labelled(y), "dirichlet", 10, seed, alpha=0.1, local_test_fraction=0.0)
+        assert max(len(t) for t in free.train) > max(sizes)  # the cap bites at this skew
+    plain = make_partition(labelled(y), "dirichlet", 10, 3, alpha=0.5)  # the rows it gave before balance existed
+    assert hashlib.sha256(np.concatenate(plain.train + plain.test).tobytes()).hexdigest()[:16] == "a10b6b8dcdeb96b9"

@@ -46,9 +46,12 @@ def rounds_of(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def run(cell: Cell, summarise: Callable[[list[dict[str, Any]]], dict[str, Any]]) -> dict[str, Any]:
-    """The cell's result: read from its JSON when it is done, else run (or resumed) and written."""
+    """The cell's result: read from its JSON when it is done with the same settings, else run (or resumed) and
+    written."""
     if cell.path.exists():
-        return json.loads(cell.path.read_text())
+        done = json.loads(cell.path.read_text())
+        if done.get("settings") == list(cell.settings):
+            return done  # a cell whose protocol changed since runs again
     cfg = load_config(None, list(cell.settings))
     resume = (cell.run_dir / "checkpoints").is_dir() and any((cell.run_dir / "checkpoints").iterdir())
     seconds_before = sum(r.get("seconds", 0.0) for r in rounds_of(cell.run_dir)) if resume else 0.0
@@ -71,7 +74,7 @@ def run_all(cells: Sequence[Cell], summarise: Callable[[list[dict[str, Any]]], d
     for cell in cells:
         if only and not any(o in cell.name for o in only):
             continue
-        done = cell.path.exists()
+        done = cell.path.exists() and json.loads(cell.path.read_text()).get("settings") == list(cell.settings)
         result = run(cell, summarise)
         print(f"{cell.table}/{cell.name}: {'done before' if done else 'ran'} "
               f"{json.dumps({k: v for k, v in result.items() if k not in ('settings', 'curve')})}", flush=True)

@@ -16,7 +16,11 @@ from cells import Cell
 
 
 def load(cell: Cell) -> dict[str, Any] | None:
-    return json.loads(cell.path.read_text()) if cell.path.exists() else None
+    """The cell's result, if it ran with the protocol the table script states now."""
+    if not cell.path.exists():
+        return None
+    result = json.loads(cell.path.read_text())
+    return result if result.get("settings") == list(cell.settings) else None
 
 
 def minutes(result: dict[str, Any]) -> str:

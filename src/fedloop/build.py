@@ -316,7 +316,7 @@ def partition_from_config(cfg: Config, data: Dataset) -> Partition:
     p = cfg.partition
     return make_partition(data, p.scheme, p.num_clients, cfg.seed, alpha=p.alpha,
                           shards_per_client=p.shards_per_client, classes_per_client=p.classes_per_client,
-                          local_test_fraction=p.local_test_fraction)
+                          local_test_fraction=p.local_test_fraction, balance=p.balance)
 
 
 def model_fn_from_config(cfg: Config, spec: dict) -> Callable[[], nn.Module]:

@@ -155,6 +155,7 @@ class PartitionConfig(_Section):
     alpha: float = Field(0.5, gt=0)
     shards_per_client: int = Field(2, ge=1)
     classes_per_client: int = Field(2, ge=1)
+    balance: bool = False
     local_test_fraction: float = Field(0.1, ge=0, lt=1)
 
 

@@ -16,6 +16,8 @@ from ..errors import ConfigError
 from .examples import Dataset
 
 SCHEMES = ("iid", "dirichlet", "shards", "quantity", "natural", "classes")
+BALANCED_MIN = 10
+"""The fewest rows a client of a balanced Dirichlet partition holds (NIID-Bench's min_require_size)."""
 
 
 @dataclass(frozen=True)
@@ -53,18 +55,25 @@ def iid(n: int, num_clients: int, rng: np.random.Generator) -> list[np.ndarray]:
 
 
 def dirichlet(labels: np.ndarray, num_clients: int, alpha: float, rng: np.random.Generator,
-              min_size: int = 1, max_tries: int = 1000) -> list[np.ndarray]:
+              min_size: int = 1, max_tries: int = 1000, balance: bool = False) -> list[np.ndarray]:
     """Label skew: each class is split over clients in proportions drawn from Dirichlet(alpha).
-    Redrawn until every client holds at least `min_size` rows."""
+    Redrawn until every client holds at least `min_size` rows. With `balance` (NIID-Bench's rule, Li et al. 2022),
+    a client that already holds n / num_clients rows or more gets none of the classes still to split."""
     classes = np.unique(labels)
     by_class = [rng.permutation(np.flatnonzero(labels == c)) for c in classes]
+    cap = len(labels) / num_clients
     for _ in range(max_tries):
         parts: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
+        held = np.zeros(num_clients)
         for idx in by_class:
             p = rng.dirichlet(np.full(num_clients, alpha))
+            if balance:
+                p = p * (held < cap)
+                p = p / p.sum()
             cuts = (np.cumsum(p)[:-1] * len(idx)).astype(int)
             for c, chunk in enumerate(np.split(idx, cuts)):
                 parts[c].append(chunk)
+                held[c] += len(chunk)
         out = [np.sort(np.concatenate(p)) for p in parts]
         if min(len(p) for p in out) >= min_size:
             return out
@@ -151,8 +160,8 @@ def hold_out(parts: list[np.ndarray], fraction: float, rng: np.random.Generator
 
 
 def make_partition(data: Dataset, scheme: str, num_clients: int, seed: int, *, alpha: float = 0.5,
-                   shards_per_client: int = 2, classes_per_client: int = 2, local_test_fraction: float = 0.1
-                   ) -> Partition:
+                   shards_per_client: int = 2, classes_per_client: int = 2, local_test_fraction: float = 0.1,
+                   balance: bool = False) -> Partition:
     """Partition `data`'s training rows over clients with the named scheme."""
     labels = data.y_train.numpy()
     if scheme not in SCHEMES:
@@ -175,7 +184,7 @@ def make_partition(data: Dataset, scheme: str, num_clients: int, seed: int, *, a
     elif scheme == "dirichlet":
         if alpha <= 0:
             raise ConfigError(f"partition.alpha = {alpha} must be > 0")
-        parts = dirichlet(labels, num_clients, alpha, rng)
+        parts = dirichlet(labels, num_clients, alpha, rng, min_size=BALANCED_MIN if balance else 1, balance=balance)
     elif scheme == "shards":
         if shards_per_client < 1:
             raise ConfigError(f"partition.shards_per_client = {shards_per_client} must be at least 1")
