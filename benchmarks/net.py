@@ -15,6 +15,13 @@ masked, so the figures include every client's key agreements and masking and the
     python benchmarks/net.py --clients 10 --rounds 3
     python benchmarks/net.py --clients 50 200 --aggregator median
     python benchmarks/net.py --clients 10 50 200 --secagg
+    python benchmarks/net.py --clients 100 500 1000 --rounds 3           # the scale table (issue 23)
+    python benchmarks/net.py --clients 1000 --rounds 3 --over-selection 0.1
+
+Besides time and memory it prints the server's peak number of open file descriptors and the share of rounds that
+had a failure (there should be none: every light client answers). With --over-selection o, strategy.clients_per_round
+is k = floor(N / (1 + o)): a round asks ceil((1 + o) k) <= N clients and ends once k updates are in; the others'
+tasks are cancelled and counted apart from failures.
 """
 
 from __future__ import annotations
@@ -124,8 +131,22 @@ def _server(config: str, out: str, certs: str, queue: mp.Queue) -> None:
     from fedloop.build import load_config
     from fedloop.net.serve import serve
 
+    fds = [0]
+    done = threading.Event()
+
+    def count_fds() -> None:
+        while not done.wait(0.1):
+            fds[0] = max(fds[0], len(os.listdir("/proc/self/fd")))
+
+    threading.Thread(target=count_fds, daemon=True).start()
     result = serve(load_config(config), out, cert_dir=certs, tokens=None, on_listen=queue.put)
-    queue.put({"seconds": [r["seconds"] for r in result.history],
+    done.set()
+    cancelled = "cancelled: the round had its"
+    queue.put({"seconds": [r["seconds"] for r in result.history], "fds": fds[0],
+               "failed": sum(any(not f["reason"].startswith(cancelled) for f in r.get("failed_clients", []))
+                             for r in result.history),
+               "cancelled": sum(sum(f["reason"].startswith(cancelled) for f in r.get("failed_clients", []))
+                                for r in result.history),
                "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
@@ -136,7 +157,7 @@ def loopback_bytes() -> int:
     return 0
 
 
-def run(n: int, rounds: int, root: Path, aggregator: str = "mean", secagg: bool = False) -> None:
+def run(n: int, rounds: int, root: Path, aggregator: str = "mean", secagg: bool = False, over: float = 0.0) -> None:
     import numpy as np
 
     from fedloop.app import model_digest
@@ -158,7 +179,8 @@ path = "{root / 'server.npz'}"
 [model]
 name = "logreg"
 [strategy]
-clients_per_round = {n}
+clients_per_round = {int(n / (1 + over)) if over else n}
+over_selection = {over}
 [aggregator]
 name = "{aggregator}"
 [eval]
@@ -188,7 +210,8 @@ round_deadline = 600
     raw = 2 * n * (FEATURES * 10 + 10) * 4
     print(f"  N={n:<4} {per_round:>9.3f} s/round  server peak RSS {out['rss']:>6.0f} MB  "
           f"loopback {wire / (rounds + 1) / 1e6:>8.1f} MB/round vs raw params {raw / 1e6:>7.1f} MB/round "
-          f"({wire / (rounds + 1) / raw:.3f}x)")
+          f"({wire / (rounds + 1) / raw:.3f}x)  peak fds {out['fds']}  rounds with failures "
+          f"{out['failed']}/{len(out['seconds'])}" + (f"  cancelled {out['cancelled']}" if over else ""))
 
 
 def main() -> None:
@@ -198,6 +221,7 @@ def main() -> None:
     ap.add_argument("--aggregator", default="mean", help="the server's aggregator (median, krum, ...: their peak "
                                                           "memory grows with N x one chunk, not N x the model)")
     ap.add_argument("--secagg", action="store_true", help="run the rounds under secure aggregation (SecAgg+)")
+    ap.add_argument("--over-selection", type=float, default=0.0, help="end each round once N / (1 + o) replied")
     args = ap.parse_args()
     print(f"{os.cpu_count()} cores; model: logistic regression, {FEATURES * 10 + 10:,} params "
           f"({(FEATURES * 10 + 10) * 4 / 1e6:.1f} MB); TLS with tokens; clients as threads in "
@@ -206,7 +230,7 @@ def main() -> None:
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for n in args.clients:
-            run(n, args.rounds, Path(tmp), args.aggregator, args.secagg)
+            run(n, args.rounds, Path(tmp), args.aggregator, args.secagg, args.over_selection)
     print(f"wall time {time.perf_counter() - start:.0f} s")
 
 

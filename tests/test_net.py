@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import re
 import signal
 import socket
@@ -893,3 +894,90 @@ def test_the_baselines_over_grpc_end_with_the_simulators_model(site, tmp_path, n
         for got, want in zip(rounds, history, strict=True):
             assert got["fed_personal_loss"] == pytest.approx(want["fed_personal_loss"], rel=1e-6)
             assert got["fed_personal_loss"] != pytest.approx(got["fed_loss"], rel=1e-3)
+
+
+SLOW_APP = '''import os
+import time
+
+import torch.nn.functional as F
+
+import fedloop
+from fedloop.models import model_factory
+
+CALLS = [0]
+
+
+def loss(out, y):
+    """Every batch takes 30 ms; with FIRST_DELAY set, the first batch of the process takes that many seconds."""
+    CALLS[0] += 1
+    time.sleep(float(os.environ.get("FIRST_DELAY", "0")) if CALLS[0] == 1 else 0.03)
+    return F.cross_entropy(out, y)
+
+
+app = fedloop.App(model_factory("mlp", {"input_shape": [6], "num_classes": 3}), loss_fn=loss)
+'''
+
+
+def slow_app(root: Path) -> Path:
+    app = root / "slow_app.py"
+    app.write_text(SLOW_APP)
+    return app
+
+
+def start_with_a_slow_client(root: Path, config: Path, out: Path, delay: float):
+    """A server, clients 0..3 and client 4, whose first batch takes `delay` seconds."""
+    server, port = start_server(root, config, out)
+    clients = [start_client(root, port, c) for c in range(4)]
+    certs = root / "certs"
+    slow = subprocess.Popen(cli("client", "--server", f"127.0.0.1:{port}", "--data", str(root / "client4.npz"),
+                                "--token-file", str(certs / "client-4.token"), "--ca-cert", str(certs / "ca.pem"),
+                                "--id", "4", "--threads", "1"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "FIRST_DELAY": str(delay)})
+    return server, clients, slow
+
+
+def test_fedbuff_over_grpc_steps_without_waiting_for_its_slowest_client_and_drops_its_too_old_update(site, tmp_path):
+    """Five client processes, one of which takes 4 s over its first task: the server keeps stepping on the other
+    four's updates, two per step, and the slow client's update, many versions old by then, is dropped with the
+    reason; its later tasks are quick and count."""
+    root, _ = site
+    config = write_config(root, "fedbuff", extra=f'[app]\nref = "{slow_app(tmp_path)}:app"\n')
+    config.write_text(config.read_text().replace("rounds = 3", "rounds = 30").replace("federated = true",
+                                                                                      "federated = false")
+                      .replace("clients_per_round = 4", 'name = "fedbuff"\nconcurrency = 5\nbuffer_size = 2\n'
+                                                        "max_staleness = 3"))
+    server, clients, slow = start_with_a_slow_client(root, config, tmp_path / "run", delay=4)
+    log = finish(server)
+    for c in [*clients, slow]:
+        assert "the run is over" in finish(c)
+    steps = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(steps) == 30 and all(s["clients"] == 2 and not s.get("failed") for s in steps)
+    assert all(s["staleness_max"] <= 3 for s in steps)
+    first_slow = next(i for i, s in enumerate(steps) if 4 in s["selected"])
+    assert first_slow >= 5  # versions advanced while client 4 trained
+    dropped = steps[first_slow]["failed_clients"]
+    assert [d["client"] for d in dropped] == [4]
+    assert re.fullmatch(r"update dropped: its update is from model version 0, \d+ server steps old; max_staleness is 3",
+                        dropped[0]["reason"])
+    assert any(4 in s["selected"] and not any(d["client"] == 4 for d in s.get("failed_clients", []))
+               for s in steps[first_slow + 1:]), "the slow client's later, quick updates count"
+    assert "dropped the update of client 4" in log
+
+
+def test_an_over_selected_round_over_grpc_ends_at_its_size_and_cancels_the_slow_client_without_blame(site, tmp_path):
+    """Five client processes, four needed per round: the slow client's first task is cancelled when the other four
+    have replied, recorded as such; its late upload is refused without a strike and it is asked again."""
+    root, _ = site
+    config = write_config(root, "over", extra=f'[app]\nref = "{slow_app(tmp_path)}:app"\n')
+    config.write_text(config.read_text().replace("rounds = 3", "rounds = 4").replace("federated = true",
+                                                                                     "federated = false")
+                      .replace("clients_per_round = 4", "clients_per_round = 4\nover_selection = 0.25"))
+    server, clients, slow = start_with_a_slow_client(root, config, tmp_path / "run", delay=3)
+    log = finish(server)
+    for c in [*clients, slow]:
+        assert "the run is over" in finish(c)
+    rounds = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["clients"], len(r["selected"])) for r in rounds] == [(4, 5)] * 4
+    assert rounds[0]["failed_clients"] == [{"client": 4, "reason": "cancelled: the round had its 4 replies"}]
+    assert "refusing all its calls" not in log and "refused an upload" not in log

@@ -31,6 +31,7 @@ from .strategies import (
     FedAdam,
     FedAvg,
     FedAvgM,
+    FedBuff,
     FedDyn,
     FedNova,
     FedProx,
@@ -50,7 +51,8 @@ __version__ = "0.1.0"
 __all__ = [
     "SGD", "Adagrad", "Adam", "AggregationError", "App", "ChaosFleet", "CheckpointError", "CheckpointOptions",
     "ClientApp", "Clip", "Config", "ConfigError", "DataError", "Dataset", "Ditto", "EvalOptions", "Examples",
-    "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedDyn", "FedNova", "FedProx", "FedSGD", "FedYogi", "FedloopError",
+    "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedBuff", "FedDyn", "FedNova", "FedProx", "FedSGD", "FedYogi",
+    "FedloopError",
     "FullGradient", "LocalFleet", "LocalSGD", "MockFleet", "Observer", "Partition", "PowerOfChoice", "QFedAvg",
     "RoundPolicy", "RunOptions", "RunResult", "SGDProgram", "Sampler", "Scaffold", "SimOptions", "StopOptions",
     "Strategy", "Trained", "Transform", "TransportError", "WeightedMean", "Yogi", "build_model", "gaussian_population",

@@ -19,7 +19,17 @@ from .app import App, load_app
 from .attacks import AttackOptions
 from .attacks.options import UPDATE_ATTACKS
 from .client import LocalSGD, LossFn
-from .config import OWN_FIELDS, AggregatorSection, Config, ServerOptSection, default_of, read_raw, to_toml, typed
+from .config import (
+    OWN_FIELDS,
+    AggregatorSection,
+    Config,
+    ServerOptSection,
+    async_section,
+    default_of,
+    read_raw,
+    to_toml,
+    typed,
+)
 from .data.examples import Dataset
 from .data.partition import Partition, make_partition
 from .data.registry import data_source, load_dataset
@@ -34,6 +44,7 @@ from .sampling import Sampler
 from .secagg.options import SecAggOptions
 from .server_opt import SERVER_OPTIMIZERS
 from .server_options import ServerOptions
+from .sim.clock import AsyncOptions
 from .sim.engines import SimOptions
 from .strategies import STRATEGIES, Strategy
 from .tracking import TrackingOptions
@@ -155,6 +166,10 @@ def run_options(cfg: Config, **more: Any) -> RunOptions:
                 heterogeneity=make("heterogeneity", Heterogeneity, **_values(cfg.heterogeneity)), **more)
 
 
+def async_options(cfg: Config) -> AsyncOptions:
+    return make("async", AsyncOptions, **_values(async_section(cfg)))
+
+
 def sim_options(cfg: Config) -> SimOptions:
     return make("sim", SimOptions, **_values(cfg.sim))
 
@@ -192,6 +207,7 @@ def resolve(cfg: Config, source: str) -> Config:
         strategy = strategy_from_config(cfg, calibrating=True)
         run_options(cfg)
         sim_options(cfg)
+        async_options(cfg)
         server_options(cfg)
         attack_options(cfg)
         log_options(cfg)
@@ -233,6 +249,13 @@ def check_runnable(cfg: Config, deployed: bool = False, resuming: bool = False) 
     sampler = strategy.sampler
     if strategy.secure is not None:
         check_secure(cfg, strategy.secure)
+    if strategy.slots(1) is not None and cfg.eval.federated:
+        raise ConfigError(f"eval.federated = true: strategy.name = {strategy.name!r} keeps its clients training "
+                          "between server steps, so they are not there to evaluate on their local splits; set "
+                          "eval.federated = false (the held-out test set still evaluates)")
+    if deployed and async_options(cfg).enabled:
+        raise ConfigError(f"async.duration = {async_options(cfg).duration!r} sets the simulator's virtual clock; a "
+                          "deployment's clients take the time they take: leave [async] out")
     if deployed:
         if sampler.clients_per_round is not None and sampler.fraction is None:
             check_round_size(strategy.aggregator, sampler.clients_per_round, "strategy.clients_per_round is")

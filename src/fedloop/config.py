@@ -33,6 +33,7 @@ from .sampling import Sampler
 from .secagg.options import SecAggOptions
 from .server_opt import SERVER_OPTIMIZERS
 from .server_options import ServerOptions
+from .sim.clock import AsyncOptions
 from .sim.engines import SimOptions
 from .strategies import STRATEGIES, Strategy
 from .tracking import TrackingOptions
@@ -111,6 +112,7 @@ if TYPE_CHECKING:
     SecAggSection: TypeAlias = _Built
     HeterogeneitySection: TypeAlias = _Built
     TrackingSection: TypeAlias = _Built
+    AsyncSection: TypeAlias = _Built
 else:
     StrategySection = create_model(
         "StrategySection", __base__=_Section, name=(Literal[tuple(STRATEGIES)], "fedavg"), **_fields(Sampler),
@@ -131,6 +133,7 @@ else:
     SecAggSection = section("SecAggSection", SecAggOptions)
     HeterogeneitySection = section("HeterogeneitySection", Heterogeneity)
     TrackingSection = section("TrackingSection", TrackingOptions)
+    AsyncSection = section("AsyncSection", AsyncOptions)
 
 MOVED = {"server_lr": ("server_opt", "lr"), "server_momentum": ("server_opt", "momentum"),
          "weighting": ("aggregator", "weighting")}
@@ -196,6 +199,15 @@ class Config(_Section):
     log: LogSection = Field(default_factory=LogSection)
     sim: SimSection = Field(default_factory=SimSection)
     server: ServerSection = Field(default_factory=ServerSection)
+
+
+if not TYPE_CHECKING:  # [async]: a keyword in Python, so the field is added by name (read it with async_section)
+    Config = create_model("Config", __base__=Config, **{"async": (AsyncSection, Field(default_factory=AsyncSection))})
+
+
+def async_section(cfg: Config) -> Any:
+    """The config's [async] section."""
+    return getattr(cfg, "async")
 
 
 def _describe(err: Any, source: str) -> str:
@@ -320,7 +332,7 @@ def _toml_value(v: Any) -> str:
 
 
 COMPUTATION = ("seed", "data", "partition", "model", "app", "strategy", "client", "aggregator", "server_opt",
-               "transforms", "privacy", "secagg", "attack", "heterogeneity", "sim.executor", "sim.engine",
+               "transforms", "privacy", "secagg", "attack", "heterogeneity", "async", "sim.executor", "sim.engine",
                "sim.workers")
 """What changes a run's arithmetic: a resumed run must keep all of it (its rounds, evaluation, stop conditions and
 checkpoints may change)."""

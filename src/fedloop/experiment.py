@@ -15,6 +15,7 @@ from .app import App, load_app
 from .attacks import AttackFleet, AttackOptions, backdoor_success, poisoned
 from .attacks.options import UPDATE_ATTACKS
 from .build import (
+    async_options,
     attack_options,
     calibrated,
     load_config,
@@ -38,6 +39,7 @@ from .observers import Observer
 from .params import load_into
 from .run import RunOptions, train
 from .sim import AppList, LocalFleet, SimOptions, make_fleet
+from .sim.clock import Durations, VirtualClock
 from .store import load_model_file
 from .strategies import Strategy
 from .types import RunResult
@@ -147,6 +149,8 @@ def run_config(cfg: Config, out: str | Path | None = None, observers: tuple[Obse
     fleet: Any = build_fleet(data, partition, strategy, model_fn, loss_fn, sim_options(cfg), poison)
     if attack.kind in UPDATE_ATTACKS:
         fleet = AttackFleet(fleet, attack, bad)
+    if (clock := async_options(cfg)).enabled:
+        fleet = VirtualClock(fleet, Durations(clock, cfg.seed))
     try:
         if cfg.sim.engine == "local":
             cfg = cfg.model_copy(update={"sim": cfg.sim.model_copy(update={"executor": fleet.chosen})})

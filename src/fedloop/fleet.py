@@ -9,7 +9,7 @@ do in `capabilities`, and the loop checks a strategy's needs against them before
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Protocol
 
 from .errors import ConfigError
@@ -24,8 +24,12 @@ CONCURRENT = "concurrent"
 MESSAGES = "messages"
 """Carry protocol messages (secure aggregation's stages): tasks of kind "secagg", and Message replies."""
 
+ASYNC = "async"
+"""Keep tasks open across collects: `collect(min_replies=k)` returns the first replies to arrive (in a simulation,
+the first in virtual time, or in submission order without a clock) and the other tasks stay open (FedBuff)."""
+
 CAPABILITIES = {STAGES: "run several exchanges per round", CONCURRENT: "hold several open tasks per client",
-                MESSAGES: "carry secure aggregation's messages"}
+                MESSAGES: "carry secure aggregation's messages", ASYNC: "keep tasks open across collects (async)"}
 
 MESSAGE_SIZE = "message_bytes"
 """Task config key: the most bytes the task's Message reply may hold. A fleet refuses a larger one before reading
@@ -48,8 +52,10 @@ class Fleet(Protocol):
         monotonic clock reaches `until`, then return (and close) the tasks answered so far."""
         ...
 
-    def cancel(self) -> list[Task]:
-        """Close every open task; returns them. Later replies to them are discarded."""
+    def cancel(self, clients: Collection[int] | None = None, missed: bool = True) -> list[Task]:
+        """Close the open tasks of `clients` (default: every open task); returns them. Later replies to them are
+        discarded. `missed`: the clients count them as tasks left unanswered (a deployment stops offering a client
+        that leaves too many in a row); a task closed because the round had enough replies is not missed."""
         ...
 
     def traffic(self) -> tuple[int, int]:
@@ -61,18 +67,47 @@ class Fleet(Protocol):
     def close(self) -> None: ...
 
 
-def run(fleet: Fleet, tasks: Sequence[Task], deadline: float | None = None) -> list[Reply]:
+def run(fleet: Fleet, tasks: Sequence[Task], deadline: float | None = None, enough: int | None = None
+        ) -> list[Reply]:
     """One exchange: submit `tasks`, collect replies for up to `deadline` seconds, and close the rest, which become
-    Failures. Returns one reply per task, in task order (at most one task per client)."""
+    Failures. With `enough` (over-selection), the exchange ends as soon as that many replies are not failures, and
+    the tasks still open are cancelled (not counted as missed). Returns one reply per task, in task order (at most
+    one task per client)."""
     ids = [t.client_id for t in tasks]
     if len(set(ids)) != len(ids):
         raise ConfigError("an exchange gives each client at most one task")
     fleet.submit(tasks)
     until = None if deadline is None else time.monotonic() + deadline
-    got = {r.client_id: r for r in fleet.collect(until)}
-    fleet.cancel()
-    why = "no reply" if deadline is None else f"no reply before the {deadline:.0f} s deadline"
+    asked = {(t.client_id, t.round) for t in tasks}
+    got: dict[int, Reply] = {}
+
+    def keep(replies: Sequence[Reply]) -> list[Reply]:  # a late reply to an earlier exchange answers nothing here
+        return [r for r in replies if (r.client_id, r.round) in asked]
+
+    if enough is None or enough >= len(tasks):
+        got = {r.client_id: r for r in keep(fleet.collect(until))}
+    else:
+        while len(got) < len(tasks) and (until is None or time.monotonic() < until):
+            good = sum(not isinstance(r, Failure) for r in got.values())
+            if good >= enough:
+                break
+            more = fleet.collect(until, enough - good)
+            got.update((r.client_id, r) for r in keep(more))
+            if not more:  # the deadline passed, or no task is open any more
+                break
+    cut = enough is not None and sum(not isinstance(r, Failure) for r in got.values()) >= enough
+    fleet.cancel(missed=not cut)
+    why = ("no reply" if deadline is None else f"no reply before the {deadline:.0f} s deadline") if not cut else \
+        f"cancelled: the round had its {enough} replies"
     return [got.get(t.client_id) or Failure(t.client_id, t.round, why) for t in tasks]
+
+
+def split_open(tasks: Sequence[Task], clients: Collection[int] | None) -> tuple[list[Task], list[Task]]:
+    """(the tasks of `clients`, the others): what an in-process fleet's cancel closes and keeps (None: all)."""
+    if clients is None:
+        return list(tasks), []
+    ids = set(clients)
+    return [t for t in tasks if t.client_id in ids], [t for t in tasks if t.client_id not in ids]
 
 
 def message_refusal(task: Task, size: int) -> str | None:

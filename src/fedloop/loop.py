@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import checks, culprits, interrupts
+from .asynchronous import Flight, step
 from .client.training import LocalSGD
 from .errors import AggregationError, ConfigError, PrivacyBudgetExhausted, WorkersLost
 from .fleet import Fleet, check_capabilities, incidents, run
@@ -148,20 +149,40 @@ class _Exchanges:
 
 
 def exchange(strategy: Strategy, fleet: Fleet, state: ServerState, deadline: float | None,
-             heterogeneity: Heterogeneity | None = None) -> _Exchanges:
-    """The round's exchanges: configure, then follow-ups until the strategy has its updates. Excluded clients are
-    never asked, nor clients that `heterogeneity` says are off this round; its stragglers do partial work."""
+             heterogeneity: Heterogeneity | None = None, flight: Flight | None = None) -> _Exchanges:
+    """The round's exchanges: configure, then follow-ups until the strategy has its updates; for an asynchronous
+    strategy, one server step over the tasks in `flight`. Excluded clients are never asked, nor clients that
+    `heterogeneity` says are off this round; its stragglers do partial work. Under a virtual clock, the conditions
+    hold its time at the end of the exchanges."""
+    got = _exchange(strategy, fleet, state, deadline, heterogeneity, flight)
+    if (clock := getattr(fleet, "virtual_time", None)) is not None:
+        got.conditions["virtual_time"] = clock()
+    return got
+
+
+def _exchange(strategy: Strategy, fleet: Fleet, state: ServerState, deadline: float | None,
+              heterogeneity: Heterogeneity | None, flight: Flight | None) -> _Exchanges:
     hetero = heterogeneity if heterogeneity is not None and heterogeneity.active else None
     available = [c for c in fleet.clients() if c.client_id not in state.excluded]
     conditions: dict[str, float] = {}
     if hetero is not None:
         available = hetero.available(available, state.seed, state.round + 1)
         conditions = {"available": len(available), "stragglers": 0}
-        if not available:
+        if not available and not (flight is not None and flight.tasks):
             log.warning("round %d: no client is available; the round is skipped", state.round + 1)
             return _Exchanges((), [], [], 0, None, conditions)
+    if flight is not None:
+        done = step(strategy, fleet, state, available, flight, deadline)
+        failed = [r for r in done.replies if isinstance(r, Failure)]
+        for f in failed:
+            log.warning("step %d: client %d failed: %s", state.round + 1, f.client_id, f.reason)
+        return _Exchanges(tuple(sorted(r.client_id for r in done.replies)),
+                          [r for r in done.replies if isinstance(r, Update)], failed,
+                          max(len(available), 1), None, {**conditions, **done.conditions})
     sizes = {c.client_id: c.num_examples for c in available}
     tasks = strategy.configure(state, available)
+    # over-selection: the first exchange ends once the round's size in updates has come back
+    enough = strategy.sampler.enough(len(available)) if strategy.sampler.over_selection else None
     failures: list[Failure] = []
     dropped: list[Failure] = []
     secure = None
@@ -176,7 +197,8 @@ def exchange(strategy: Strategy, fleet: Fleet, state: ServerState, deadline: flo
             secure = secure_exchange(strategy.secure, fleet, tasks, available, uniform, deadline, noise)
             replies: list[Reply] = list(secure.failures)
         else:
-            replies = run(fleet, tasks, deadline)
+            replies = run(fleet, tasks, deadline, enough)
+            enough = None
         failures += [r for r in replies if isinstance(r, Failure)]
         more = strategy.follow_up(state, available, tasks, replies)
         if not more:
@@ -260,11 +282,21 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequen
     if heterogeneity is not None and (why := heterogeneity.check(strategy)) is not None:
         raise ConfigError(f"heterogeneity.stragglers = {heterogeneity.stragglers}: strategy {strategy.name!r} "
                           f"cannot straggle: {why}", key="stragglers", value=heterogeneity.stragglers, rule=why)
+    flight = None
+    if strategy.slots(1) is not None:
+        flight = Flight()
+        if federated_eval:
+            raise ConfigError(f"eval.federated = true: strategy {strategy.name!r} keeps its clients training between "
+                              "server steps, so they are not there to evaluate on their local splits; set "
+                              "eval.federated = false (the held-out test set still evaluates)")
+        if heterogeneity is not None and heterogeneity.stragglers:
+            raise ConfigError(f"heterogeneity.stragglers: strategy {strategy.name!r} is asynchronous; slow clients "
+                              "are simulated by [async] durations, and partial work is for synchronous rounds")
     if evaluation.config.get("fine_tune_steps") and not isinstance(strategy.local, LocalSGD):
         raise ConfigError(f"eval.fine_tune_steps: strategy {strategy.name!r} has no local SGD to fine-tune with "
                           "(its clients compute one full gradient)")
     try:
-        _rounds(strategy, fleet, stops, evaluation, eval_every, policy, heterogeneity, observers, result)
+        _rounds(strategy, fleet, stops, evaluation, eval_every, policy, heterogeneity, observers, result, flight)
     except KeyboardInterrupt:
         log.warning("interrupted after round %d; the run keeps its files up to that round", result.state.round)
         result.stop_reason = "interrupted"
@@ -272,19 +304,22 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequen
         log.error("%s: the run stops after round %d, with its files; --resume continues it when workers are back",
                   exc, result.state.round)
         result.stop_reason = "interrupted"
+    finally:
+        if flight is not None and flight.tasks:
+            fleet.cancel(list(flight.tasks), missed=False)
     return result
 
 
 def _rounds(strategy: Strategy, fleet: Fleet, stops: Sequence[StopCondition], evaluation: _Evaluation,
             eval_every: int, policy: RoundPolicy, heterogeneity: Heterogeneity | None, observers: Sequence[Observer],
-            result: LoopResult) -> None:
+            result: LoopResult, flight: Flight | None = None) -> None:
     """The rounds of run_loop, recorded in `result` as they complete."""
     state = result.state
     attempts = 0
     while (reason := _first(stop.before(state) for stop in stops)) is None:
         start = time.perf_counter()
         moved = fleet.traffic()
-        got = exchange(strategy, fleet, state, policy.round_deadline, heterogeneity)
+        got = exchange(strategy, fleet, state, policy.round_deadline, heterogeneity, flight)
         down, up = (after - before for after, before in zip(fleet.traffic(), moved, strict=True))
         t_exchange = time.perf_counter()
         nobody = not got.selected and strategy.sampler.poisson and got.population > 0

@@ -19,7 +19,7 @@ from .types import Aggregate, Failure, ServerState, Update
 
 def screen(updates: Sequence[Update], strategy: Strategy, state: ServerState) -> tuple[list[Update], list[Failure]]:
     """Each update (in client-id order) through the strategy's own check, then every transform's server_update, in
-    chain order; an update either rejects becomes a Failure with the reason."""
+    chain order, then the strategy's weighing; an update either rejects becomes a Failure with the reason."""
     ids = [u.client_id for u in updates]
     if len(set(ids)) != len(ids):
         raise AggregationError(f"more than one update from a client in one round: {sorted(ids)}")
@@ -35,7 +35,7 @@ def screen(updates: Sequence[Update], strategy: Strategy, state: ServerState) ->
                 break
             u = out
         else:
-            kept.append(u)
+            kept.append(strategy.weigh(u, state))
     return kept, rejected
 
 

@@ -203,6 +203,8 @@ def _train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, 
     observers += options.observers
     for o in observers:
         o.start(state, options.resume)
+    if options.resume and run_dir is not None and (restart := getattr(fleet, "restart_at", None)) is not None:
+        restart(next((r["virtual_time"] for r in reversed(run_dir.records) if "virtual_time" in r), 0.0))
     result = run_loop(strategy, fleet, state, options.stop_conditions(), evaluator=evaluator,
                       eval_every=options.eval.every, federated_eval=options.eval.federated,
                       eval_config=options.eval.task_config(), policy=options.policy,

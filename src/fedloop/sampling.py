@@ -7,6 +7,7 @@ other clients run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -27,12 +28,16 @@ class Sampler:
     of the available ones; drawn without replacement, uniformly or with probability proportional to sample
     counts ("samples"). With `poisson`, each available client is asked independently with probability
     q = fraction (or clients_per_round / available), so the round's size varies: the sampling that
-    differential privacy's amplification-by-sampling analysis assumes."""
+    differential privacy's amplification-by-sampling analysis assumes.
+
+    `over_selection` = o asks ceil((1 + o) k) clients and ends the round as soon as k of them have replied (the
+    rest are cancelled and recorded): a round no longer waits for its slowest clients (Bonawitz et al. 2019)."""
 
     clients_per_round: int | None = 10
     fraction: float | None = None
     sampling: Sampling = "uniform"
     poisson: bool = False
+    over_selection: float = 0.0
 
     def __post_init__(self) -> None:
         checks.at_least(self, "clients_per_round", 1, optional=True)
@@ -42,6 +47,10 @@ class Sampler:
         if self.poisson and self.sampling != "uniform":
             checks.fail(self, "sampling", "Poisson sampling asks each client with the same probability; "
                                           "use sampling = 'uniform'")
+        checks.in_range(self, "over_selection", 0.0, 10.0, high_open=False)
+        if self.poisson and self.over_selection:
+            checks.fail(self, "over_selection", "Poisson sampling's round is whoever was drawn; it cannot be cut "
+                                                "short at a number of replies")
 
     def rate(self, population: int) -> float:
         """The probability q that Poisson sampling asks a client, among `population` available ones."""
@@ -56,6 +65,12 @@ class Sampler:
         return self.rate(population) * population if self.poisson else float(self.num_selected(population))
 
     def num_selected(self, population: int) -> int:
+        """How many clients a round asks (over-selection included)."""
+        k = self.enough(population)
+        return min(population, math.ceil(k * (1.0 + self.over_selection))) if self.over_selection else k
+
+    def enough(self, population: int) -> int:
+        """The replies a round needs: the round's size without over-selection."""
         if self.fraction is not None:
             return max(1, min(population, int(round(self.fraction * population))))
         if self.clients_per_round is None:

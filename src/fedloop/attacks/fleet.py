@@ -5,7 +5,7 @@ which in simulation is the whole round. Seeded by (seed, round, client), so a ru
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from ..fleet import Fleet, incidents
 from ..types import ClientInfo, Reply, Task, Update
@@ -47,8 +47,8 @@ class AttackFleet:
             out.append(r)
         return out
 
-    def cancel(self) -> list[Task]:
-        return self.inner.cancel()
+    def cancel(self, clients: Collection[int] | None = None, missed: bool = True) -> list[Task]:
+        return self.inner.cancel(clients, missed)
 
     def traffic(self) -> tuple[int, int]:
         return self.inner.traffic()

@@ -25,12 +25,13 @@ import math
 import re
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fleet import CONCURRENT, MESSAGE_SIZE, MESSAGES, STAGES, message_refusal
+from ..fleet import ASYNC, CONCURRENT, MESSAGE_SIZE, MESSAGES, STAGES, message_refusal
 from ..params import num_bytes
 from ..server_options import ServerOptions
 from ..store import atomic_write_json
@@ -38,9 +39,11 @@ from ..types import ClientInfo, Evaluation, Failure, Message, Reply, Task, Updat
 from . import fedloop_pb2 as pb
 from .auth import Authenticator
 from .codec import encode
-from .spool import Spool, check_spooled, clean
+from .spool import Lease, Spool, SpooledParams, check_spooled, clean
 
 MAX_METRICS = 32
+EXCUSED = 16
+"""Tasks per client remembered as closed without its fault, whose late uploads are refused without a strike."""
 METRIC_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 log = logging.getLogger(__name__)
@@ -64,7 +67,7 @@ class Pending:
 class GrpcFleet:
     """The server's view of its clients: tasks go out when clients poll, replies come in as they upload."""
 
-    capabilities = frozenset({STAGES, CONCURRENT, MESSAGES})
+    capabilities = frozenset({STAGES, CONCURRENT, MESSAGES, ASYNC})
 
     def __init__(self, auth: Authenticator, settings_json: str, run_id: str, spool: Spool,
                  options: ServerOptions | None = None, registry: Path | None = None, spec: dict | None = None):
@@ -82,6 +85,7 @@ class GrpcFleet:
         if registry is not None and registry.is_file():
             self._counts = {int(k): (v[0], v[1]) for k, v in json.loads(registry.read_text()).items()}
         self._missed: dict[int, int] = {}  # client id -> tasks left unanswered in a row
+        self._excused: dict[int, deque[int]] = {}  # client id -> its last tasks closed for enough replies (no fault)
         self._open: dict[int, Pending] = {}  # seq -> open task
         self._client_open: dict[int, list[int]] = {}  # client id -> seqs of its open tasks, oldest first
         self._replies: list[Reply] = []
@@ -92,7 +96,6 @@ class GrpcFleet:
         self._done = False
         self._failure = ""
         self._upload_limit = _upload_limit(0)
-        self._spooled: list[tuple[int, Path]] = []  # (round, file) of accepted uploads
         self._down = 0
         self._up = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -168,12 +171,6 @@ class GrpcFleet:
             if t.broadcast.key not in payloads:
                 payloads[t.broadcast.key] = encode(t.params, t.extras)
         with self._cond:
-            if tasks:
-                first = min(t.round for t in tasks)
-                for round_, path in self._spooled:
-                    if round_ < first:  # earlier rounds are reduced by now
-                        self.spool.discard(path)
-                self._spooled = [s for s in self._spooled if s[0] >= first]
             for t in tasks:
                 self._seq += 1
                 self._open[self._seq] = Pending(t, self._seq, payloads[t.broadcast.key])
@@ -186,25 +183,33 @@ class GrpcFleet:
         self._upload_limit = _upload_limit(largest)
 
     def collect(self, until: float | None = None, min_replies: int | None = None) -> list[Reply]:
+        """Replies in the order they arrived: every one so far once all open tasks are answered (or at `until`), or
+        the first `min_replies` as soon as that many arrived (the rest wait for the next collect)."""
         with self._cond:
             def ready() -> bool:
                 return not self._open or (min_replies is not None and len(self._replies) >= min_replies)
 
             self._cond.wait_for(ready, None if until is None else max(0.0, until - time.monotonic()))
-            out, self._replies = self._replies, []
+            n = len(self._replies) if min_replies is None else min(min_replies, len(self._replies))
+            out, self._replies = self._replies[:n], self._replies[n:]
             return out
 
-    def cancel(self) -> list[Task]:
-        """Close every open task: late replies to them are discarded, and count as missed."""
+    def cancel(self, clients: Collection[int] | None = None, missed: bool = True) -> list[Task]:
+        """Close the open tasks of `clients` (every open task when None): late replies to them are discarded, and
+        count as missed when `missed`."""
         with self._cond:
-            tasks = [p.task for p in self._open.values()]
-            for t in tasks:
-                self._missed[t.client_id] = self._missed.get(t.client_id, 0) + 1
-            for p in self._open.values():
+            ids = None if clients is None else set(clients)
+            closing = [p for p in self._open.values() if ids is None or p.task.client_id in ids]
+            for p in closing:
+                if missed:
+                    self._missed[p.task.client_id] = self._missed.get(p.task.client_id, 0) + 1
+                else:
+                    self._excused.setdefault(p.task.client_id, deque(maxlen=EXCUSED)).append(p.seq)
                 self._release(p)
-            self._open, self._client_open = {}, {}
+                del self._open[p.seq]
+                self._client_open[p.task.client_id].remove(p.seq)
             self._set_upload_limit()
-            return tasks
+            return [p.task for p in closing]
 
     def traffic(self) -> tuple[int, int]:
         """Payload bytes streamed to clients (tasks) and from them (uploads, rejected ones included)."""
@@ -320,6 +325,12 @@ class GrpcFleet:
         with self._cond:
             self._down += size
 
+    def excused(self, client_id: int, seq: int) -> bool:
+        """Whether task `seq` of the client was closed without its fault (its round had enough replies): a late
+        upload to it is refused without counting against the client."""
+        with self._cond:
+            return seq in self._excused.get(client_id, ())
+
     def precheck(self, client_id: int, header: pb.ReplyHeader) -> str | None:
         """Why an upload is refused before a byte of it is written, or None. Only a client with an open task may
         upload; a header that is malformed for its task (round, kind, size) answers the task as a Failure."""
@@ -410,15 +421,17 @@ class GrpcFleet:
             p.checking = True
         loop = asyncio.get_running_loop()
         reply, reason = await loop.run_in_executor(self._checker, self._build, client_id, p.task, header, path)
+        if isinstance(reply, Update) and path is not None:  # its file goes when the update does
+            lease = Lease(self.spool, path)
+            for view in (reply.params, reply.extras):
+                if isinstance(view, SpooledParams):
+                    view.lease = lease
+        else:
+            self.spool.discard(path)
         with self._cond:
             if self._open.get(header.seq) is not p:
-                self.spool.discard(path)
                 return f"task {header.seq} closed while the reply was checked"
             self._answer(p, reply)
-            if isinstance(reply, Update) and path is not None:
-                self._spooled.append((p.task.round, path))
-        if not isinstance(reply, Update):
-            self.spool.discard(path)
         if reason is not None:
             log.warning("round %d: rejected the upload of client %d: %s", p.task.round, client_id, reason)
         return reason

@@ -227,6 +227,8 @@ class Servicer(pb_grpc.FederationServicer):
             return refuse("the upload must start with its header")
         header = first.header
         if (reason := self.fleet.precheck(cid, header)) is not None:
+            if self.fleet.excused(cid, header.seq):  # cancelled because its round had enough replies
+                return pb.PutAck(accepted=False, reason=f"task {header.seq} was closed: its round had enough replies")
             return refuse(reason)
         if cid in self.uploading:
             return refuse(f"client {cid} has an upload in flight")

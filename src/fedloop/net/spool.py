@@ -12,6 +12,7 @@ import math
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 
@@ -23,14 +24,24 @@ from ..types import Params
 from .codec import EXTRAS
 
 
+class Lease:
+    """Keeps an accepted upload's file while anything refers to it: the file is discarded from its spool when the
+    last view of it (the update's params and extras) is gone, however long the loop keeps the update (an
+    asynchronous server may hold it across several collects)."""
+
+    def __init__(self, spool: Spool, path: Path):
+        weakref.finalize(self, spool.discard, path)
+
+
 class SpooledParams(Mapping[str, torch.Tensor]):
     """A safetensors file on disk as a read-only name -> tensor mapping; each lookup reads that tensor
-    (stored under `prefix` + name)."""
+    (stored under `prefix` + name). `lease`, when set, keeps the file while this mapping lives."""
 
     def __init__(self, path: Path, names: list[str], prefix: str = ""):
         self.path = path
         self._names = names
         self.prefix = prefix
+        self.lease: Lease | None = None
 
     def __getitem__(self, name: str) -> torch.Tensor:
         if name not in self._names:

@@ -3,11 +3,11 @@ through an executor; their apps finish here, where the state store lives."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from ..client import ClientApp, MemoryStates, RoundStates, StateStore, Trained
 from ..errors import ConfigError
-from ..fleet import CONCURRENT, MESSAGES, STAGES, checked_message, incidents
+from ..fleet import ASYNC, CONCURRENT, MESSAGES, STAGES, checked_message, incidents, split_open
 from ..params import num_bytes
 from ..secagg.client import Sessions
 from ..types import ClientInfo, Message, Reply, Task, Update
@@ -21,10 +21,11 @@ class LocalFleet:
 
     Apps come from the population (built on demand for lazy ones); each client's persistent state lives in the
     state store (memory, or one file per client on disk) between its tasks, kept with the round it came from, so
-    memory follows the clients sampled, not the population. Tasks run when their replies are collected.
+    memory follows the clients sampled, not the population. Tasks run when their replies are collected: all of
+    them, or the first `min_replies` in submission order (the others stay open: asynchronous training).
     """
 
-    capabilities = frozenset({STAGES, CONCURRENT, MESSAGES})
+    capabilities = frozenset({STAGES, CONCURRENT, MESSAGES, ASYNC})
 
     def __init__(self, population: Population | Sequence[ClientApp], executor: str | Executor = "sequential",
                  states: StateStore | None = None, workers: int | None = None):
@@ -59,7 +60,8 @@ class LocalFleet:
         """Runs every open task (in-process work cannot stop early; worker executors stop waiting at `until`).
         Protocol stages that involve no training are answered here, by the client apps; the rest go to the
         executor."""
-        tasks, self._open = self._open, []
+        k = len(self._open) if min_replies is None else max(0, min_replies)
+        tasks, self._open = self._open[:k], self._open[k:]
         jobs: list[Job] = []
         answered: dict[int, Reply] = {}
         for pos, task in enumerate(tasks):
@@ -88,8 +90,8 @@ class LocalFleet:
         self._count(tasks, replies)
         return replies
 
-    def cancel(self) -> list[Task]:
-        tasks, self._open = self._open, []
+    def cancel(self, clients: Collection[int] | None = None, missed: bool = True) -> list[Task]:
+        tasks, self._open = split_open(self._open, clients)
         return tasks
 
     def _count(self, tasks: Sequence[Task], replies: Sequence[Reply]) -> None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from .. import checks
-from ..fleet import CONCURRENT, STAGES, Fleet
+from ..fleet import ASYNC, CONCURRENT, STAGES, Fleet, split_open
 from ..params import num_bytes
 from ..types import ClientInfo, Failure, Reply, Task, Update
 
@@ -24,7 +24,7 @@ class MockFleet:
     """Clients whose replies are `handler(task)`, computed when collected; an exception becomes a Failure."""
 
     def __init__(self, handler: Callable[[Task], Reply], clients: Sequence[ClientInfo] | int,
-                 capabilities: frozenset[str] = frozenset({STAGES, CONCURRENT})):
+                 capabilities: frozenset[str] = frozenset({STAGES, CONCURRENT, ASYNC})):
         self.handler = handler
         self._clients = [ClientInfo(c, 10) for c in range(clients)] if isinstance(clients, int) else list(clients)
         self.capabilities = capabilities
@@ -40,7 +40,8 @@ class MockFleet:
         self._open += tasks
 
     def collect(self, until: float | None = None, min_replies: int | None = None) -> list[Reply]:
-        tasks, self._open = self._open, []
+        k = len(self._open) if min_replies is None else max(0, min_replies)
+        tasks, self._open = self._open[:k], self._open[k:]
         replies = []
         for t in tasks:
             try:
@@ -53,8 +54,8 @@ class MockFleet:
             replies.append(reply)
         return replies
 
-    def cancel(self) -> list[Task]:
-        tasks, self._open = self._open, []
+    def cancel(self, clients: Collection[int] | None = None, missed: bool = True) -> list[Task]:
+        tasks, self._open = split_open(self._open, clients)
         return tasks
 
     def traffic(self) -> tuple[int, int]:
@@ -127,9 +128,9 @@ class ChaosFleet:
                 out.append(r)
         return out
 
-    def cancel(self) -> list[Task]:
-        self._held = []
-        return self.inner.cancel()
+    def cancel(self, clients: Collection[int] | None = None, missed: bool = True) -> list[Task]:
+        self._held = [] if clients is None else [r for r in self._held if r.client_id not in set(clients)]
+        return self.inner.cancel(clients, missed)
 
     def traffic(self) -> tuple[int, int]:
         return self.inner.traffic()
@@ -177,8 +178,8 @@ class DropAt:
         self.replies += out
         return out
 
-    def cancel(self) -> list[Task]:
-        return self.inner.cancel()
+    def cancel(self, clients: Collection[int] | None = None, missed: bool = True) -> list[Task]:
+        return self.inner.cancel(clients, missed)
 
     def traffic(self) -> tuple[int, int]:
         return self.inner.traffic()

@@ -9,6 +9,7 @@ from .base import Strategy
 from .ditto import Ditto
 from .fedavg import FedAvg
 from .fedavgm import FedAvgM
+from .fedbuff import FedBuff
 from .feddyn import FedDyn
 from .fednova import FedNova
 from .fedopt import FedAdagrad, FedAdam, FedYogi
@@ -20,7 +21,7 @@ from .scaffold import Scaffold
 
 STRATEGIES: dict[str, type[Strategy]] = {cls.name: cls for cls in (
     FedAvg, FedSGD, FedProx, Scaffold, FedAvgM, FedAdam, FedYogi, FedAdagrad, PowerOfChoice, FedNova, FedDyn, QFedAvg,
-    Ditto)}
+    Ditto, FedBuff)}
 
 
 def make_strategy(name: str, **parts: Any) -> Strategy:
@@ -32,5 +33,5 @@ def make_strategy(name: str, **parts: Any) -> Strategy:
     return cls(**parts)
 
 
-__all__ = ["STRATEGIES", "Ditto", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedDyn", "FedNova", "FedProx",
-           "FedSGD", "FedYogi", "PowerOfChoice", "QFedAvg", "Scaffold", "Strategy", "make_strategy"]
+__all__ = ["STRATEGIES", "Ditto", "FedAdagrad", "FedAdam", "FedAvg", "FedAvgM", "FedBuff", "FedDyn", "FedNova",
+           "FedProx", "FedSGD", "FedYogi", "PowerOfChoice", "QFedAvg", "Scaffold", "Strategy", "make_strategy"]

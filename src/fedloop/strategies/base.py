@@ -7,6 +7,8 @@ Server half:
   configure       the round's first exchange (normally its fit tasks)
   follow_up       the next exchange of a multi-stage round, from the replies to the last one ([] when done)
   refuse          the strategy's check of an update's claims (FedNova's normaliser)
+  weigh           an accepted update as the aggregator takes it (FedBuff scales a stale one)
+  slots           (concurrency, buffer size) of an asynchronous strategy (FedBuff); None: synchronous rounds
   aggregate_extras  strategy-specific reduction of the updates' extras (SCAFFOLD's control-variate deltas)
   apply           server state + aggregate -> new server state (the server optimizer's step)
 Client half (run by the client app in every mode):
@@ -74,6 +76,12 @@ class Strategy:
                                   key="transforms", value=transform.name, rule=why)
         if self.secure is not None and not self.secure.enabled:
             object.__setattr__(self, "secure", None)
+        if self.sampler.over_selection and (self.secure is not None or self.sampling_is_private):
+            why = ("secure aggregation's stages need the same clients throughout" if self.secure is not None else
+                   "central DP's sampling analysis assumes the clients drawn are the clients counted, not the "
+                   "fastest of them")
+            raise ConfigError(f"strategy.over_selection = {self.sampler.over_selection}: {why}",
+                              key="over_selection", value=self.sampler.over_selection, rule=why)
         if self.secure is not None and (why := self.insecure_part()) is not None:
             raise ConfigError(f"secure aggregation cannot be used with {why}", key="secure", value=True, rule=why)
 
@@ -128,12 +136,15 @@ class Strategy:
         """The first exchange of round state.round + 1: fit tasks for the sampler's draw."""
         return self.tasks(state, self.sampler.select(clients, self.sampling_draws(state)))
 
+    @property
+    def sampling_is_private(self) -> bool:
+        """Whether a transform's guarantee rests on who was asked (central DP's amplification by sampling)."""
+        return any(getattr(t, "secret_sampling", False) for t in self.transforms)
+
     def sampling_draws(self, state: ServerState) -> np.random.Generator | SecretStream:
         """Where the round's client sampling draws from: the server's secret stream when a transform's guarantee
-        rests on who was asked (central DP's amplification by sampling), else the round's seeded generator."""
-        if any(getattr(t, "secret_sampling", False) for t in self.transforms):
-            return secret()
-        return round_rng(state.seed, state.round + 1)
+        rests on who was asked, else the round's seeded generator."""
+        return secret() if self.sampling_is_private else round_rng(state.seed, state.round + 1)
 
     def follow_up(self, state: ServerState, clients: Sequence[ClientInfo], tasks: Sequence[Task],
                   replies: Sequence[Reply]) -> list[Task]:
@@ -143,6 +154,15 @@ class Strategy:
     def refuse(self, update: Update) -> str | None:
         """Why the server cannot use `update` (e.g. an extra out of its possible range), or None. The strategy's
         own check of what a client claims, before the transforms screen the update."""
+        return None
+
+    def weigh(self, update: Update, state: ServerState) -> Update:
+        """An accepted update as the aggregator takes it (FedBuff scales it by its staleness)."""
+        return update
+
+    def slots(self, population: int) -> tuple[int, int] | None:
+        """(concurrency, buffer size) of an asynchronous strategy among `population` available clients; None for
+        synchronous rounds."""
         return None
 
     def aggregate_extras(self, updates: Sequence[Update]) -> dict:
