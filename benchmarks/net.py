@@ -1,6 +1,6 @@
 """The gRPC deployment on loopback: one server process and N lightweight clients, a 1M-parameter model.
 
-Clients are threads in a few processes that import only grpc, NumPy and safetensors (no torch): each joins
+Clients are coroutines (grpc.aio) in a few processes that import only grpc, NumPy and safetensors (no torch): each joins
 with its own token over TLS, pulls its task, decodes the params and pushes back a same-shaped update (zeros;
 the server checks and aggregates it like any other). So the figures are the server's and the protocol's
 costs, not training. Per N it prints seconds per round (median), the server's peak RSS, and the bytes that
@@ -36,6 +36,7 @@ import threading
 import time
 import types
 from pathlib import Path
+from queue import Empty
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 FEATURES = 100_000  # logistic regression to 10 classes: 1,000,010 params
@@ -56,38 +57,43 @@ def _import_protocol():
     return fedloop_pb2, fedloop_pb2_grpc
 
 
-def _client(port: int, certs: Path, cid: int, digest: str) -> None:
+async def _client(port: int, certs: Path, cid: int, digest: str) -> None:
+    """One light client: a coroutine with its own TLS channel on its process's event loop."""
     import grpc
     from safetensors.numpy import load, save
 
     pb, pb_grpc = _import_protocol()
     creds = grpc.ssl_channel_credentials(root_certificates=(certs / "ca.pem").read_bytes())
     options = [("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)]
-    stub = pb_grpc.FederationStub(grpc.secure_channel(f"127.0.0.1:{port}", creds, options=options))
-    meta = [("authorization", f"Bearer {(certs / f'client-{cid}.token').read_text().strip()}")]
-    stub.Join(pb.JoinRequest(num_examples=10, input_shape=[FEATURES], num_classes=10, model_digest=digest),
-              metadata=meta, timeout=120)
-    after = 0
-    sessions: dict = {}
-    while True:
-        stream = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=300)
-        header = next(stream).header
-        if header.status == pb.POLL_DONE:
-            return
-        if header.status != pb.POLL_TASK:
-            continue
-        data = b"".join(c.data for c in stream)
-        if header.kind == pb.TASK_SECAGG or "secagg.shares" in header.config:
-            payload = _secure_reply(cid, header, sessions)
-            reply = pb.ReplyHeader(round=header.round, kind=pb.REPLY_MESSAGE, size=len(payload), seq=header.seq)
-        else:
-            payload = save({k: v * 0 for k, v in load(data).items()})
-            reply = pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=10, size=len(payload),
-                                   seq=header.seq)
-        parts = [pb.ReplyChunk(header=reply)]
-        parts += [pb.ReplyChunk(data=payload[i:i + CHUNK]) for i in range(0, len(payload), CHUNK)]
-        stub.PutReply(iter(parts), metadata=meta, timeout=300)
-        after = header.seq
+    async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options) as channel:
+        stub = pb_grpc.FederationStub(channel)
+        meta = [("authorization", f"Bearer {(certs / f'client-{cid}.token').read_text().strip()}")]
+        await stub.Join(pb.JoinRequest(num_examples=10, input_shape=[FEATURES], num_classes=10, model_digest=digest),
+                        metadata=meta, timeout=600)
+        after = 0
+        sessions: dict = {}
+        while True:
+            call = stub.GetTask(pb.TaskRequest(after_seq=after), metadata=meta, timeout=600)
+            header = (await call.read()).header
+            if header.status == pb.POLL_DONE:
+                return
+            if header.status != pb.POLL_TASK:
+                continue
+            parts_in = []
+            while (chunk := await call.read()) is not grpc.aio.EOF:
+                parts_in.append(chunk.data)
+            data = b"".join(parts_in)
+            if header.kind == pb.TASK_SECAGG or "secagg.shares" in header.config:
+                payload = _secure_reply(cid, header, sessions)
+                reply = pb.ReplyHeader(round=header.round, kind=pb.REPLY_MESSAGE, size=len(payload), seq=header.seq)
+            else:
+                payload = save({k: v * 0 for k, v in load(data).items()})
+                reply = pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=10, size=len(payload),
+                                       seq=header.seq)
+            parts = [pb.ReplyChunk(header=reply)]
+            parts += [pb.ReplyChunk(data=payload[i:i + CHUNK]) for i in range(0, len(payload), CHUNK)]
+            await stub.PutReply(iter(parts), metadata=meta, timeout=600)
+            after = header.seq
 
 
 def _secure_reply(cid: int, header, sessions: dict) -> bytes:
@@ -118,11 +124,12 @@ def _secure_reply(cid: int, header, sessions: dict) -> bytes:
 
 
 def _client_process(port: int, certs: str, ids: list[int], digest: str) -> None:
-    threads = [threading.Thread(target=_client, args=(port, Path(certs), c, digest)) for c in ids]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    import asyncio
+
+    async def every() -> None:
+        await asyncio.gather(*(_client(port, Path(certs), c, digest) for c in ids))
+
+    asyncio.run(every())
 
 
 def _server(config: str, out: str, certs: str, queue: mp.Queue) -> None:
@@ -147,6 +154,7 @@ def _server(config: str, out: str, certs: str, queue: mp.Queue) -> None:
                              for r in result.history),
                "cancelled": sum(sum(f["reason"].startswith(cancelled) for f in r.get("failed_clients", []))
                                 for r in result.history),
+               "cpu": (lambda u: u.ru_utime + u.ru_stime)(resource.getrusage(resource.RUSAGE_SELF)),
                "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
 
 
@@ -201,7 +209,17 @@ round_deadline = 600
     clients = [ctx.Process(target=_client_process, args=(port, str(certs), ids, digest)) for ids in groups if ids]
     for c in clients:
         c.start()
-    out = queue.get()
+    while True:  # the server's figures, unless a client process fails (then nothing would ever finish the run)
+        try:
+            out = queue.get(timeout=1.0)
+            break
+        except Empty:
+            if any(c.exitcode not in (None, 0) for c in clients):
+                server.terminate()
+                for c in clients:
+                    c.terminate()
+                codes = [c.exitcode for c in clients]
+                raise SystemExit(f"N={n}: a client process failed (exit codes {codes})") from None
     wire = loopback_bytes() - before
     server.join()
     for c in clients:
@@ -211,7 +229,8 @@ round_deadline = 600
     print(f"  N={n:<4} {per_round:>9.3f} s/round  server peak RSS {out['rss']:>6.0f} MB  "
           f"loopback {wire / (rounds + 1) / 1e6:>8.1f} MB/round vs raw params {raw / 1e6:>7.1f} MB/round "
           f"({wire / (rounds + 1) / raw:.3f}x)  peak fds {out['fds']}  rounds with failures "
-          f"{out['failed']}/{len(out['seconds'])}" + (f"  cancelled {out['cancelled']}" if over else ""))
+          f"{out['failed']}/{len(out['seconds'])}  server CPU {out['cpu'] / len(out['seconds']):.1f} s/round"
+          + (f"  cancelled {out['cancelled']}" if over else ""))
 
 
 def main() -> None:
@@ -224,7 +243,7 @@ def main() -> None:
     ap.add_argument("--over-selection", type=float, default=0.0, help="end each round once N / (1 + o) replied")
     args = ap.parse_args()
     print(f"{os.cpu_count()} cores; model: logistic regression, {FEATURES * 10 + 10:,} params "
-          f"({(FEATURES * 10 + 10) * 4 / 1e6:.1f} MB); TLS with tokens; clients as threads in "
+          f"({(FEATURES * 10 + 10) * 4 / 1e6:.1f} MB); TLS with tokens; clients as coroutines in "
           f"{CLIENT_PROCESSES} processes; aggregator {args.aggregator}"
           + ("; secure aggregation (SecAgg+, its defaults)" if args.secagg else ""))
     start = time.perf_counter()

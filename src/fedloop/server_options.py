@@ -37,8 +37,9 @@ class ServerOptions(RoundPolicy):
     """The largest sample count a client may claim (its weight in a sample-weighted mean); fixed at its first join."""
     max_update_norm: float | None = None
     """Reject an update whose L2 norm exceeds this."""
-    spool_bytes: int = 4 << 30
-    """Disk the server's spool of uploads may use."""
+    spool_bytes: int | None = None
+    """Disk the server's spool of uploads may use; unset: as much as the open tasks' uploads may take (one upload of
+    at most the upload size limit per open task), while the disk keeps SPOOL_MARGIN bytes free."""
     stream_idle_timeout: float = 10.0
     """Seconds a download or upload may pause before it is cut."""
     min_transfer_rate: float = 64 * 1024
@@ -57,7 +58,7 @@ class ServerOptions(RoundPolicy):
         checks.at_least(self, "min_updates", 1)
         checks.at_least(self, "max_missed", 1)
         checks.at_least(self, "max_examples", 1)
-        checks.at_least(self, "spool_bytes", 1)
+        checks.at_least(self, "spool_bytes", 1, optional=True)
         checks.at_least(self, "max_connections", 1)
         if self.max_update_norm is not None:
             checks.positive(self, "max_update_norm")

@@ -34,7 +34,7 @@ from pathlib import Path
 from ..fleet import ASYNC, CONCURRENT, MESSAGE_SIZE, MESSAGES, STAGES, message_refusal
 from ..params import num_bytes
 from ..server_options import ServerOptions
-from ..store import atomic_write_json
+from ..store import atomic_write_text
 from ..types import ClientInfo, Evaluation, Failure, Message, Reply, Task, Update
 from . import fedloop_pb2 as pb
 from .auth import Authenticator
@@ -103,6 +103,7 @@ class GrpcFleet:
         self.spool = spool
         self._checker = ThreadPoolExecutor(1, thread_name_prefix="fedloop-check")  # one upload checked at a time
         self._registry_lock = threading.Lock()  # one clients.json write at a time, the latest counts last
+        self._registry_saved = 0  # how many clients' counts the last clients.json write held
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         """Bind to the event loop the gRPC handlers run on (called from that loop)."""
@@ -181,6 +182,7 @@ class GrpcFleet:
     def _set_upload_limit(self) -> None:
         largest = max((num_bytes(p.task.params) + num_bytes(p.task.extras) for p in self._open.values()), default=0)
         self._upload_limit = _upload_limit(largest)
+        self.spool.need = len(self._open) * self._upload_limit  # a spool without a fixed budget follows the tasks
 
     def collect(self, until: float | None = None, min_replies: int | None = None) -> list[Reply]:
         """Replies in the order they arrived: every one so far once all open tasks are answered (or at `until`), or
@@ -287,14 +289,21 @@ class GrpcFleet:
         return None, new
 
     def save_registry(self) -> None:
-        """Write the clients' fixed counts to the run directory (clients.json), atomically; blocking file I/O, so
-        the handlers call it on a worker thread."""
+        """Write the clients' fixed counts to the run directory (clients.json), atomically, and return once a write
+        that includes every count known at the call is on disk; blocking file I/O, so the handlers call it on a
+        worker thread. Joins that arrive together share one write (a group commit), so N joins cost far fewer than
+        N writes of an N-entry file."""
         if self.registry is None:
             return
+        with self._cond:
+            wanted = len(self._counts)
         with self._registry_lock:
+            if self._registry_saved >= wanted:  # a write that waited for the lock before us had our count
+                return
             with self._cond:
                 counts = {str(k): list(v) for k, v in self._counts.items()}
-            atomic_write_json(self.registry, counts)
+            atomic_write_text(self.registry, json.dumps(counts))
+            self._registry_saved = len(counts)
 
     async def next_task(self, client_id: int, after_seq: int, wait: float) -> Pending | tuple[pb.PollStatus, str]:
         """The client's oldest open task after `after_seq`; or (POLL_DONE or POLL_FAILED, why) when the run is over,

@@ -30,7 +30,7 @@ from . import fedloop_pb2_grpc as pb_grpc
 from .codec import PROTOCOL, TASK_KINDS, chunks, config_to_proto
 from .fleet import GrpcFleet
 from .limits import PENALTY, STRIKE_WINDOW, STRIKES, AuditLog, Strikes, peer_host
-from .spool import clean, write_stream
+from .spool import clean, extend, write_stream
 
 log = logging.getLogger(__name__)
 
@@ -193,13 +193,12 @@ class Servicer(pb_grpc.FederationServicer):
 
     async def _send(self, context: grpc.aio.ServicerContext, messages: Iterable[pb.TaskChunk]) -> None:
         """Write each message within the idle timeout, at no less than the minimum rate."""
-        loop = asyncio.get_running_loop()
         start, sent = time.monotonic(), 0
         try:
             async with asyncio.timeout(self.limits.idle) as deadline:
                 for message in messages:
                     await context.write(message)
-                    deadline.reschedule(loop.time() + self.limits.idle)
+                    extend(deadline, self.limits.idle)
                     sent += len(message.data)
                     elapsed = time.monotonic() - start
                     if elapsed > self.limits.idle and sent / elapsed < self.limits.min_rate:
@@ -237,9 +236,12 @@ class Servicer(pb_grpc.FederationServicer):
         try:
             if header.size > 0:
                 path = self.fleet.spool.reserve(header.size)
-                if path is None:
-                    return refuse(f"the server's spool is full ({self.fleet.spool.used} of "
-                                  f"{self.fleet.spool.capacity} bytes)")
+                if path is None:  # the server's limit, not the client's fault: no strike
+                    spool = self.fleet.spool
+                    why = f"the server's spool is full ({spool.used} of {spool.capacity} bytes)" + (
+                        "" if spool.fixed is not None else ", or its disk is")
+                    self.audit(peer, cid, f"refused an upload: {why}")
+                    return pb.PutAck(accepted=False, reason=why)
                 async with self.receiving:
                     await write_stream(path, (c.data async for c in parts), header.size, self.limits.idle,
                                        self.limits.min_rate)

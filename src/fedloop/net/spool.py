@@ -101,26 +101,42 @@ def check_spooled(path: Path, reference: Params, extras: Params, max_norm: float
     return (SpooledParams(path, list(reference)), SpooledParams(path, list(extras), EXTRAS)), None
 
 
+SPOOL_MARGIN = 1 << 30
+"""Bytes of free disk space the spool leaves when its budget follows the open tasks (server.spool_bytes unset)."""
+
+
 class Spool:
     """The server's uploads on disk, within a byte budget. Space is reserved from an upload's declared size before
-    any byte is written and returned when its file is deleted: at once for a rejected upload, when the next round's
-    tasks open for an accepted one (its round has been reduced by then), and the whole directory when the server
-    stops and when a server starts on it (what a killed server left)."""
+    any byte is written and returned when its file is deleted: at once for a rejected upload, when the last view of
+    an accepted one is gone (its update has been reduced), and the whole directory when the server stops and when a
+    server starts on it (what a killed server left).
 
-    def __init__(self, directory: str | Path, capacity: int):
+    The budget is `capacity` bytes, or with capacity None what the fleet sets as the open tasks' need (`need`),
+    as long as the disk keeps SPOOL_MARGIN bytes free: a round of 1,000 clients of a 4 MB model needs 4 GB of
+    spool, and hostile clients still cannot take more than one upload per open task."""
+
+    def __init__(self, directory: str | Path, capacity: int | None):
         self.dir = Path(directory)
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
-        self.capacity = capacity
+        self.fixed = capacity
+        self.need = 0
         self.used = 0
         self._sizes: dict[Path, int] = {}
         self._n = 0
         self._lock = threading.Lock()
 
+    @property
+    def capacity(self) -> int:
+        return self.fixed if self.fixed is not None else self.need
+
     def reserve(self, size: int) -> Path | None:
-        """A new file's path with `size` bytes reserved for it, or None when the budget cannot hold them."""
+        """A new file's path with `size` bytes reserved for it, or None when the budget (or the disk) cannot hold
+        them."""
         with self._lock:
             if self.used + size > self.capacity:
+                return None
+            if self.fixed is None and shutil.disk_usage(self.dir).free - size < SPOOL_MARGIN:
                 return None
             self._n += 1
             path = self.dir / f"upload_{self._n}.safetensors"
@@ -140,17 +156,30 @@ class Spool:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+SLACK = 0.25
+"""Seconds a stream's idle deadline may lag behind its last chunk: a stream is cut after a pause of between
+idle - SLACK and idle seconds."""
+
+
+def extend(deadline: asyncio.Timeout, idle: float) -> None:
+    """Move a stream's idle deadline to `idle` seconds from now once it lags by more than SLACK: a few timer
+    reschedules a second instead of one per chunk (each is a cancelled and a new timer on the event loop)."""
+    when = asyncio.get_running_loop().time() + idle
+    current = deadline.when()
+    if current is None or when - current > SLACK:
+        deadline.reschedule(when)
+
+
 async def write_stream(path: Path, parts: AsyncIterator[bytes], size: int, idle: float, min_rate: float) -> None:
     """Write exactly `size` bytes to `path` as they arrive. TransportError when the client sends more or fewer,
     sends nothing for `idle` seconds, or averages less than `min_rate` bytes/s once `idle` seconds have passed."""
-    loop = asyncio.get_running_loop()
     start = time.monotonic()
     got = 0
     try:
         async with asyncio.timeout(idle) as deadline:
             with open(path, "wb") as out:
                 async for part in parts:
-                    deadline.reschedule(loop.time() + idle)
+                    extend(deadline, idle)
                     got += len(part)
                     if got > size:
                         raise TransportError(f"upload exceeds its declared {size} bytes")
