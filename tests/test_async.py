@@ -174,9 +174,12 @@ def test_what_does_not_compose_with_async_or_over_selection_is_refused_with_why(
         check_runnable(cfg)
 
 
-def test_federated_evaluation_and_a_deployed_clock_are_refused_for_an_async_run():
+def test_federated_evaluation_stragglers_and_a_deployed_clock_are_refused_for_an_async_run():
     with pytest.raises(ConfigError, match="eval.federated = true: strategy.name = 'fedbuff' keeps its clients"):
         check_runnable(load_config(None, ["strategy.name=fedbuff"]))
+    with pytest.raises(ConfigError, match="heterogeneity.stragglers: strategy.name = 'fedbuff' is asynchronous"):
+        check_runnable(load_config(None, ["strategy.name=fedbuff", "eval.federated=false",
+                                          "heterogeneity.stragglers=0.5"]))
     with pytest.raises(ConfigError, match="async.duration = 'lognormal' sets the simulator's virtual clock"):
         check_runnable(load_config(None, ["async.duration=lognormal"]), deployed=True)
     with pytest.raises(ConfigError, match="needs a fleet that can keep tasks open across collects"):

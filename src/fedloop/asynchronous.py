@@ -45,8 +45,19 @@ class Step:
     """What one server step collected."""
 
     replies: list[Reply]
-    asked: list[Task]
     conditions: dict[str, float]
+
+
+def refusal(strategy: Strategy, federated_eval: bool, stragglers: float) -> str | None:
+    """Why an asynchronous `strategy` cannot run with these evaluation and heterogeneity settings, or None."""
+    if federated_eval:
+        return (f"eval.federated = true: strategy.name = {strategy.name!r} keeps its clients training between server "
+                "steps, so they are not there to evaluate on their local splits; set eval.federated = false (the "
+                "held-out test set still evaluates)")
+    if stragglers:
+        return (f"heterogeneity.stragglers: strategy.name = {strategy.name!r} is asynchronous; slow clients are "
+                "simulated by [async] durations, and partial work is for synchronous rounds")
+    return None
 
 
 def refill(strategy: Strategy, state: ServerState, idle: list[ClientInfo], free: int) -> list[Task]:
@@ -69,7 +80,6 @@ def step(strategy: Strategy, fleet: Fleet, state: ServerState, available: list[C
     assert slots is not None  # the loop calls step for asynchronous strategies only
     concurrency, buffer = slots
     replies: list[Reply] = []
-    asked: list[Task] = []
     if deadline is not None:  # a stalled client does not hold its slot for ever
         now = time.monotonic()
         late = [cid for cid, (_, since) in flight.tasks.items() if now - since > deadline]
@@ -77,6 +87,7 @@ def step(strategy: Strategy, fleet: Fleet, state: ServerState, available: list[C
             flight.tasks.pop(task.client_id, None)
             replies.append(Failure(task.client_id, task.round, f"no reply within the {deadline:g} s deadline"))
     until = None if deadline is None else time.monotonic() + deadline
+    updates = 0
     while True:
         busy = set(flight.tasks)
         idle = [c for c in available if c.client_id not in busy]
@@ -85,20 +96,20 @@ def step(strategy: Strategy, fleet: Fleet, state: ServerState, available: list[C
             tasks = refill(strategy, state, idle, free)
             fleet.submit(tasks)
             flight.add(tasks)
-            asked += tasks
-        good = sum(isinstance(r, Update) for r in replies)
         if not flight.tasks or (until is not None and time.monotonic() >= until):
             break
-        got = fleet.collect(until, buffer - good)
-        more = [r for r in got if flight.answers(r)]
-        for r in more:
+        got = fleet.collect(until, buffer - updates)
+        for r in got:
+            if not flight.answers(r):
+                continue
             if isinstance(r, Update) and (why := too_stale(strategy, r, state)) is not None:
                 log.warning("step %d: dropped the update of client %d: %s", state.round + 1, r.client_id, why)
                 r = Failure(r.client_id, r.round, f"update dropped: {why}")
             replies.append(r)
-        if not got or sum(isinstance(r, Update) for r in replies) >= buffer:
+            updates += isinstance(r, Update)
+        if not got or updates >= buffer:
             break
     taus = [state.round - r.version for r in replies if isinstance(r, Update)]
     conditions = {"in_flight": float(len(flight.tasks)), "staleness_mean": sum(taus) / len(taus) if taus else 0.0,
                   "staleness_max": float(max(taus, default=0))}
-    return Step(replies, asked, conditions)
+    return Step(replies, conditions)

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from .aggregators import AGGREGATORS
 from .aggregators.base import check_round_size
 from .app import App, load_app
+from .asynchronous import refusal
 from .attacks import AttackOptions
 from .attacks.options import UPDATE_ATTACKS
 from .client import LocalSGD, LossFn
@@ -249,13 +250,12 @@ def check_runnable(cfg: Config, deployed: bool = False, resuming: bool = False) 
     sampler = strategy.sampler
     if strategy.secure is not None:
         check_secure(cfg, strategy.secure)
-    if strategy.slots(1) is not None and cfg.eval.federated:
-        raise ConfigError(f"eval.federated = true: strategy.name = {strategy.name!r} keeps its clients training "
-                          "between server steps, so they are not there to evaluate on their local splits; set "
-                          "eval.federated = false (the held-out test set still evaluates)")
-    if deployed and async_options(cfg).enabled:
-        raise ConfigError(f"async.duration = {async_options(cfg).duration!r} sets the simulator's virtual clock; a "
-                          "deployment's clients take the time they take: leave [async] out")
+    if strategy.slots(1) is not None and (why := refusal(strategy, cfg.eval.federated,
+                                                          cfg.heterogeneity.stragglers)) is not None:
+        raise ConfigError(why)
+    if deployed and (clock := async_options(cfg)).enabled:
+        raise ConfigError(f"async.duration = {clock.duration!r} sets the simulator's virtual clock; a deployment's "
+                          "clients take the time they take: leave [async] out")
     if deployed:
         if sampler.clients_per_round is not None and sampler.fraction is None:
             check_round_size(strategy.aggregator, sampler.clients_per_round, "strategy.clients_per_round is")

@@ -79,26 +79,22 @@ def run(fleet: Fleet, tasks: Sequence[Task], deadline: float | None = None, enou
     fleet.submit(tasks)
     until = None if deadline is None else time.monotonic() + deadline
     asked = {(t.client_id, t.round) for t in tasks}
+    want = enough if enough is not None and enough < len(tasks) else None  # None: every task's reply
     got: dict[int, Reply] = {}
 
-    def keep(replies: Sequence[Reply]) -> list[Reply]:  # a late reply to an earlier exchange answers nothing here
-        return [r for r in replies if (r.client_id, r.round) in asked]
+    def good() -> int:
+        return sum(not isinstance(r, Failure) for r in got.values())
 
-    if enough is None or enough >= len(tasks):
-        got = {r.client_id: r for r in keep(fleet.collect(until))}
-    else:
-        while len(got) < len(tasks) and (until is None or time.monotonic() < until):
-            good = sum(not isinstance(r, Failure) for r in got.values())
-            if good >= enough:
-                break
-            more = fleet.collect(until, enough - good)
-            got.update((r.client_id, r) for r in keep(more))
-            if not more:  # the deadline passed, or no task is open any more
-                break
-    cut = enough is not None and sum(not isinstance(r, Failure) for r in got.values()) >= enough
+    while True:
+        more = fleet.collect(until, None if want is None else want - good())
+        got.update((r.client_id, r) for r in more if (r.client_id, r.round) in asked)  # not a late earlier reply
+        if (want is None or not more or good() >= want or len(got) == len(tasks)
+                or (until is not None and time.monotonic() >= until)):
+            break
+    cut = want is not None and good() >= want
     fleet.cancel(missed=not cut)
-    why = ("no reply" if deadline is None else f"no reply before the {deadline:.0f} s deadline") if not cut else \
-        f"cancelled: the round had its {enough} replies"
+    why = (f"cancelled: the round had its {enough} replies" if cut else
+           "no reply" if deadline is None else f"no reply before the {deadline:.0f} s deadline")
     return [got.get(t.client_id) or Failure(t.client_id, t.round, why) for t in tasks]
 
 

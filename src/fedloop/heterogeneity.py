@@ -14,7 +14,6 @@ them); with "keep" the partial updates are aggregated (FedProx's and FedNova's).
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -25,6 +24,7 @@ import numpy as np
 
 from . import checks
 from .errors import ConfigError
+from .store import csv_rows
 from .types import ClientInfo, Failure, Task
 
 if TYPE_CHECKING:
@@ -130,14 +130,8 @@ class Heterogeneity:
 
 def read_trace(path: Path) -> frozenset[tuple[int, int]]:
     """The (client, round) rows of an availability CSV (an optional header `client,round`)."""
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise ConfigError(f"heterogeneity.availability = {str(path)!r}: cannot read it ({exc.strerror})") from None
     rows: set[tuple[int, int]] = set()
-    for line, row in enumerate(csv.reader(text.splitlines()), 1):
-        if not row or (line == 1 and [c.strip().lower() for c in row] == ["client", "round"]):
-            continue
+    for line, row in csv_rows(path, "heterogeneity.availability", ("client", "round")):
         try:
             client, round_ = (int(v) for v in row)
         except ValueError:

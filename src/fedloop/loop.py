@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from . import checks, culprits, interrupts
-from .asynchronous import Flight, step
+from .asynchronous import Flight, refusal, step
 from .client.training import LocalSGD
 from .errors import AggregationError, ConfigError, PrivacyBudgetExhausted, WorkersLost
 from .fleet import Fleet, check_capabilities, incidents, run
@@ -285,13 +285,9 @@ def run_loop(strategy: Strategy, fleet: Fleet, state: ServerState, stops: Sequen
     flight = None
     if strategy.slots(1) is not None:
         flight = Flight()
-        if federated_eval:
-            raise ConfigError(f"eval.federated = true: strategy {strategy.name!r} keeps its clients training between "
-                              "server steps, so they are not there to evaluate on their local splits; set "
-                              "eval.federated = false (the held-out test set still evaluates)")
-        if heterogeneity is not None and heterogeneity.stragglers:
-            raise ConfigError(f"heterogeneity.stragglers: strategy {strategy.name!r} is asynchronous; slow clients "
-                              "are simulated by [async] durations, and partial work is for synchronous rounds")
+        stragglers = heterogeneity.stragglers if heterogeneity is not None else 0.0
+        if (why := refusal(strategy, federated_eval, stragglers)) is not None:
+            raise ConfigError(why)
     if evaluation.config.get("fine_tune_steps") and not isinstance(strategy.local, LocalSGD):
         raise ConfigError(f"eval.fine_tune_steps: strategy {strategy.name!r} has no local SGD to fine-tune with "
                           "(its clients compute one full gradient)")

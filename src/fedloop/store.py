@@ -1,7 +1,9 @@
-"""The run directory: atomic writes of configs, metrics, checkpoints (safetensors) and the final model."""
+"""The run directory: atomic writes of configs, metrics, checkpoints (safetensors) and the final model; and the
+small CSV files a config names (traces, tables)."""
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import json
 import math
@@ -46,6 +48,20 @@ def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def csv_rows(path: str | Path, key: str, header: tuple[str, ...]) -> list[tuple[int, list[str]]]:
+    """The non-blank rows of a small CSV file (a trace or table the config names by `key`) with their line numbers,
+    without a first row that is `header` (case-insensitive; () keeps every row); a file that cannot be read is a
+    ConfigError naming the key and the path. The caller converts each row and names the line of a bad one."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{key} = {str(path)!r}: cannot read it ({exc.strerror or exc})") from None
+    rows = [(line, row) for line, row in enumerate(csv.reader(text.splitlines()), 1) if row]
+    if header and rows and rows[0][0] == 1 and [c.strip().lower() for c in rows[0][1]] == list(header):
+        rows = rows[1:]
+    return rows
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -11,7 +11,6 @@ tasks (evaluation, protocol messages) take no virtual time.
 
 from __future__ import annotations
 
-import csv
 import heapq
 import math
 from collections.abc import Collection, Sequence
@@ -24,6 +23,7 @@ import numpy as np
 from .. import checks
 from ..errors import ConfigError
 from ..fleet import Fleet
+from ..store import csv_rows
 from ..types import Reply, Task
 
 Duration = Literal["none", "lognormal", "csv"]
@@ -62,21 +62,17 @@ class AsyncOptions:
 def read_means(path: str | Path) -> dict[int, float]:
     """client -> mean task seconds from a CSV of `client,seconds` rows; a ConfigError names the file and row."""
     out: dict[int, float] = {}
-    try:
-        with open(path, newline="") as f:
-            for line, row in enumerate(csv.reader(f), 1):
-                if not row or (line == 1 and not row[0].strip().lstrip("-").isdigit()):
-                    continue  # blank, or the header
-                try:
-                    client, seconds = int(row[0]), float(row[1])
-                except (ValueError, IndexError):
-                    raise ConfigError(f"{path}, row {line}: expected client,seconds, not {','.join(row)!r}") from None
-                if client < 0 or not (math.isfinite(seconds) and seconds > 0):
-                    raise ConfigError(f"{path}, row {line}: client {client} with {seconds} s: expected a client id "
-                                      ">= 0 and a positive finite time")
-                out[client] = seconds
-    except OSError as exc:
-        raise ConfigError(f"async.path = {str(path)!r}: cannot read it ({exc.strerror or exc})") from None
+    for line, row in csv_rows(path, "async.path", ()):
+        if line == 1 and not row[0].strip().lstrip("-").isdigit():
+            continue  # the header
+        try:
+            client, seconds = int(row[0]), float(row[1])
+        except (ValueError, IndexError):
+            raise ConfigError(f"{path}, row {line}: expected client,seconds, not {','.join(row)!r}") from None
+        if client < 0 or not (math.isfinite(seconds) and seconds > 0):
+            raise ConfigError(f"{path}, row {line}: client {client} with {seconds} s: expected a client id >= 0 "
+                              "and a positive finite time")
+        out[client] = seconds
     if not out:
         raise ConfigError(f"async.path = {str(path)!r}: no client,seconds rows")
     return out
