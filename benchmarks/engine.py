@@ -1,15 +1,17 @@
 """Simulation speed of fedloop's executors against a raw PyTorch floor, on workloads W1-W4 (issue 3).
 
 For each workload it prints, per executor and for the floor: seconds per round (median of the timed rounds),
-client updates per second,
-peak RSS, and the ratio to the floor (below 1 is faster than the floor). The floor is the faster of
+client updates per second, peak RSS, the peak PSS of its whole process tree, and the ratio to the floor (below 1
+is faster than the floor). The floor is the faster of
   (a) a plain PyTorch loop (same model, same batches, same SGD steps, client after client, in-process
       averaging, all cores inside each step) and
   (b) the same loop split over one single-threaded forked process per core.
 Every measurement runs in its own fresh (spawned) process, so peak RSS is that run's own; "workers" is the
-largest peak of any child process (process pools). Each run does one warm-up round, then --rounds timed
-rounds with no evaluation. The last column is the largest difference between its final params and the
-floor's (a sanity check that the same work was done).
+largest peak of any child process (process pools); "tree PSS" is the peak over the run (after the data are loaded)
+of the summed proportional set size of the measuring process and all its descendants (psutil, sampled every
+0.2 s), which counts a page shared copy-on-write by k processes as 1/k in each: the memory the run really takes.
+Each run does one warm-up round, then --rounds timed rounds with no evaluation. The last column is the largest
+difference between its final params and the floor's (a sanity check that the same work was done).
 
     python benchmarks/engine.py                    # W1-W4, 5 timed rounds each
     python benchmarks/engine.py --workloads W3 W4 --rounds 5
@@ -28,9 +30,11 @@ import os
 import platform
 import resource
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 
+import psutil
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -204,16 +208,48 @@ def interleaved(name: str, rounds: int, seed: int) -> None:
           f"floor (a) {sum(plain[1:]):.3f} s, ratio {sum(ours[1:]) / sum(plain[1:]):.3f}; max |dW| {diff:.2e}")
 
 
+class TreePss:
+    """Peak summed PSS (MB) of this process and its descendants, sampled in a thread while the block runs."""
+
+    def __init__(self, every: float = 0.2) -> None:
+        self.every, self.peak, self._stop = every, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        me = psutil.Process()
+        total = 0
+        for p in (me, *me.children(recursive=True)):
+            try:
+                total += p.memory_full_info().pss
+            except psutil.Error:  # a worker that exited between the listing and the read
+                pass
+        self.peak = max(self.peak, total / 2**20)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            self.sample()
+
+    def __enter__(self) -> TreePss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.sample()
+
+
 def measure(name: str, per_round: int | None, kind: str, rounds: int, seed: int, queue: mp.Queue) -> None:
     """One measurement in a fresh process: its seconds per round, final params and peak RSS."""
     w = make_workload(name, per_round, seed)
-    if kind == "floor-a":
-        times, params = floor(w, rounds, seed, 1)
-    elif kind == "floor-b":
-        times, params = floor(w, rounds, seed, len(os.sched_getaffinity(0)))
-    else:
-        times, params = fedloop_run(w, rounds, seed, kind)
-    queue.put({"times": times, "params": {k: v.numpy().copy() for k, v in params.items()},
+    with TreePss() as pss:
+        if kind == "floor-a":
+            times, params = floor(w, rounds, seed, 1)
+        elif kind == "floor-b":
+            times, params = floor(w, rounds, seed, len(os.sched_getaffinity(0)))
+        else:
+            times, params = fedloop_run(w, rounds, seed, kind)
+    queue.put({"times": times, "params": {k: v.numpy().copy() for k, v in params.items()}, "pss": pss.peak,
                "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                "workers_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})
 
@@ -234,7 +270,7 @@ def report(name: str, per_round: int | None, executors: list[str], rounds: int, 
     k = w.strategy.sampler.clients_per_round
     print(f"\n{name}: {w.about}; {rounds} timed rounds")
     print(f"  {'run':<12}{'s/round':>10}{'updates/s':>11}{'vs floor':>10}{'RSS MB':>9}{'workers MB':>12}"
-          f"{'max |dW|':>11}")
+          f"{'tree PSS':>10}{'max |dW|':>11}")
     runs = {kind: run_one(name, per_round, kind, rounds, seed) for kind in ("floor-a", "floor-b", *executors)}
     spr = {kind: statistics.median(r["times"]) for kind, r in runs.items()}
     best = min(("floor-a", "floor-b"), key=spr.__getitem__)
@@ -244,7 +280,7 @@ def report(name: str, per_round: int | None, executors: list[str], rounds: int, 
         workers = f"{r['workers_rss']:.0f}" if r["workers_rss"] > 0 else "-"
         tag = " *" if kind == best else ""
         print(f"  {kind + tag:<12}{spr[kind]:>10.4f}{k / spr[kind]:>11.1f}{spr[kind] / spr[best]:>10.3f}"
-              f"{r['rss']:>9.0f}{workers:>12}{diff:>11.2e}")
+              f"{r['rss']:>9.0f}{workers:>12}{r['pss']:>10.0f}{diff:>11.2e}")
     print(f"  floor = {best} (*); ratio < 1 means faster than the floor; floor speed-up of the best "
           f"executor: {spr[best] / min(spr[e] for e in executors):.2f}x")
     return spr

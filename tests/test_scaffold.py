@@ -15,10 +15,14 @@ from fedloop.types import ClientInfo
 SIZES = [7, 13, 22, 38, 11]
 
 
-@pytest.mark.parametrize("executor", ["sequential", "vectorized"])
-def test_scaffold_matches_the_paper_with_partial_participation(executor):
+@pytest.mark.parametrize(("executor", "momentum"), [("sequential", 0.0), ("vectorized", 0.0), ("sequential", 0.9),
+                                                    ("vectorized", 0.9)])
+def test_scaffold_matches_the_paper_with_partial_participation(executor, momentum):
+    """The paper's SCAFFOLD (option II); with local momentum rho, c_i+ divides x - y_i by the weight momentum gives
+    the K gradients, (K - rho (1 - rho^K) / (1 - rho)) / (1 - rho), instead of by K."""
     seed, rounds, epochs, bsz, lr, eta = 4, 3, 2, 4, 0.1, 0.8
-    strategy = Scaffold(sampler=Sampler(3), server_opt=SGD(eta), local=LocalSGD(epochs=epochs, batch_size=bsz, lr=lr))
+    strategy = Scaffold(sampler=Sampler(3), server_opt=SGD(eta),
+                        local=LocalSGD(epochs=epochs, batch_size=bsz, lr=lr, momentum=momentum))
     data, part = blobs(n_train=sum(SIZES)), manual_partition(SIZES)
     res = simulate(model_fn, data, part, strategy, options(rounds, seed), sim=SimOptions(executor=executor))
 
@@ -38,8 +42,9 @@ def test_scaffold_matches_the_paper_with_partial_participation(executor):
             def drift(p, correction=correction):
                 return sum((p[k] * correction[k]).sum() for k in p)
             y, steps = local_sgd(x, data.x_train[idx], data.y_train[idx], task_seed(seed, r, i), epochs, bsz, lr,
-                                 penalty=drift)
-            new_ci = {k: ci[i][k] - c[k] + (x[k] - y[k]) / (steps * lr) for k in x}
+                                 momentum=momentum, penalty=drift)
+            weight = sum(sum(momentum ** j for j in range(k)) for k in range(1, steps + 1))  # sum_k 1 + .. + rho^(k-1)
+            new_ci = {k: ci[i][k] - c[k] + (x[k] - y[k]) / (weight * lr) for k in x}
             dcs[i] = {k: new_ci[k] - ci[i][k] for k in x}
             ci[i] = new_ci
             deltas[i] = {k: x[k] - y[k] for k in x}

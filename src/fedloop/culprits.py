@@ -37,6 +37,18 @@ def weighted_norm(update: Update) -> float:
     return update.num_examples * math.sqrt(total) if math.isfinite(total) else math.inf
 
 
+STACK_VALUES = 1 << 20
+"""Values stacked at once when the peaks of many small tensors are taken in one call."""
+
+
+def _peaks(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """max |value| of each tensor in float64 (NaN where it holds a NaN), a few tensors stacked per call (stack
+    promotes mixed dtypes)."""
+    per = max(1, STACK_VALUES // max(tensors[0].numel(), 1))
+    return torch.cat([torch.stack(list(group)).reshape(len(group), -1).abs().amax(dim=1).double()
+                      for group in (tensors[i:i + per] for i in range(0, len(tensors), per))])
+
+
 def overflows(updates: Sequence[Update], like: Params) -> bool:
     """Whether sum of n_i * update_i leaves the range of `like`'s dtypes (checked exactly, in float64, only when
     a cheap bound says it might)."""
@@ -45,7 +57,10 @@ def overflows(updates: Sequence[Update], like: Params) -> bool:
             continue
         top = torch.finfo(ref.dtype).max
         parts = [u for u in updates if name in u.params and u.params[name].numel()]
-        bound = sum(u.num_examples * float(u.params[name].detach().abs().max()) for u in parts)
+        if not parts:
+            continue
+        bound = float(_peaks([u.params[name].detach() for u in parts]) @
+                      torch.tensor([float(u.num_examples) for u in parts], dtype=torch.float64))
         if not bound <= top:  # NaN too
             total = sum(u.num_examples * u.params[name].detach().double() for u in parts)
             if not (isinstance(total, torch.Tensor) and bool(torch.isfinite(total).all())

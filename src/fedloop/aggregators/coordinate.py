@@ -1,4 +1,5 @@
-"""Coordinate-wise robust aggregators, computed one column chunk at a time over the stacked updates.
+"""Coordinate-wise robust aggregators, computed one chunk of coordinates at a time, each coordinate's n values
+sorted (base.sorted_columns).
 
 median: each coordinate's median (the mean of the two middle values for an even count). Tolerates f < n/2
 Byzantine updates (Yin et al. 2018).
@@ -17,16 +18,21 @@ import torch
 
 from .. import checks
 from ..types import Params, Update
-from .base import AggState, check_round_size, names_of, per_column, shaped
+from .base import AggState, check_round_size, names_of, per_sorted_column, shaped
 
 
 def coordinate_median(rows: torch.Tensor) -> torch.Tensor:
     """The median of each column of [n, d] rows (even n: the mean of the two middle values)."""
-    ordered, _ = torch.sort(rows, dim=0)
-    n = rows.shape[0]
+    return middle(torch.sort(rows, dim=0).values.T)
+
+
+def middle(ordered: torch.Tensor) -> torch.Tensor:
+    """The median of each row of [d, n] rows sorted ascending, in float64 (even n: the mean of the two middle
+    values, which float64 holds exactly for float32 inputs)."""
+    n = ordered.shape[1]
     if n % 2:
-        return ordered[n // 2]
-    return (ordered[n // 2 - 1] + ordered[n // 2]) / 2
+        return ordered[:, n // 2].double()
+    return (ordered[:, n // 2 - 1].double() + ordered[:, n // 2].double()) / 2
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,7 @@ class Median:
     def apply(self, updates: Sequence[Update], state: AggState
               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         names = names_of(updates)
-        return {k: shaped(updates, k, per_column(updates, k, lambda rows, _: coordinate_median(rows)))
-                for k in names}, {}
+        return {k: shaped(updates, k, per_sorted_column(updates, k, middle)) for k in names}, {}
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class TrimmedMean:
         check_round_size(self, n)
         names = names_of(updates)
 
-        def trimmed(rows: torch.Tensor, _: slice) -> torch.Tensor:
-            return torch.sort(rows, dim=0).values[cut:n - cut].mean(dim=0)
+        def trimmed(ordered: torch.Tensor) -> torch.Tensor:
+            return ordered[:, cut:n - cut].double().mean(dim=1)
 
-        return {k: shaped(updates, k, per_column(updates, k, trimmed)) for k in names}, {}
+        return {k: shaped(updates, k, per_sorted_column(updates, k, trimmed)) for k in names}, {}

@@ -1,9 +1,10 @@
 """The processes executor: a pool of forked single-threaded workers, each training a share of the round.
 
 Workers are forked from the fleet's process, so client data (views into shared arrays) are inherited without a
-copy per client. Each worker gets one contiguous share of the jobs, balanced by examples, and trains it with its
-own inner executor (sequential, or vectorized for many small clients). Each broadcast travels once per share and
-training results come back as NumPy arrays through the pool's pipe; the client apps finish in the fleet's process.
+copy per client. Each worker gets one share of the jobs, balanced by examples (packing.plan_shares), and trains
+it with its own inner executor (sequential, or vectorized for many small clients). Each broadcast travels once per
+share and training results come back as NumPy arrays through the pool's pipe; the client apps finish in the fleet's
+process.
 """
 
 from __future__ import annotations

@@ -117,8 +117,9 @@ def _schedule(program: SGDProgram, tasks: Sequence[Task], data: Sequence[Example
         orders = [torch.arange(n) for n in sizes_list]
     else:
         orders = []
+        gen = torch.Generator()
         for task, n in zip(tasks, sizes_list, strict=True):
-            gen = torch.Generator().manual_seed(task.seed)  # the same draws as train_program
+            gen.manual_seed(task.seed)  # the same draws as train_program
             orders += [torch.randperm(n, generator=gen) for _ in range(epochs)]
     n_max = max(sizes_list)
     order = _pad(orders, sizes_list).view(-1)  # client c, epoch e: order[(c * epochs + e) * n_max + i]
@@ -193,6 +194,8 @@ def _train_chunk(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: Loss
     loss_sum = torch.zeros(count)
     correct_sum = torch.zeros(count)
     scored = plan.y.dim() == 1 and not plan.y.is_floating_point()
+    rows_per_step = mask.sum(dim=2)  # [clients, steps]
+    divisors = rows_per_step.clamp(min=1.0)
     model.train()
     for s, active in enumerate(active_at):
         idx, m = rows[:active, s], mask[:active, s]
@@ -200,8 +203,8 @@ def _train_chunk(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: Loss
         yb = plan.y[idx.reshape(-1)].view(active, idx.shape[1], *plan.y.shape[1:])
         sub = {k: v[:active].detach().requires_grad_() for k, v in params.items()}
         outputs = forward(sub, xb)
-        n = m.sum(dim=1)
-        losses = (row_losses(outputs, yb) * m).sum(dim=1) / n.clamp(min=1.0)
+        n = rows_per_step[:active, s]
+        losses = (row_losses(outputs, yb) * m).sum(dim=1) / divisors[:active, s]
         total = losses.sum()
         if penalty is not None:
             total = total + penalty(sub, global_params, {} if aux is None else
