@@ -19,7 +19,6 @@ from .data import Dataset, Examples, Partition, load_dataset, make_partition
 from .errors import AggregationError, CheckpointError, ConfigError, DataError, FedloopError, TransportError
 from .experiment import load_model, run_config, simulate
 from .loop import RoundPolicy
-from .memory import return_freed_memory
 from .models import build_model
 from .observers import Observer
 from .run import CheckpointOptions, EvalOptions, RunOptions, StopOptions
@@ -48,8 +47,6 @@ from .transforms import Clip, Transform
 from .types import RunResult
 
 __version__ = "0.1.0"
-
-return_freed_memory()  # before the user loads any data: see memory.py
 
 __all__ = [
     "SGD", "Adagrad", "Adam", "AggregationError", "App", "ChaosFleet", "CheckpointError", "CheckpointOptions",

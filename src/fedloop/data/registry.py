@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from ..memory import return_freed_memory
 from .examples import Dataset
 from .tabular import holdout
 
@@ -55,6 +56,13 @@ def load_dataset(name: str, path: str | Path | None = None, *, seed: int = 0, te
                  split: str = "balanced", label_column: str = "label", test_path: str | Path | None = None,
                  alpha: float = 1.0, beta: float = 1.0, num_users: int = 30) -> Dataset:
     """Read or generate dataset `name`; DataError names the file and what is wrong with it."""
+    data = _read(name, path, seed, test_fraction, split, label_column, test_path, alpha, beta, num_users)
+    return_freed_memory()  # the decoding buffers, which glibc would keep (memory.py)
+    return data
+
+
+def _read(name: str, path: str | Path | None, seed: int, test_fraction: float, split: str, label_column: str,
+          test_path: str | Path | None, alpha: float, beta: float, num_users: int) -> Dataset:
     where = data_source(name, path)
     if name == "digits":
         return load_digits(test_fraction, seed)

@@ -21,6 +21,7 @@ from concurrent.futures.process import BrokenProcessPool
 import torch
 
 from ..client import ClientApp
+from ..memory import return_freed_memory
 from ..types import Task
 from .executors import Executor, Job, Result, Sequential, Vectorized
 from .packing import Arrays, Packed, dispatch, run_packed, unpack_result
@@ -40,6 +41,7 @@ def _start_worker(resolve: Callable[[int], ClientApp]) -> None:
 
 def _run_share(inner: str, broadcast: Packed, tasks: list[Task], states: list[Arrays]) -> list[Result]:
     assert _resolve is not None
+    return_freed_memory()  # what the worker's last share sent back (memory.py)
     return run_packed(_inner[inner].run, _resolve, broadcast, tasks, states)
 
 
@@ -71,6 +73,7 @@ class Processes:
     def run(self, jobs: Sequence[Job], until: float | None = None) -> list[Result]:
         if not jobs:
             return []
+        return_freed_memory()  # the last round's updates and the buffers they came through (memory.py)
         queue = deque(Share(members, *packed) for members, packed in dispatch(
             jobs, self.workers, pack=lambda b: b, submit=lambda _, b, light, states: (b, light, states)))
         results: list[Result | None] = [None] * len(jobs)
