@@ -1,5 +1,6 @@
 """Give the memory a simulation has just freed back to the system (glibc's malloc_trim), at the two points where
-it frees a lot at once: after a dataset is decoded, and after a round's results came back from worker processes.
+it frees a lot at once: after a dataset is decoded, and before a round of the processes executor whose last round
+brought back large results (sim/processes.py, TRIM_AFTER).
 
 glibc keeps freed blocks in its heap for reuse, and after it frees a block it had mapped on its own it raises its
 mmap threshold to that block's size (up to 32 MiB), so later blocks of that size come from the heap as well, and

@@ -20,8 +20,9 @@ from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
-from ..client import ClientApp
+from ..client import ClientApp, Trained
 from ..memory import return_freed_memory
+from ..params import num_bytes
 from ..types import Task
 from .executors import Executor, Job, Result, Sequential, Vectorized
 from .packing import Arrays, Packed, dispatch, run_packed, unpack_result
@@ -41,8 +42,13 @@ def _start_worker(resolve: Callable[[int], ClientApp]) -> None:
 
 def _run_share(inner: str, broadcast: Packed, tasks: list[Task], states: list[Arrays]) -> list[Result]:
     assert _resolve is not None
-    return_freed_memory()  # what the worker's last share sent back (memory.py)
     return run_packed(_inner[inner].run, _resolve, broadcast, tasks, states)
+
+
+TRIM_AFTER = 32 << 20
+"""Results of at least this many bytes in a round are worth handing back to the system before the next round; below
+it, re-filling the freed pages costs more than keeping them (W2 of benchmarks/engine.py, 8 MB a round: 10% slower
+with a trim every round)."""
 
 
 def default_workers() -> int:
@@ -63,6 +69,8 @@ class Processes:
         self.inner = inner
         self._pool: ProcessPoolExecutor | None = None
         self._incidents: list[str] = []
+        self._held = 0
+        """Bytes of the training results the last round brought back."""
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
@@ -73,7 +81,8 @@ class Processes:
     def run(self, jobs: Sequence[Job], until: float | None = None) -> list[Result]:
         if not jobs:
             return []
-        return_freed_memory()  # the last round's updates and the buffers they came through (memory.py)
+        if self._held >= TRIM_AFTER:  # the last round's updates and the buffers they came through (memory.py)
+            return_freed_memory()
         queue = deque(Share(members, *packed) for members, packed in dispatch(
             jobs, self.workers, pack=lambda b: b, submit=lambda _, b, light, states: (b, light, states)))
         results: list[Result | None] = [None] * len(jobs)
@@ -104,6 +113,7 @@ class Processes:
             if until is not None and time.monotonic() >= until:
                 while queue:
                     fail(queue.popleft(), results, "no reply before the deadline")
+        self._held = sum(num_bytes(r.update) for r in results if isinstance(r, Trained))
         return [r for r in results if r is not None]
 
     def incidents(self) -> list[str]:
