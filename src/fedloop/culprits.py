@@ -41,12 +41,15 @@ STACK_VALUES = 1 << 20
 """Values stacked at once when the peaks of many small tensors are taken in one call."""
 
 
-def _peaks(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """max |value| of each tensor in float64 (NaN where it holds a NaN), a few tensors stacked per call (stack
-    promotes mixed dtypes)."""
-    per = max(1, STACK_VALUES // max(tensors[0].numel(), 1))
-    return torch.cat([torch.stack(list(group)).reshape(len(group), -1).abs().amax(dim=1).double()
-                      for group in (tensors[i:i + per] for i in range(0, len(tensors), per))])
+def _peaks(updates: Sequence[Update], name: str) -> torch.Tensor:
+    """max |value| of tensor `name` of each update, in float64 (NaN where it holds a NaN): a few updates' tensors
+    stacked per call (stack promotes mixed dtypes)."""
+    per = max(1, STACK_VALUES // max(updates[0].params[name].numel(), 1))
+    peaks = []
+    for i in range(0, len(updates), per):
+        group = [u.params[name].detach() for u in updates[i:i + per]]
+        peaks.append(torch.stack(group).reshape(len(group), -1).abs().amax(dim=1).double())
+    return torch.cat(peaks)
 
 
 def overflows(updates: Sequence[Update], like: Params) -> bool:
@@ -59,8 +62,11 @@ def overflows(updates: Sequence[Update], like: Params) -> bool:
         parts = [u for u in updates if name in u.params and u.params[name].numel()]
         if not parts:
             continue
-        bound = float(_peaks([u.params[name].detach() for u in parts]) @
-                      torch.tensor([float(u.num_examples) for u in parts], dtype=torch.float64))
+        if all(isinstance(u.params, dict) for u in parts):  # in memory: a few stacked per call
+            bound = float(_peaks(parts, name) @ torch.tensor([float(u.num_examples) for u in parts],
+                                                             dtype=torch.float64))
+        else:  # spooled to disk: one read at a time
+            bound = sum(u.num_examples * float(u.params[name].detach().abs().max()) for u in parts)
         if not bound <= top:  # NaN too
             total = sum(u.num_examples * u.params[name].detach().double() for u in parts)
             if not (isinstance(total, torch.Tensor) and bool(torch.isfinite(total).all())
