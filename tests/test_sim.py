@@ -468,8 +468,9 @@ print(before - rss())
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="malloc_trim is glibc's (memory.py)")
 def test_freed_heap_memory_goes_back_to_the_system():
-    """64 MiB freed inside glibc's heap stay in the process until memory.return_freed_memory, which the processes
-    executor calls every round and load_dataset after decoding (benchmarks/engine.py W1's process-tree PSS)."""
+    """64 MiB freed inside glibc's heap stay in the process until memory.return_freed_memory, which load_dataset
+    calls after decoding and the processes executor after a round with large results (benchmarks/engine.py W1's
+    process-tree PSS)."""
     back = {how: int(subprocess.run([sys.executable, "-c", RETAINED, how], capture_output=True, text=True,
                                     check=True).stdout) for how in ("keep", "trim")}
     assert back["keep"] < 4 << 20, back  # the control: without the call the hole stays resident

@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 
 import torch
 
-from .types import Failure, Params, Update
+from .types import Failure, Params, Update, in_memory
 
 OUTLIER = 1000.0
 """How many times the median weighted norm of the kept updates a finite update must reach to be blamed."""
@@ -62,7 +62,7 @@ def overflows(updates: Sequence[Update], like: Params) -> bool:
         parts = [u for u in updates if name in u.params and u.params[name].numel()]
         if not parts:
             continue
-        if all(isinstance(u.params, dict) for u in parts):  # in memory: a few stacked per call
+        if all(in_memory(u.params) for u in parts):  # a few stacked per call
             bound = float(_peaks(parts, name) @ torch.tensor([float(u.num_examples) for u in parts],
                                                              dtype=torch.float64))
         else:  # spooled to disk: one read at a time

@@ -13,6 +13,13 @@ from torch import nn
 Params = Mapping[str, torch.Tensor]
 """A model's named floating-point tensors, in the model's own order. Matched by name, never by position."""
 
+
+def in_memory(params: Params) -> bool:
+    """Whether the tensors are held in memory (a dict), not read from disk at each lookup (a spooled upload,
+    net/spool.py): what may be read whole, several updates at once."""
+    return isinstance(params, dict)
+
+
 ConfigValue = bool | int | float | str | bytes
 """A value of a task's small per-task config map."""
 

@@ -56,6 +56,11 @@ SORT_VALUES = 1 << 22
 sorted in chunks of at most SORT_VALUES // n coordinates (measured: 2^20 and 2^21 were slower at n = 1,000)."""
 
 
+PARALLEL_SORT = 1 << 20
+"""Values (coordinates x updates) from which several threads sort (below, starting them costs more than it
+saves)."""
+
+
 def sorted_columns(updates: Sequence[Update], name: str) -> Iterator[tuple[slice, torch.Tensor]]:
     """Tensor `name` of every update, flattened, as [width, n] chunks in which each row (one coordinate across the
     n updates) is sorted ascending, NaN last. Values keep their dtype when it is float32 or float64 (sorting and
@@ -82,31 +87,21 @@ def sorted_columns(updates: Sequence[Update], name: str) -> Iterator[tuple[slice
             yield from pool.map(sort, chunks[at:at + threads])
 
 
-PARALLEL_SORT = 1 << 20
-"""Values (coordinates x updates) from which several threads sort (below, starting them costs more than it
-saves)."""
-
-
-def per_sorted_column(updates: Sequence[Update], name: str, fn: Callable[[torch.Tensor], torch.Tensor]
-                      ) -> torch.Tensor:
-    """fn(sorted rows) -> one value per row, over every chunk of sorted_columns: a flat float64 result."""
-    out = torch.empty(updates[0].params[name].numel(), dtype=torch.float64)
-    for cols, rows in sorted_columns(updates, name):
-        out[cols] = fn(rows)
-    return out
-
-
 def flat_slice(params: Params, name: str, cols: slice) -> torch.Tensor:
     """Values cols of tensor `name` flattened; a spooled update reads only the rows that hold them."""
     read = getattr(params, "flat_slice", None)
     return read(name, cols) if read is not None else params[name].reshape(-1)[cols]
 
 
-def per_column(updates: Sequence[Update], name: str,
-               fn: Callable[[torch.Tensor, slice], torch.Tensor]) -> torch.Tensor:
-    """fn(rows, cols) -> one value per column, over every chunk of tensor `name`: a flat float64 result."""
+Chunks = Callable[[Sequence[Update], str], Iterator[tuple[slice, torch.Tensor]]]
+
+
+def per_column(updates: Sequence[Update], name: str, fn: Callable[[torch.Tensor, slice], torch.Tensor],
+               chunks: Chunks = column_chunks) -> torch.Tensor:
+    """fn(rows, cols) -> one value per coordinate, over every chunk of tensor `name` (column_chunks' [n, width], or
+    sorted_columns' [width, n]): a flat float64 result."""
     out = torch.empty(updates[0].params[name].numel(), dtype=torch.float64)
-    for cols, rows in column_chunks(updates, name):
+    for cols, rows in chunks(updates, name):
         out[cols] = fn(rows, cols)
     return out
 

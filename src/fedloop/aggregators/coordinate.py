@@ -18,7 +18,7 @@ import torch
 
 from .. import checks
 from ..types import Params, Update
-from .base import AggState, check_round_size, names_of, per_sorted_column, shaped
+from .base import AggState, check_round_size, names_of, per_column, shaped, sorted_columns
 
 
 def coordinate_median(rows: torch.Tensor) -> torch.Tensor:
@@ -45,7 +45,8 @@ class Median:
     def apply(self, updates: Sequence[Update], state: AggState
               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         names = names_of(updates)
-        return {k: shaped(updates, k, per_sorted_column(updates, k, middle)) for k in names}, {}
+        return {k: shaped(updates, k, per_column(updates, k, lambda ordered, _: middle(ordered), sorted_columns))
+                for k in names}, {}
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class TrimmedMean:
         check_round_size(self, n)
         names = names_of(updates)
 
-        def trimmed(ordered: torch.Tensor) -> torch.Tensor:
+        def trimmed(ordered: torch.Tensor, _: slice) -> torch.Tensor:
             return ordered[:, cut:n - cut].sum(dim=1, dtype=torch.float64) / (n - 2 * cut)
 
-        return {k: shaped(updates, k, per_sorted_column(updates, k, trimmed)) for k in names}, {}
+        return {k: shaped(updates, k, per_column(updates, k, trimmed, sorted_columns)) for k in names}, {}

@@ -11,7 +11,7 @@ import torch
 from .. import checks
 from ..errors import AggregationError
 from ..params import check_compatible
-from ..types import Params, Update
+from ..types import Params, Update, in_memory
 from .base import AggState, Weighting
 
 
@@ -54,7 +54,7 @@ class WeightedMean:
         sums = list(acc.values())
         for u, w in zip(updates, self.weights(updates), strict=True):
             check_compatible(first, u.params, what=f"update of client {u.client_id}")
-            if isinstance(u.params, dict):  # in memory: one call for all its tensors, the same arithmetic as add_
+            if in_memory(u.params):  # one call for all its tensors, the same arithmetic as add_
                 torch._foreach_add_(sums, [u.params[k] for k in acc], alpha=w)
                 continue
             for k, v in u.params.items():  # read from disk one tensor at a time

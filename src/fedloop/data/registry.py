@@ -56,38 +56,34 @@ def load_dataset(name: str, path: str | Path | None = None, *, seed: int = 0, te
                  split: str = "balanced", label_column: str = "label", test_path: str | Path | None = None,
                  alpha: float = 1.0, beta: float = 1.0, num_users: int = 30) -> Dataset:
     """Read or generate dataset `name`; DataError names the file and what is wrong with it."""
-    data = _read(name, path, seed, test_fraction, split, label_column, test_path, alpha, beta, num_users)
-    return_freed_memory()  # the decoding buffers, which glibc would keep (memory.py)
-    return data
+    try:
+        where = data_source(name, path)
+        if name == "digits":
+            return load_digits(test_fraction, seed)
+        if name == "synthetic":
+            return make_synthetic_dataset(alpha, beta, num_users, seed)
+        assert where is not None
+        if name in ("mnist", "fashion-mnist", "kmnist", "emnist"):
+            from .idx import load_idx_dataset
 
+            return load_idx_dataset(name, where, split)
+        if name in ("cifar10", "cifar100"):
+            from .cifar import load_cifar
 
-def _read(name: str, path: str | Path | None, seed: int, test_fraction: float, split: str, label_column: str,
-          test_path: str | Path | None, alpha: float, beta: float, num_users: int) -> Dataset:
-    where = data_source(name, path)
-    if name == "digits":
-        return load_digits(test_fraction, seed)
-    if name == "synthetic":
-        return make_synthetic_dataset(alpha, beta, num_users, seed)
-    assert where is not None
-    if name in ("mnist", "fashion-mnist", "kmnist", "emnist"):
-        from .idx import load_idx_dataset
+            return load_cifar(name, where)
+        if name in ("femnist", "shakespeare", "sent140"):
+            from .leaf import load_leaf
 
-        return load_idx_dataset(name, where, split)
-    if name in ("cifar10", "cifar100"):
-        from .cifar import load_cifar
+            return load_leaf(name, where)
+        if name == "npz":
+            from .tabular import load_npz
 
-        return load_cifar(name, where)
-    if name in ("femnist", "shakespeare", "sent140"):
-        from .leaf import load_leaf
+            return load_npz(where, test_fraction, seed)
+        from .tabular import load_csv
 
-        return load_leaf(name, where)
-    if name == "npz":
-        from .tabular import load_npz
-
-        return load_npz(where, test_fraction, seed)
-    from .tabular import load_csv
-
-    return load_csv(where, label_column, Path(test_path) if test_path else None, test_fraction, seed)
+        return load_csv(where, label_column, Path(test_path) if test_path else None, test_fraction, seed)
+    finally:
+        return_freed_memory()  # the decoding buffers, which glibc would keep (memory.py)
 
 
 def make_synthetic_dataset(alpha: float, beta: float, num_users: int, seed: int) -> Dataset:
