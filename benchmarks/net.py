@@ -1,11 +1,11 @@
 """The gRPC deployment on loopback: one server process and N lightweight clients, a 1M-parameter model.
 
 Clients are coroutines (grpc.aio) in a few processes that import only grpc, NumPy and safetensors (no torch): each joins
-with its own token over TLS, pulls its task, decodes the params and pushes back a same-shaped update (zeros;
-the server checks and aggregates it like any other). So the figures are the server's and the protocol's
-costs, not training. Per N it prints seconds per round (median), the server's peak RSS, and the bytes that
-crossed the loopback interface per round (TLS and gRPC framing included) against the raw size of the params
-moved (N x params down + N x params up).
+with its own token over TLS, pulls its task (all of its bytes) and pushes back a same-shaped update (zeros, encoded
+once per client process and task layout; the server checks and aggregates it like any other). So the figures are
+the server's and the protocol's costs, not training. Per N it prints seconds per round (median), the server's peak
+RSS, and the bytes that crossed the loopback interface per round (TLS and gRPC framing included) against the raw size
+of the params moved (N x params down + N x params up).
 
 With --secagg the round runs under secure aggregation: each light client answers the advertise, share and unmask
 stages with fedloop's own protocol code (fedloop.secagg.protocol, which needs no torch) and sends its zero update
@@ -57,16 +57,34 @@ def _import_protocol():
     return fedloop_pb2, fedloop_pb2_grpc
 
 
+_ZERO_REPLIES: dict[bytes, tuple[int, list[bytes]]] = {}
+"""A client process's zero update per task layout (the task's safetensors header), as serialized upload messages:
+its clients send the same bytes, so the clients' CPU, which shares this machine with the server, goes to the
+protocol rather than to encoding zeros."""
+
+
+def _zero_reply(parts: list[bytes], pb) -> tuple[int, list[bytes]]:  # noqa: ANN001 - the generated module
+    from safetensors.numpy import load, save
+
+    head = parts[0][:8 + int.from_bytes(parts[0][:8], "little")]  # safetensors: length, then its JSON header
+    if head not in _ZERO_REPLIES:
+        payload = save({k: v * 0 for k, v in load(b"".join(parts)).items()})
+        _ZERO_REPLIES[head] = len(payload), [pb.ReplyChunk(data=payload[i:i + CHUNK]).SerializeToString()
+                                             for i in range(0, len(payload), CHUNK)]
+    return _ZERO_REPLIES[head]
+
+
 async def _client(port: int, certs: Path, cid: int, digest: str) -> None:
     """One light client: a coroutine with its own TLS channel on its process's event loop."""
     import grpc
-    from safetensors.numpy import load, save
 
     pb, pb_grpc = _import_protocol()
     creds = grpc.ssl_channel_credentials(root_certificates=(certs / "ca.pem").read_bytes())
     options = [("grpc.max_receive_message_length", 8 << 20), ("grpc.max_send_message_length", 8 << 20)]
     async with grpc.aio.secure_channel(f"127.0.0.1:{port}", creds, options=options) as channel:
         stub = pb_grpc.FederationStub(channel)
+        put = channel.stream_unary("/fedloop.Federation/PutReply", response_deserializer=pb.PutAck.FromString,
+                                   request_serializer=lambda m: m if isinstance(m, bytes) else m.SerializeToString())
         meta = [("authorization", f"Bearer {(certs / f'client-{cid}.token').read_text().strip()}")]
         await stub.Join(pb.JoinRequest(num_examples=10, input_shape=[FEATURES], num_classes=10, model_digest=digest),
                         metadata=meta, timeout=600)
@@ -82,17 +100,19 @@ async def _client(port: int, certs: Path, cid: int, digest: str) -> None:
             parts_in = []
             while (chunk := await call.read()) is not grpc.aio.EOF:
                 parts_in.append(chunk.data)
-            data = b"".join(parts_in)
+            if sum(map(len, parts_in)) != header.size:
+                raise RuntimeError(f"client {cid}: task {header.seq} has {sum(map(len, parts_in))} bytes, its header "
+                                   f"says {header.size}")
             if header.kind == pb.TASK_SECAGG or "secagg.shares" in header.config:
                 payload = _secure_reply(cid, header, sessions)
                 reply = pb.ReplyHeader(round=header.round, kind=pb.REPLY_MESSAGE, size=len(payload), seq=header.seq)
+                parts = [pb.ReplyChunk(data=payload[i:i + CHUNK]) for i in range(0, len(payload), CHUNK)]
             else:
-                payload = save({k: v * 0 for k, v in load(data).items()})
-                reply = pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=10, size=len(payload),
+                size, parts = _zero_reply(parts_in, pb)
+                reply = pb.ReplyHeader(round=header.round, kind=pb.REPLY_FIT, num_examples=10, size=size,
                                        seq=header.seq)
-            parts = [pb.ReplyChunk(header=reply)]
-            parts += [pb.ReplyChunk(data=payload[i:i + CHUNK]) for i in range(0, len(payload), CHUNK)]
-            await stub.PutReply(iter(parts), metadata=meta, timeout=600)
+            del parts_in
+            await put(iter([pb.ReplyChunk(header=reply), *parts]), metadata=meta, timeout=600)
             after = header.seq
 
 
@@ -150,6 +170,7 @@ def _server(config: str, out: str, certs: str, queue: mp.Queue) -> None:
     done.set()
     cancelled = "cancelled: the round had its"
     queue.put({"seconds": [r["seconds"] for r in result.history], "fds": fds[0],
+               "aggregate": [r["timings"]["aggregate"] for r in result.history],
                "failed": sum(any(not f["reason"].startswith(cancelled) for f in r.get("failed_clients", []))
                              for r in result.history),
                "cancelled": sum(sum(f["reason"].startswith(cancelled) for f in r.get("failed_clients", []))
@@ -229,7 +250,8 @@ round_deadline = 600
     print(f"  N={n:<4} {per_round:>9.3f} s/round  server peak RSS {out['rss']:>6.0f} MB  "
           f"loopback {wire / (rounds + 1) / 1e6:>8.1f} MB/round vs raw params {raw / 1e6:>7.1f} MB/round "
           f"({wire / (rounds + 1) / raw:.3f}x)  peak fds {out['fds']}  rounds with failures "
-          f"{out['failed']}/{len(out['seconds'])}  server CPU {out['cpu'] / len(out['seconds']):.1f} s/round"
+          f"{out['failed']}/{len(out['seconds'])}  server CPU {out['cpu'] / len(out['seconds']):.1f} s/round  "
+          f"aggregation {statistics.median(out['aggregate'][1:]):.2f} s/round"
           + (f"  cancelled {out['cancelled']}" if over else ""))
 
 

@@ -192,3 +192,39 @@ def test_a_spooled_update_is_read_a_column_chunk_at_a_time_with_the_same_values(
             assert torch.equal(spooled.flat_slice(name, cols), t.reshape(-1)[cols])
     updates = [Update(i, 1, SpooledParams(tmp_path / "u.safetensors", list(tensors)), 1) for i in range(3)]
     assert torch.equal(Median().apply(updates, {})[0]["w"], tensors["w"])
+
+
+def test_a_checked_upload_is_read_once_by_the_mean_and_not_by_the_overflow_bound(tmp_path, monkeypatch):
+    """The upload's check records each tensor's shape and largest |value|, so that the round's compatibility check
+    and overflow bound read nothing from disk and the mean reads each tensor once; the mean's bits are those of the
+    same updates in memory. An upload with NaN or infinity fails the check."""
+    from safetensors.torch import save_file
+
+    from fedloop import culprits
+    from fedloop.net.spool import SpooledParams, check_spooled
+
+    gen = torch.Generator().manual_seed(0)
+    reference = {"w": torch.zeros(4, 3), "b": torch.zeros(3)}
+    tensors = [{"w": torch.randn(4, 3, generator=gen), "b": torch.randn(3, generator=gen)} for _ in range(3)]
+    spooled = []
+    for i, t in enumerate(tensors):
+        save_file(t, tmp_path / f"u{i}.safetensors")
+        checked, why = check_spooled(tmp_path / f"u{i}.safetensors", reference, {})
+        assert why is None and checked is not None
+        assert checked[0].peaks == {k: float(v.abs().max()) for k, v in t.items()}
+        spooled.append(Update(i, 1, checked[0], 2 + i))
+    reads: list[str] = []
+    read = SpooledParams.__getitem__
+    monkeypatch.setattr(SpooledParams, "__getitem__", lambda self, name: reads.append(name) or read(self, name))
+    assert not culprits.overflows(spooled, reference) and reads == []
+    mean = WeightedMean().apply(spooled, {})[0]
+    assert len(reads) == 2 * len(spooled) + 2  # each update's two tensors, and the first's for the sums' dtypes
+    in_memory = WeightedMean().apply([Update(i, 1, t, 2 + i) for i, t in enumerate(tensors)], {})[0]
+    assert all(torch.equal(mean[k], in_memory[k]) for k in in_memory)
+    huge = {"w": torch.full((4, 3), 3e38), "b": torch.zeros(3)}  # 2 x 3e38 leaves float32
+    save_file(huge, tmp_path / "huge.safetensors")
+    checked, _ = check_spooled(tmp_path / "huge.safetensors", reference, {})
+    assert checked is not None and culprits.overflows([Update(9, 1, checked[0], 2)], reference)
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        save_file({"w": torch.tensor([[0.0] * 3] * 3 + [[1.0, bad, 2.0]]), "b": torch.zeros(3)}, tmp_path / "bad.st")
+        assert check_spooled(tmp_path / "bad.st", reference, {}) == (None, "tensor 'w' holds NaN or infinite values")

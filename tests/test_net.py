@@ -499,13 +499,15 @@ def test_scaffold_clients_keep_their_control_variates_across_a_retried_round_and
 
 
 def test_a_round_encodes_the_params_its_tasks_share_once(monkeypatch, tmp_path):
-    """Whatever the number of clients, the server holds one encoded copy of a round's params (and extras)."""
+    """Whatever the number of clients, the server holds one encoded copy of a round's params (and extras), and
+    its download messages are serialized once."""
     from fedloop.net import fleet as fleet_module
     from fedloop.net.auth import Authenticator
+    from fedloop.net.codec import Download
     from fedloop.net.spool import Spool
 
     calls = []
-    monkeypatch.setattr(fleet_module, "encode", lambda params, extras: calls.append(1) or b"")
+    monkeypatch.setattr(fleet_module, "encode_download", lambda params, extras: calls.append(1) or Download(0, ()))
     fleet = fleet_module.GrpcFleet(Authenticator({"t": 0}), "{}", "run", Spool(tmp_path / "spool", 1 << 20))
     params = {"w": torch.zeros(3)}
     for strategy in (FedAvg(sampler=Sampler(None)), Scaffold(sampler=Sampler(None))):
@@ -981,4 +983,4 @@ def test_an_over_selected_round_over_grpc_ends_at_its_size_and_cancels_the_slow_
     rounds = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["clients"], len(r["selected"])) for r in rounds] == [(4, 5)] * 4
     assert rounds[0]["failed_clients"] == [{"client": 4, "reason": "cancelled: the round had its 4 replies"}]
-    assert "refusing all its calls" not in log and "refused an upload" not in log
+    assert "refusing all its calls" not in log and "refused an upload" not in log and "rejected the reply" not in log

@@ -20,7 +20,7 @@ from typing import Generic, TypeVar
 
 import torch
 
-from .types import Failure, Params, Update, in_memory
+from .types import Failure, Params, Update, in_memory, shape_of
 
 OUTLIER = 1000.0
 """How many times the median weighted norm of the kept updates a finite update must reach to be blamed."""
@@ -52,6 +52,11 @@ def _peaks(updates: Sequence[Update], name: str) -> torch.Tensor:
     return torch.cat(peaks)
 
 
+def _peak(params: Params, name: str) -> float:
+    known = getattr(params, "peaks", None)  # a spooled upload's, recorded by its check (net/spool.py)
+    return known[name] if known is not None and name in known else float(params[name].detach().abs().max())
+
+
 def overflows(updates: Sequence[Update], like: Params) -> bool:
     """Whether sum of n_i * update_i leaves the range of `like`'s dtypes (checked exactly, in float64, only when
     a cheap bound says it might)."""
@@ -59,14 +64,14 @@ def overflows(updates: Sequence[Update], like: Params) -> bool:
         if not ref.is_floating_point():
             continue
         top = torch.finfo(ref.dtype).max
-        parts = [u for u in updates if name in u.params and u.params[name].numel()]
+        parts = [u for u in updates if name in u.params and shape_of(u.params, name).numel()]
         if not parts:
             continue
         if all(in_memory(u.params) for u in parts):  # a few stacked per call
             bound = float(_peaks(parts, name) @ torch.tensor([float(u.num_examples) for u in parts],
                                                              dtype=torch.float64))
-        else:  # spooled to disk: one read at a time
-            bound = sum(u.num_examples * float(u.params[name].detach().abs().max()) for u in parts)
+        else:  # spooled to disk: the peaks its check recorded, else one read at a time
+            bound = sum(u.num_examples * _peak(u.params, name) for u in parts)
         if not bound <= top:  # NaN too
             total = sum(u.num_examples * u.params[name].detach().double() for u in parts)
             if not (isinstance(total, torch.Tensor) and bool(torch.isfinite(total).all())

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from .errors import AggregationError
-from .types import Params
+from .types import Params, shape_of
 
 
 def named_tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
@@ -36,10 +36,10 @@ def check_compatible(a: Params, b: Params, what: str = "update") -> None:
         raise AggregationError(
             f"{what} names differ: missing {sorted(set(a) - set(b))}, unexpected {sorted(set(b) - set(a))}"
         )
-    for name, t in a.items():
-        if t.shape != b[name].shape:
-            raise AggregationError(f"{what} tensor {name!r} has shape {tuple(b[name].shape)}, "
-                                   f"expected {tuple(t.shape)}")
+    for name in a:
+        if shape_of(a, name) != shape_of(b, name):
+            raise AggregationError(f"{what} tensor {name!r} has shape {tuple(shape_of(b, name))}, "
+                                   f"expected {tuple(shape_of(a, name))}")
 
 
 def clone(a: Params) -> dict[str, torch.Tensor]:

@@ -20,6 +20,12 @@ def in_memory(params: Params) -> bool:
     return isinstance(params, dict)
 
 
+def shape_of(params: Params, name: str) -> torch.Size:
+    """A tensor's shape, without reading it where `params` knows its shapes (a spooled upload, net/spool.py)."""
+    known = getattr(params, "shapes", None)
+    return known[name] if known is not None else params[name].shape
+
+
 ConfigValue = bool | int | float | str | bytes
 """A value of a task's small per-task config map."""
 

@@ -4,6 +4,7 @@ message limit (uploads are checked as they are read back from the spool: see spo
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load, save
@@ -19,8 +20,14 @@ TASK_KINDS: dict[TaskKind, pb.TaskKind] = {"fit": pb.TASK_FIT, "evaluate": pb.TA
 KIND_NAMES: dict[pb.TaskKind, TaskKind] = {v: k for k, v in TASK_KINDS.items()}
 
 CHUNK_BYTES = 128 << 10
-"""128 KiB per message: any model size streams under gRPC's message limit, and the server's memory stays flat
-in the number of clients (with 1 MiB messages, TLS receive buffers fragmented the heap: benchmarks/RESULTS.md)."""
+"""128 KiB per upload message: any model size streams under gRPC's message limit, and the server's memory stays
+flat in the number of clients (with 1 MiB messages, TLS receive buffers fragmented the heap; with 512 KiB, 1,000
+clients uploading at once took the server from 674 MB to 1,000 MB: benchmarks/RESULTS.md)."""
+
+DOWNLOAD_CHUNK_BYTES = 512 << 10
+"""512 KiB per download message: a quarter of the per-message work of CHUNK_BYTES for the server, which sends the
+same pre-serialized messages to every client (codec.Download), and no more server memory (only the receiver buffers
+a message whole)."""
 
 
 EXTRAS = "extras/"
@@ -32,6 +39,21 @@ def encode(params: Params, extras: Params | None = None) -> bytes:
     tensors = {k: v.detach().contiguous() for k, v in params.items()}
     tensors.update({EXTRAS + k: v.detach().contiguous() for k, v in (extras or {}).items()})
     return save(tensors)
+
+
+@dataclass(frozen=True)
+class Download:
+    """A broadcast as its download streams it: the TaskChunk messages of its encoded bytes, serialized once and
+    written as they are to every client of the broadcast (no copy or protobuf work per client)."""
+
+    size: int
+    messages: tuple[bytes, ...]
+
+
+def encode_download(params: Params, extras: Params | None = None) -> Download:
+    data = encode(params, extras)
+    return Download(len(data), tuple(pb.TaskChunk(data=part).SerializeToString()
+                                     for part in chunks(data, DOWNLOAD_CHUNK_BYTES)))
 
 
 def split_extras(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

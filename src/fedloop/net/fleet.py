@@ -38,7 +38,7 @@ from ..store import atomic_write_text
 from ..types import ClientInfo, Evaluation, Failure, Message, Reply, Task, Update
 from . import fedloop_pb2 as pb
 from .auth import Authenticator
-from .codec import encode
+from .codec import Download, encode_download
 from .spool import Lease, Spool, SpooledParams, check_spooled, clean
 
 MAX_METRICS = 32
@@ -51,11 +51,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Pending:
-    """An open task with its number and its broadcast's encoded bytes (shared by the broadcast's tasks)."""
+    """An open task with its number and its broadcast's download (shared by the broadcast's tasks)."""
 
     task: Task
     seq: int
-    payload: bytes
+    download: Download
     fetched: bool = False
     checking: bool = False
     uploading: bool = False
@@ -167,10 +167,10 @@ class GrpcFleet:
 
     def submit(self, tasks: Sequence[Task]) -> None:
         """Open the tasks; each broadcast is encoded once (outside the lock: handlers go on meanwhile)."""
-        payloads: dict[tuple[int, str], bytes] = {}
+        payloads: dict[tuple[int, str], Download] = {}
         for t in tasks:
             if t.broadcast.key not in payloads:
-                payloads[t.broadcast.key] = encode(t.params, t.extras)
+                payloads[t.broadcast.key] = encode_download(t.params, t.extras)
         with self._cond:
             for t in tasks:
                 self._seq += 1

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import itertools
 import logging
 import threading
 import time
@@ -27,7 +26,7 @@ import grpc
 from ..errors import ConfigError, TransportError
 from . import fedloop_pb2 as pb
 from . import fedloop_pb2_grpc as pb_grpc
-from .codec import PROTOCOL, TASK_KINDS, chunks, config_to_proto
+from .codec import PROTOCOL, TASK_KINDS, config_to_proto
 from .fleet import GrpcFleet
 from .limits import PENALTY, STRIKE_WINDOW, STRIKES, AuditLog, Strikes, peer_host
 from .spool import clean, extend, write_stream
@@ -177,13 +176,11 @@ class Servicer(pb_grpc.FederationServicer):
         try:
             t = got.task
             header = pb.TaskHeader(status=pb.POLL_TASK, round=t.round, kind=TASK_KINDS[t.kind], seed=t.seed,
-                                   size=len(got.payload), seq=got.seq, version=t.broadcast.version,
+                                   size=got.download.size, seq=got.seq, version=t.broadcast.version,
                                    stage=t.broadcast.stage, config=config_to_proto(t.config))
-            messages = itertools.chain([pb.TaskChunk(header=header)],
-                                       (pb.TaskChunk(data=part) for part in chunks(got.payload)))
             async with self.sending:
-                await self._send(context, messages)  # one chunk copied at a time
-            self.fleet.sent(len(got.payload))
+                await self._send(context, pb.TaskChunk(header=header), got.download.messages)
+            self.fleet.sent(got.download.size)
         except TransportError as exc:
             self.audit(peer, cid, f"cut the download of task {got.seq}: {exc}")
             self.strike(peer, cid)
@@ -191,15 +188,18 @@ class Servicer(pb_grpc.FederationServicer):
         finally:
             self.downloading.discard(cid)
 
-    async def _send(self, context: grpc.aio.ServicerContext, messages: Iterable[pb.TaskChunk]) -> None:
-        """Write each message within the idle timeout, at no less than the minimum rate."""
+    async def _send(self, context: grpc.aio.ServicerContext, header: pb.TaskChunk, messages: Iterable[bytes]
+                    ) -> None:
+        """Write the header and then each (serialized) message within the idle timeout, at no less than the minimum
+        rate."""
         start, sent = time.monotonic(), 0
         try:
             async with asyncio.timeout(self.limits.idle) as deadline:
+                await context.write(header)
                 for message in messages:
                     await context.write(message)
                     extend(deadline, self.limits.idle)
-                    sent += len(message.data)
+                    sent += len(message)
                     elapsed = time.monotonic() - start
                     if elapsed > self.limits.idle and sent / elapsed < self.limits.min_rate:
                         raise TransportError(f"download too slow: {sent / elapsed:.0f} bytes/s, "
@@ -255,10 +255,31 @@ class Servicer(pb_grpc.FederationServicer):
         finally:
             self.uploading.discard(cid)
         reason = await self.fleet.accept(cid, header, path, header.size)
+        if reason is not None and self.fleet.excused(cid, header.seq):  # cancelled while its upload arrived
+            return pb.PutAck(accepted=False, reason=f"task {header.seq} was closed: its round had enough replies")
         if reason is not None:
             self.audit(peer, cid, f"rejected the reply to task {header.seq}: {reason}")
             self.strike(peer, cid)
         return pb.PutAck(accepted=reason is None, reason=reason or "")
+
+
+def _task_chunk(message: pb.TaskChunk | bytes) -> bytes:
+    """GetTask's response serializer: a download's data messages arrive serialized already (codec.Download)."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
+def add_servicer(servicer: Servicer, server: grpc.aio.Server) -> None:
+    """The generated registration (fedloop_pb2_grpc), with GetTask writing pre-serialized messages as they are."""
+    unary, stream_out, stream_in = (grpc.unary_unary_rpc_method_handler, grpc.unary_stream_rpc_method_handler,
+                                    grpc.stream_unary_rpc_method_handler)
+    handlers = {
+        "Hello": unary(servicer.Hello, pb.HelloRequest.FromString, pb.JoinReply.SerializeToString),
+        "Join": unary(servicer.Join, pb.JoinRequest.FromString, pb.JoinReply.SerializeToString),
+        "GetTask": stream_out(servicer.GetTask, pb.TaskRequest.FromString, _task_chunk),
+        "PutReply": stream_in(servicer.PutReply, pb.ReplyChunk.FromString, pb.PutAck.SerializeToString),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("fedloop.Federation", handlers),))
+    server.add_registered_method_handlers("fedloop.Federation", handlers)
 
 
 class RunningServer:
@@ -297,7 +318,7 @@ class RunningServer:
                                           ("grpc.max_connection_idle_ms", int(IDLE_CONNECTION * 1000)),
                                           ("grpc.max_allowed_incoming_connections", limits.connections)],
                                  maximum_concurrent_rpcs=CALLS_PER_CONNECTION * limits.connections)
-        pb_grpc.add_FederationServicer_to_server(self._servicer, server)
+        add_servicer(self._servicer, server)
         if credentials is None:
             port = server.add_insecure_port(address)
         else:

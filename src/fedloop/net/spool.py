@@ -35,12 +35,19 @@ class Lease:
 
 class SpooledParams(Mapping[str, torch.Tensor]):
     """A safetensors file on disk as a read-only name -> tensor mapping; each lookup reads that tensor
-    (stored under `prefix` + name). `lease`, when set, keeps the file while this mapping lives."""
+    (stored under `prefix` + name). `lease`, when set, keeps the file while this mapping lives.
 
-    def __init__(self, path: Path, names: list[str], prefix: str = ""):
+    What the upload's check learned rides along, so that nothing reads the file again to learn it: `shapes` (each
+    tensor's shape, params.shape_of) and `peaks` (each floating tensor's largest |value|, for the aggregate's
+    overflow bound, culprits.overflows)."""
+
+    def __init__(self, path: Path, names: list[str], prefix: str = "", shapes: dict[str, torch.Size] | None = None,
+                 peaks: dict[str, float] | None = None):
         self.path = path
         self._names = names
         self.prefix = prefix
+        self.shapes = shapes
+        self.peaks = peaks
         self.lease: Lease | None = None
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -48,6 +55,9 @@ class SpooledParams(Mapping[str, torch.Tensor]):
             raise KeyError(name)
         with safe_open(self.path, framework="pt") as f:
             return f.get_tensor(self.prefix + name)
+
+    def __contains__(self, name: object) -> bool:  # Mapping's would read the tensor
+        return name in self._names
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
@@ -78,6 +88,8 @@ def check_spooled(path: Path, reference: Params, extras: Params, max_norm: float
     `max_norm`. (params, extras), or why not."""
     expected = {**reference, **{EXTRAS + k: v for k, v in extras.items()}}
     squares = 0.0
+    shapes: dict[str, torch.Size] = {}
+    peaks: dict[str, float] = {}
     try:
         with safe_open(path, framework="pt") as f:
             names = set(f.keys())
@@ -90,15 +102,21 @@ def check_spooled(path: Path, reference: Params, extras: Params, max_norm: float
                     return None, f"tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(ref.shape)}"
                 if t.dtype != ref.dtype:
                     return None, f"tensor {name!r} has dtype {t.dtype}, expected {ref.dtype}"
-                if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                    return None, f"tensor {name!r} holds NaN or infinite values"
+                shapes[name] = t.shape
+                if t.is_floating_point() and t.numel():
+                    low, high = (float(v) for v in torch.aminmax(t))  # NaN if any is NaN: one pass, no copy
+                    if not (math.isfinite(low) and math.isfinite(high)):
+                        return None, f"tensor {name!r} holds NaN or infinite values"
+                    peaks[name] = max(-low, high)
                 if max_norm is not None and name in reference and t.is_floating_point():
                     squares += float(torch.linalg.vector_norm(t, dtype=torch.float64)) ** 2
     except Exception as exc:  # noqa: BLE001 - any unreadable upload is a rejection, never a crash
         return None, clean(f"not valid safetensors bytes ({exc})")
     if max_norm is not None and not math.sqrt(squares) <= max_norm:
         return None, f"update norm {math.sqrt(squares):.6g} exceeds server.max_update_norm = {max_norm:g}"
-    return (SpooledParams(path, list(reference)), SpooledParams(path, list(extras), EXTRAS)), None
+    return (SpooledParams(path, list(reference), shapes=shapes, peaks=peaks),
+            SpooledParams(path, list(extras), EXTRAS, {k: shapes[EXTRAS + k] for k in extras},
+                          {k: peaks[EXTRAS + k] for k in extras if EXTRAS + k in peaks})), None
 
 
 SPOOL_MARGIN = 1 << 30
