@@ -217,6 +217,9 @@ class Servicer(pb_grpc.FederationServicer):
             self.strike(peer, cid)
             return pb.PutAck(accepted=False, reason=reason)
 
+        def cancelled(seq: int) -> pb.PutAck:  # its round had enough replies: refused without blame
+            return pb.PutAck(accepted=False, reason=f"task {seq} was closed: its round had enough replies")
+
         parts = aiter(request_iterator)
         try:
             first = await asyncio.wait_for(anext(parts, None), self.limits.idle)
@@ -226,9 +229,7 @@ class Servicer(pb_grpc.FederationServicer):
             return refuse("the upload must start with its header")
         header = first.header
         if (reason := self.fleet.precheck(cid, header)) is not None:
-            if self.fleet.excused(cid, header.seq):  # cancelled because its round had enough replies
-                return pb.PutAck(accepted=False, reason=f"task {header.seq} was closed: its round had enough replies")
-            return refuse(reason)
+            return cancelled(header.seq) if self.fleet.excused(cid, header.seq) else refuse(reason)
         if cid in self.uploading:
             return refuse(f"client {cid} has an upload in flight")
         self.uploading.add(cid)
@@ -256,7 +257,7 @@ class Servicer(pb_grpc.FederationServicer):
             self.uploading.discard(cid)
         reason = await self.fleet.accept(cid, header, path, header.size)
         if reason is not None and self.fleet.excused(cid, header.seq):  # cancelled while its upload arrived
-            return pb.PutAck(accepted=False, reason=f"task {header.seq} was closed: its round had enough replies")
+            return cancelled(header.seq)
         if reason is not None:
             self.audit(peer, cid, f"rejected the reply to task {header.seq}: {reason}")
             self.strike(peer, cid)
