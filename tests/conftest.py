@@ -58,6 +58,17 @@ def end_leftovers(before: dict[int, str], grace: float = 10.0) -> dict[int, str]
     return left
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked gpu are skipped, saying why, on a machine without a CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason=f"no CUDA device here (torch.cuda.is_available() is False; PyTorch "
+                                   f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'})")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def no_process_left_behind() -> Iterator[None]:
     """A test that starts processes (servers, clients, CLI runs, pools) ends them: one still alive at teardown

@@ -34,6 +34,7 @@ from .config import (
 from .data.examples import Dataset
 from .data.partition import Partition, make_partition
 from .data.registry import data_source, load_dataset
+from .device import resolve as resolve_device
 from .errors import ConfigError, DataError
 from .heterogeneity import Heterogeneity
 from .loop import RoundPolicy
@@ -160,7 +161,7 @@ def run_options(cfg: Config, **more: Any) -> RunOptions:
     tracking = make("tracking", TrackingOptions, **_values(cfg.tracking))
     if more.get("out") is not None and tracking.backends:
         more["observers"] = (*more.get("observers", ()), *tracking_observers(tracking, more["out"], to_toml(cfg)))
-    return make("", RunOptions, rounds=cfg.rounds, seed=cfg.seed,
+    return make("", RunOptions, rounds=cfg.rounds, seed=cfg.seed, device=cfg.device,
                 eval=make("eval", EvalOptions, **_values(cfg.eval)),
                 stop=make("stop", StopOptions, **_values(cfg.stop)),
                 checkpoint=make("checkpoint", CheckpointOptions, **_values(cfg.checkpoint)),
@@ -240,6 +241,7 @@ def check_runnable(cfg: Config, deployed: bool = False, resuming: bool = False) 
     a round size that the sampler can never give or that the aggregator's assumption refuses (a simulation's
     rounds draw from partition.num_clients clients; a server's from the clients that join)."""
     make("tracking", TrackingOptions, **_values(cfg.tracking)).check_installed()
+    resolve_device(cfg.device)
     app = app_from_config(cfg)
     if app is not None and app.load_data is not None:
         if cfg.data.path is None:

@@ -247,7 +247,8 @@ def cmd_client(args: argparse.Namespace) -> int:
     answered = run_client(args.server, args.data, token_file=args.token_file, ca_cert=args.ca_cert, cert=args.cert,
                           key=args.key, insecure=args.insecure, state_dir=args.state_dir, expect_id=args.id,
                           give_up_after=args.give_up_after, threads=args.threads, app_ref=args.app,
-                          attack=attack, accept_seeded_noise=args.accept_seeded_noise, exit_at=args.exit_at)
+                          attack=attack, accept_seeded_noise=args.accept_seeded_noise, exit_at=args.exit_at,
+                          device=args.device)
     print(f"the run is over; answered {answered} tasks", flush=True)
     return 0
 
@@ -354,6 +355,9 @@ def build_parser() -> argparse.ArgumentParser:
     cli.add_argument("--state-dir", metavar="DIR", help="where this client keeps its state across restarts")
     cli.add_argument("--give-up-after", type=float, default=600.0, metavar="S",
                      help="stop after this many seconds without reaching the server (default 600)")
+    cli.add_argument("--device", default="auto", metavar="D",
+                     help="where this client trains: auto (CUDA when there is one, else the CPU), cpu, cuda, cuda:N "
+                          "or mps (default auto; the server's device does not matter)")
     cli.add_argument("--threads", type=int, metavar="N",
                      help="PyTorch threads for local training (default: one per core). With several clients "
                           "on one machine use --threads 1: oversubscribed cores slow training by 10-100x")

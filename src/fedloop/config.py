@@ -23,6 +23,7 @@ from .attacks import AttackOptions
 from .client import LocalSGD
 from .data.partition import SCHEMES
 from .data.registry import DATASETS
+from .device import NAMES as DEVICE_NAMES
 from .errors import ConfigError
 from .heterogeneity import Heterogeneity
 from .models import MODELS
@@ -179,6 +180,7 @@ def default_of(cls: type, name: str) -> Any:
 class Config(_Section):
     seed: int = default_of(RunOptions, "seed")
     rounds: int = default_of(RunOptions, "rounds")
+    device: str = Field(default_of(RunOptions, "device"), pattern=DEVICE_NAMES.pattern)
     data: DataConfig = Field(default_factory=lambda: DataConfig())
     partition: PartitionConfig = Field(default_factory=lambda: PartitionConfig())
     model: ModelConfig = Field(default_factory=lambda: ModelConfig())

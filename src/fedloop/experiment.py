@@ -33,6 +33,9 @@ from .client import ClientApp, LossFn
 from .config import Config, differences, to_toml
 from .data.examples import Dataset, Examples
 from .data.partition import Partition
+from .device import CPU, spread
+from .device import chosen as chosen_device
+from .device import resolve as resolve_device
 from .errors import CheckpointError, ConfigError
 from .models import model_factory
 from .observers import Observer
@@ -52,22 +55,25 @@ Poison = Callable[[int, Examples], Examples]
 
 
 def build_apps(data: Dataset, partition: Partition, strategy: Strategy, model_fn: Callable[[], nn.Module],
-               loss_fn: LossFn, poison: Poison | None = None) -> list[ClientApp]:
-    """One client app per partition entry, each holding index views into the shared arrays."""
+               loss_fn: LossFn, poison: Poison | None = None, device: torch.device = CPU) -> list[ClientApp]:
+    """One client app per partition entry, each holding index views into the shared arrays (on the CPU: each
+    process that trains moves the arrays to `device` once)."""
     tx, ty = (data.x_train, data.y_train) if partition.test_source == "train" else (data.x_test, data.y_test)
     apps = []
     for c in range(partition.num_clients):
         train = Examples(data.x_train, data.y_train, torch.as_tensor(partition.train[c]))
         apps.append(ClientApp(c, strategy, model_fn, loss_fn, train=poison(c, train) if poison else train,
-                              test=Examples(tx, ty, torch.as_tensor(partition.test[c]))))
+                              test=Examples(tx, ty, torch.as_tensor(partition.test[c])), device=device))
     return apps
 
 
 def build_fleet(data: Dataset, partition: Partition, strategy: Strategy, model_fn: Callable[[], nn.Module],
                 loss_fn: LossFn = F.cross_entropy, sim: SimOptions = SimOptions(executor="sequential"),
-                poison: Poison | None = None) -> LocalFleet:
-    """The simulation fleet over a partition."""
-    return make_fleet(AppList(build_apps(data, partition, strategy, model_fn, loss_fn, poison)), sim)
+                poison: Poison | None = None, device: str = "cpu") -> LocalFleet:
+    """The simulation fleet over a partition, its clients on `device` (a config's `device`: worker processes and
+    Ray actors spread over every CUDA device for "auto" and "cuda")."""
+    apps = build_apps(data, partition, strategy, model_fn, loss_fn, poison, resolve_device(device))
+    return make_fleet(AppList(apps), sim, spread(device))
 
 
 def attacked(cfg: Config, data: Dataset, partition: Partition
@@ -100,13 +106,14 @@ def simulate(model_fn: Callable[[], nn.Module] | App, data: Dataset, partition: 
 
     With options.out, the run directory gets config.toml (when given), partition.json, metrics.jsonl,
     checkpoints/round_NNNN.safetensors, model.safetensors, summary.json and curves.png. `sim` chooses how clients
-    run (executor, engine); every choice gives the same result within float tolerance.
+    run (executor, engine); every choice gives the same result within float tolerance. options.device says where
+    clients train and the server evaluates ("auto": CUDA when there is one).
     """
     if isinstance(model_fn, App):
         loss_fn = loss_fn or model_fn.loss_fn
         model_fn = model_fn.model_fn
     loss_fn = loss_fn or F.cross_entropy
-    fleet = build_fleet(data, partition, strategy, model_fn, loss_fn, sim)
+    fleet = build_fleet(data, partition, strategy, model_fn, loss_fn, sim, device=options.device)
     try:
         return train(fleet, model_fn, strategy, options, test=Examples.all(data.x_test, data.y_test),
                      loss_fn=loss_fn, partition_json=partition_json(data, partition), model_meta=model_meta,
@@ -146,7 +153,8 @@ def run_config(cfg: Config, out: str | Path | None = None, observers: tuple[Obse
     loss_fn = loss_from_config(cfg)
     strategy = strategy_from_config(cfg)
     attack, bad, poison, metric = attacked(cfg, data, partition)
-    fleet: Any = build_fleet(data, partition, strategy, model_fn, loss_fn, sim_options(cfg), poison)
+    cfg = cfg.model_copy(update={"device": chosen_device(cfg.device)})  # what "auto" chose: config.toml says it
+    fleet: Any = build_fleet(data, partition, strategy, model_fn, loss_fn, sim_options(cfg), poison, cfg.device)
     if attack.kind in UPDATE_ATTACKS:
         fleet = AttackFleet(fleet, attack, bad)
     if (clock := async_options(cfg)).enabled:

@@ -167,14 +167,15 @@ class Seeded:
 
 
 def noise_like(source: Draws, tensors: Mapping[str, torch.Tensor], std: float) -> dict[str, torch.Tensor]:
-    """N(0, std^2) noise shaped like each tensor, from one draw split in name order (one call: the per-call cost of
-    a draw is paid once, not once per tensor)."""
+    """N(0, std^2) noise shaped like each tensor and on its device, from one draw split in name order (one call:
+    the per-call cost of a draw is paid once, not once per tensor). The draw is made on the CPU, from the CPU's
+    secret stream, and moved: the device never holds the generator's state."""
     dtypes = {v.dtype for v in tensors.values()}
     dtype = dtypes.pop() if len(dtypes) == 1 else torch.float64
     flat = source.gaussian((sum(v.numel() for v in tensors.values()),), dtype)
     out, start = {}, 0
     for k, v in tensors.items():
-        out[k] = (flat[start:start + v.numel()].view(v.shape) * std).to(v.dtype)
+        out[k] = (flat[start:start + v.numel()].view(v.shape) * std).to(v.device, v.dtype)
         start += v.numel()
     return out
 

@@ -15,6 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import checks, interrupts
+from . import device as devices
 from .client import LossFn, RoundStates, evaluate
 from .data.examples import Examples
 from .fleet import Fleet
@@ -87,6 +88,9 @@ class RunOptions:
 
     rounds: int = 40
     seed: int = 0
+    device: str = "auto"
+    """Where clients train and the server evaluates: "auto" (CUDA when there is one, else the CPU), "cpu", "cuda",
+    "cuda:N" or "mps" (fedloop/device.py). Aggregation and the server's state stay on the CPU."""
     eval: EvalOptions = field(default_factory=EvalOptions)
     stop: StopOptions = field(default_factory=StopOptions)
     checkpoint: CheckpointOptions = field(default_factory=CheckpointOptions)
@@ -105,6 +109,8 @@ class RunOptions:
 
     def __post_init__(self) -> None:
         checks.at_least(self, "rounds", 1)
+        if not devices.NAMES.match(self.device):
+            checks.fail(self, "device", "expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
         if self.resume and self.out is None:
             checks.fail(self, "resume", "resuming needs the run directory (out)")
         if self.resume and self.overwrite:
@@ -174,7 +180,10 @@ def _train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, 
            run_dir: RunDir | None, t0: float, test: Examples | None, loss_fn: LossFn, partition_json: dict | None,
            model_meta: dict[str, Any] | None, config_toml: str | None,
            extra_metrics: Callable[[nn.Module], dict[str, float]] | None = None) -> RunResult:
-    workspace = model_fn()
+    device = devices.resolve(options.device)
+    workspace = model_fn().to(device)
+    if test is not None:
+        test = devices.place_examples(test, device)
     evaluator = (lambda params: evaluate(workspace, params, test, loss_fn)) if test is not None and len(test) \
         else None
     if evaluator is not None and extra_metrics is not None:
@@ -205,18 +214,24 @@ def _train(fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy, 
         o.start(state, options.resume)
     if options.resume and run_dir is not None and (restart := getattr(fleet, "restart_at", None)) is not None:
         restart(next((r["virtual_time"] for r in reversed(run_dir.records) if "virtual_time" in r), 0.0))
-    result = run_loop(strategy, fleet, state, options.stop_conditions(), evaluator=evaluator,
-                      eval_every=options.eval.every, federated_eval=options.eval.federated,
-                      eval_config=options.eval.task_config(), policy=options.policy,
-                      heterogeneity=options.heterogeneity,
-                      observers=observers)
+    with devices.deterministic(device) as nondeterministic:
+        result = run_loop(strategy, fleet, state, options.stop_conditions(), evaluator=evaluator,
+                          eval_every=options.eval.every, federated_eval=options.eval.federated,
+                          eval_config=options.eval.task_config(), policy=options.policy,
+                          heterogeneity=options.heterogeneity,
+                          observers=observers)
+    where: dict[str, Any] = {"device": devices.name_of(device)}
+    if not devices.on_cpu(device):
+        where["nondeterministic_ops"] = nondeterministic
     with interrupts.held():  # a stop request while the files are written waits until they are
-        return _finish(result, fleet, model_fn, strategy, options, run_dir, t0, observers)
+        return _finish(result, fleet, model_fn, strategy, options, run_dir, t0, observers, where)
 
 
 def _finish(result: LoopResult, fleet: Fleet, model_fn: Callable[[], nn.Module], strategy: Strategy,
-            options: RunOptions, run_dir: RunDir | None, t0: float, observers: list[Observer]) -> RunResult:
-    """The run's model, summary and end-of-run files from the loop's result."""
+            options: RunOptions, run_dir: RunDir | None, t0: float, observers: list[Observer],
+            where: dict[str, Any]) -> RunResult:
+    """The run's model (on the CPU), summary and end-of-run files from the loop's result; `where` says the device
+    and, on an accelerator, the operations that ran without a deterministic implementation."""
     final = result.state
     model = model_fn()
     load_into(model, final.params)
@@ -224,7 +239,8 @@ def _finish(result: LoopResult, fleet: Fleet, model_fn: Callable[[], nn.Module],
     summary = {"rounds": final.round, "stop_reason": result.stop_reason,
                "accuracy": result.final_metrics.get("accuracy"), "loss": result.final_metrics.get("loss"),
                **{k: v for k, v in result.final_metrics.items() if k not in ("accuracy", "loss")},
-               "seconds": round(seconds, 3), "executor": fleet.describe(), **privacy_summary(strategy, final)}
+               "seconds": round(seconds, 3), "executor": fleet.describe(), **where,
+               **privacy_summary(strategy, final)}
     if final.excluded:
         summary["excluded"] = list(final.excluded)
     history = run_dir.records if run_dir is not None else [r.to_json() for r in result.records]

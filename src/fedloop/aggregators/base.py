@@ -76,6 +76,8 @@ def sorted_columns(updates: Sequence[Update], name: str) -> Iterator[tuple[slice
 
     def sort(cols: slice) -> tuple[slice, torch.Tensor]:
         rows = torch.stack([flat_slice(u.params, name, cols).to(dtype) for u in updates], dim=1)
+        if rows.device.type != "cpu":  # updates on an accelerator: its own sort (NaN last, as NumPy's)
+            return cols, rows.sort(dim=1).values
         rows.numpy().sort(axis=1)
         return cols, rows
 
@@ -100,7 +102,8 @@ def per_column(updates: Sequence[Update], name: str, fn: Callable[[torch.Tensor,
                chunks: Chunks = column_chunks) -> torch.Tensor:
     """fn(rows, cols) -> one value per coordinate, over every chunk of tensor `name` (column_chunks' [n, width], or
     sorted_columns' [width, n]): a flat float64 result."""
-    out = torch.empty(updates[0].params[name].numel(), dtype=torch.float64)
+    ref = updates[0].params[name]
+    out = torch.empty(ref.numel(), dtype=torch.float64, device=ref.device)
     for cols, rows in chunks(updates, name):
         out[cols] = fn(rows, cols)
     return out
@@ -110,7 +113,7 @@ def per_update(updates: Sequence[Update], names: Sequence[str],
                fn: Callable[[torch.Tensor, str, slice], torch.Tensor]) -> torch.Tensor:
     """The sum over every chunk of every tensor of fn(rows, name, cols) -> one value per update (e.g. squared
     norms)."""
-    total = torch.zeros(len(updates), dtype=torch.float64)
+    total = torch.zeros(len(updates), dtype=torch.float64, device=updates[0].params[names[0]].device)
     for k in names:
         for cols, rows in column_chunks(updates, k):
             total += fn(rows, k, cols)

@@ -54,8 +54,9 @@ class CenteredClip:
     def apply(self, updates: Sequence[Update], state: AggState
               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         names = names_of(updates)
-        v = {k: state[k].reshape(-1).to(torch.float64) if k in state else
-             torch.zeros(updates[0].params[k].numel(), dtype=torch.float64) for k in names}
+        ref = updates[0].params
+        v = {k: state[k].reshape(-1).to(ref[k].device, torch.float64) if k in state else
+             torch.zeros(ref[k].numel(), dtype=torch.float64, device=ref[k].device) for k in names}
         for _ in range(self.iterations):
             scale = _scale(_norms(updates, names, v), self.tau)
             v = {k: v[k] + _clipped_step(updates, k, v[k], scale) for k in names}

@@ -46,7 +46,7 @@ class GeometricMedian:
               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         names = names_of(updates)
         alpha = torch.tensor([1.0 if self.weighting == "uniform" else float(u.num_examples) for u in updates],
-                             dtype=torch.float64)
+                             dtype=torch.float64, device=updates[0].params[names[0]].device)
         v = _weighted(updates, names, alpha)
         for _ in range(self.iterations):
             beta = alpha / _distances(updates, names, v).clamp(min=self.nu)

@@ -24,7 +24,7 @@ from .coordinate import coordinate_median
 def squared_distances(updates: Sequence[Update], names: Sequence[str]) -> torch.Tensor:
     """[n, n] squared L2 distances between updates over all tensors together."""
     n = len(updates)
-    d = torch.zeros(n, n, dtype=torch.float64)
+    d = torch.zeros(n, n, dtype=torch.float64, device=updates[0].params[names[0]].device)
     for k in names:
         for _, rows in column_chunks(updates, k):
             d += torch.cdist(rows, rows).square()
@@ -35,7 +35,7 @@ def krum_scores(d: torch.Tensor, f: int) -> torch.Tensor:
     """Each update's sum of squared distances to its n - f - 2 nearest other updates."""
     n = d.shape[0]
     closest = n - f - 2
-    others = d + torch.diag(torch.full((n,), float("inf"), dtype=d.dtype))
+    others = d + torch.diag(torch.full((n,), float("inf"), dtype=d.dtype, device=d.device))
     return torch.sort(others, dim=1).values[:, :closest].sum(dim=1)
 
 

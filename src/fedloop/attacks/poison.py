@@ -43,5 +43,6 @@ def backdoor_success(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, t
     if not bool(keep.any()):
         return 0.0
     model.eval()
-    preds = model(add_trigger(x[keep], high)).argmax(dim=1)
+    device = next(model.parameters()).device
+    preds = model(add_trigger(x[keep], high).to(device)).argmax(dim=1)
     return float((preds == target).float().mean())

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from ..data.examples import Examples
+from ..device import CPU, on_cpu, place_examples, place_task, seeded, to_cpu, to_device
 from ..sampling import sub_seed
 from ..secagg import client as secagg
 from ..types import ClientInfo, Evaluation, Failure, Message, Reply, Task, Update
@@ -48,6 +49,9 @@ class ClientApp:
     states: RoundStates = field(default_factory=RoundStates)
     sessions: secagg.Sessions = field(default_factory=dict)
     """Secure aggregation's per-round secrets, in this process's memory only (secagg/client.py)."""
+    device: torch.device = CPU
+    """Where this client trains and evaluates (fedloop/device.py): its model, data, task and state move there for
+    the task; its reply and its committed state come back on the CPU."""
 
     def info(self) -> ClientInfo:
         return ClientInfo(self.client_id, len(self.train))
@@ -55,6 +59,10 @@ class ClientApp:
     def begin(self, task: Task) -> ClientState:
         """The state a fit task starts from: the one the client had before this round, if it answered it already."""
         return self.states.start(self.client_id, task.round)
+
+    def workspace(self) -> nn.Module:
+        """A fresh model on this client's device."""
+        return self.model_fn().to(self.device)
 
     def _check(self, task: Task) -> None:
         if task.client_id != self.client_id:
@@ -66,18 +74,23 @@ class ClientApp:
             self._check(task)
             if len(self.train) == 0:
                 raise ValueError("client has no training examples")
-            ctx = ClientContext(model if model is not None else self.model_fn(), self.train, self.loss_fn, state)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(task.seed)
-                return self.strategy.client_train(task, ctx)
+            ctx = ClientContext(model if model is not None else self.workspace(),
+                                place_examples(self.train, self.device), self.loss_fn, to_device(state, self.device))
+            with seeded(task.seed, self.device):
+                return self.strategy.client_train(place_task(task, self.device), ctx)
         except Exception as exc:  # noqa: BLE001 - any client error becomes a Failure value
             return self._failure(task, exc)
 
     def finish(self, task: Task, trained: Trained, state: ClientState) -> Update | Message | Failure:
         """Everything after training: the strategy's client finish, client transforms, the state commit; under
-        secure aggregation, the update goes back masked (a Message)."""
+        secure aggregation, the update goes back masked (a Message). The client's device does the work; the reply
+        and the committed state are CPU tensors."""
         try:
-            update, new_state = self.strategy.client_finish(task, trained, state)
+            placed = to_device(state, self.device)
+            if not on_cpu(self.device):  # a worker process's or Ray actor's result arrives on the CPU
+                trained = replace(trained, update=to_device(trained.update, self.device),
+                                  extras=to_device(trained.extras, self.device))
+            update, new_state = self.strategy.client_finish(place_task(task, self.device), trained, placed)
             if self.strategy.transforms:
                 params, metrics = dict(update.params), dict(update.metrics)
                 for i, transform in enumerate(self.strategy.transforms):
@@ -85,6 +98,9 @@ class ClientApp:
                     metrics.update(more)
                 update = Update(update.client_id, update.round, params, update.num_examples, metrics,
                                 update.extras, update.version)
+            if not on_cpu(self.device):
+                update = Update(update.client_id, update.round, to_cpu(update.params), update.num_examples,
+                                update.metrics, to_cpu(update.extras), update.version)
             reply: Update | Message = update
             if secagg.is_masked(task):
                 reply = Message(self.client_id, task.round, task.broadcast.stage,
@@ -92,8 +108,8 @@ class ClientApp:
                                                      update.num_examples, self.sessions))
             elif self.strategy.secure is not None:
                 raise ValueError("the run uses secure aggregation, but this fit task asks for a plain update")
-            if new_state is not state:
-                self.states.commit(self.client_id, task.round, state, new_state)
+            if new_state is not placed:
+                self.states.commit(self.client_id, task.round, state, to_cpu(new_state))
             return reply
         except Exception as exc:  # noqa: BLE001
             return self._failure(task, exc)
@@ -113,7 +129,10 @@ class ClientApp:
                 return Evaluation(self.client_id, task.round, 0, {})
             if state is None:
                 state = self.states.latest(self.client_id) if self.strategy.evaluates_state else {}
-            ctx = ClientContext(model if model is not None else self.model_fn(), self.train, self.loss_fn, state)
+            data = place_examples(data, self.device)
+            task = place_task(task, self.device)
+            ctx = ClientContext(model if model is not None else self.workspace(),
+                                place_examples(self.train, self.device), self.loss_fn, to_device(state, self.device))
             metrics = self.strategy.client_evaluate(task, ctx, data)
             steps = task.config.get("fine_tune_steps", 0)
             if not isinstance(steps, int) or steps < 0:

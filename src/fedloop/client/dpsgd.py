@@ -110,7 +110,7 @@ def train_dp(program: SGDProgram, task: Task, model: nn.Module, train: Examples,
     buffers: list[torch.Tensor | None] = [None] * len(names)
     tally = Tally()
     for pick in batches(draw_batches, n, rows, steps, full):
-        idx = train.index[pick]
+        idx = train.index[pick].to(train.x.device)
         xb, yb = train.x[idx], train.y[idx]
         grads, (losses, outputs) = grads_of(params, xb, yb)
         summed = clip_and_sum(grads, program.clip, 1)

@@ -4,7 +4,7 @@ training keep."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -23,16 +23,27 @@ class Tally:
     seen: int = 0
     scored: bool = True
 
+    pending: list[tuple[torch.Tensor, torch.Tensor | None]] = field(default_factory=list)
+    """An accelerator's sums not yet read (reading one waits for the device: once, at the end)."""
+
     def add(self, loss: torch.Tensor, outputs: torch.Tensor, targets: torch.Tensor) -> None:
         n = len(targets)
-        self.loss_sum += loss.item() * n
         self.seen += n
         self.scored = self.scored and outputs.dim() == 2 and targets.dim() == 1 \
             and not targets.is_floating_point()
-        if self.scored:
-            self.correct += float((outputs.detach().argmax(dim=1) == targets).sum())
+        correct = (outputs.detach().argmax(dim=1) == targets).sum() if self.scored else None
+        if loss.device.type != "cpu":
+            self.pending.append((loss.detach().double() * n, correct))
+            return
+        self.loss_sum += loss.item() * n
+        if correct is not None:
+            self.correct += float(correct)
 
     def metrics(self, prefix: str = "") -> dict[str, float]:
+        if self.pending:
+            self.loss_sum += float(sum(loss for loss, _ in self.pending))
+            self.correct += float(sum(c for _, c in self.pending if c is not None))
+            self.pending = []
         out = {f"{prefix}loss": self.loss_sum / max(self.seen, 1)}
         if self.scored and self.seen:
             out[f"{prefix}accuracy"] = self.correct / self.seen

@@ -27,7 +27,7 @@ class Examples:
         return int(self.index.numel())
 
     def labels(self) -> torch.Tensor:
-        return self.y[self.index]
+        return self.y[self.index.to(self.y.device)]
 
     def batches(self, batch_size: int | None, generator: torch.Generator | None) -> Iterator[
             tuple[torch.Tensor, torch.Tensor]]:
@@ -37,7 +37,7 @@ class Examples:
         size = n if batch_size is None else batch_size
         for start in range(0, n, size):
             rows = order[start:start + size]
-            yield self.x[rows], self.y[rows]
+            yield self.x[rows.to(self.x.device)], self.y[rows.to(self.y.device)]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,8 @@ from ..attacks import AttackOptions, attacked, poisoned
 from ..attacks.options import UPDATE_ATTACKS
 from ..client import ClientApp, DiskStates, MemoryStates, RoundStates
 from ..data.examples import Examples
+from ..device import CPU, deterministic, name_of
+from ..device import resolve as resolve_device
 from ..errors import ConfigError, TransportError
 from ..server_options import host_port
 from ..types import Broadcast, Evaluation, Failure, Message, Reply, Task, Update
@@ -122,7 +124,7 @@ def reply_chunks(reply: Reply, seq: int) -> Iterator[pb.ReplyChunk]:
 
 def build_app(settings: dict, client_id: int, data_path: str, states: RoundStates | None = None,
               app_ref: str | None = None, attack: AttackOptions | None = None,
-              accept_seeded_noise: bool = False) -> ClientApp:
+              accept_seeded_noise: bool = False, device: torch.device = CPU) -> ClientApp:
     """The client app the server's settings describe, on this client's own data; `app_ref` (--app) names this
     client's copy of the server's App when the server's reference does not resolve here. The client's DP noise
     (local DP, DP-SGD) comes from its own secret stream whatever the server says, unless `accept_seeded_noise`
@@ -150,7 +152,8 @@ def build_app(settings: dict, client_id: int, data_path: str, states: RoundState
         train = poisoned(train, attack, num_classes, client_id, float(data.x_train.max()))
     return ClientApp(client_id, strategy_from_config(cfg), model_fn_from_config(cfg, settings["spec"]),
                      loss_from_config(cfg), train=train,
-                     test=Examples.all(data.x_test, data.y_test), states=states or RoundStates(MemoryStates()))
+                     test=Examples.all(data.x_test, data.y_test), states=states or RoundStates(MemoryStates()),
+                     device=device)
 
 
 def client_attack(kind: str | None, scale: float | None, target: int) -> AttackOptions | None:
@@ -218,15 +221,17 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
                state_dir: str | None = None, expect_id: int | None = None, max_backoff: float = 30.0,
                give_up_after: float = 600.0, threads: int | None = None, app_ref: str | None = None,
                attack: AttackOptions | None = None, accept_seeded_noise: bool = False,
-               exit_at: str | None = None) -> int:
+               exit_at: str | None = None, device: str = "auto") -> int:
     """Serve tasks until the server says the run is over; returns the number of tasks answered.
 
     A lost connection is retried with exponential backoff; after `give_up_after` seconds without any
     successful call (a server that is gone, or a TLS handshake it refuses) the client stops with an error.
     `threads` sets PyTorch's intra-op threads (several clients sharing cores must not oversubscribe them).
     `app_ref` names the user's App (as --app does) when the server's config has one. `exit_at` (tests only): the
-    process exits at once, answering nothing, when a task of that stage arrives.
+    process exits at once, answering nothing, when a task of that stage arrives. `device` (--device) is where this
+    client trains and evaluates, whatever device the server uses (fedloop/device.py).
     """
+    where = resolve_device(device, "--device")
     if threads is not None:
         if threads < 1:
             raise ConfigError(f"--threads {threads}: expected at least 1")
@@ -234,10 +239,15 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
     host_port(server, "--server")
     channel = open_channel(server, ca_cert=ca_cert, cert=cert, key=key, insecure=insecure)
     try:
-        return _serve_tasks(server, channel, data_path, token_file=token_file, insecure=insecure,
-                            state_dir=state_dir, expect_id=expect_id, max_backoff=max_backoff,
-                            give_up_after=give_up_after, app_ref=app_ref, attack=attack,
-                            accept_seeded_noise=accept_seeded_noise, exit_at=exit_at)
+        with deterministic(where) as nondeterministic:
+            answered = _serve_tasks(server, channel, data_path, token_file=token_file, insecure=insecure,
+                                    state_dir=state_dir, expect_id=expect_id, max_backoff=max_backoff,
+                                    give_up_after=give_up_after, app_ref=app_ref, attack=attack,
+                                    accept_seeded_noise=accept_seeded_noise, exit_at=exit_at, device=where)
+        if nondeterministic:
+            log.warning("on %s, these operations ran without a deterministic implementation: %s", name_of(where),
+                        ", ".join(nondeterministic))
+        return answered
     finally:
         channel.close()  # every call ends now, on this thread, not in gRPC's clean-up at interpreter shutdown
 
@@ -245,7 +255,7 @@ def run_client(server: str, data_path: str, *, token_file: str | None, ca_cert: 
 def _serve_tasks(server: str, channel: grpc.Channel, data_path: str, *, token_file: str | None, insecure: bool,
                  state_dir: str | None, expect_id: int | None, max_backoff: float, give_up_after: float,
                  app_ref: str | None, attack: AttackOptions | None, accept_seeded_noise: bool,
-                 exit_at: str | None = None) -> int:
+                 exit_at: str | None = None, device: torch.device = CPU) -> int:
     """run_client's loop over an open channel."""
     stub = pb_grpc.FederationStub(channel)
     token = _read(token_file, "token")
@@ -276,7 +286,7 @@ def _serve_tasks(server: str, channel: grpc.Channel, data_path: str, *, token_fi
                     states = RoundStates(MemoryStates())
                 run = hello.run
                 app = build_app(json.loads(hello.settings_json), int(hello.client_id), data_path, states, app_ref,
-                                attack, accept_seeded_noise)
+                                attack, accept_seeded_noise, device)
                 joined = stub.Join(join_request(app), metadata=meta, timeout=min(30.0, left()))
                 after = 0  # task numbers belong to one server process
                 log.info("joined run %s as client %d", joined.run, app.client_id)

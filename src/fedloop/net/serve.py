@@ -29,6 +29,7 @@ from ..build import (
 )
 from ..config import COMPUTATION, Config, differences, to_toml
 from ..data.examples import Examples
+from ..device import chosen as chosen_device
 from ..errors import ConfigError, TransportError
 from ..observers import Observer
 from ..run import CheckpointOptions, train
@@ -89,6 +90,7 @@ def serve(cfg: Config, out: str | Path, *, cert_dir: str | Path | None, tokens: 
         raise ConfigError("privacy.target_epsilon: a server cannot calibrate DP-SGD without its clients' example "
                           "counts; set privacy.noise_multiplier (fedloop privacy CONFIG --epsilon E finds it)")
     cfg = calibrated(cfg, options.min_clients)  # fewer clients, less amplification: the conservative choice
+    cfg = cfg.model_copy(update={"device": chosen_device(cfg.device)})  # where the server evaluates
     auth = authenticator(cert_dir, tokens, mutual_tls, allowlist)
     run_dir = RunDir(prepare_run_dir(out, resume=resume, overwrite=overwrite))
     if resume:

@@ -20,6 +20,7 @@ import torch
 
 from ..client import ClientApp, ClientContext, SGDProgram, train_program
 from ..data.examples import Examples
+from ..device import CPU, name_of, on_cpu, place_examples, place_task, synchronize
 from ..types import Task
 from .executors import Executor, Job, Result, Sequential, Vectorized, batch_program
 from .processes import Processes, default_workers
@@ -36,11 +37,14 @@ VECTOR_CLIENTS = 32
 """Clients in the calibration's batched step (more than most rounds' group, fewer than W3's)."""
 
 
-def _seconds_per_call(fn: Callable[[], object], budget: float = 0.15, max_reps: int = 20) -> float:
+def _seconds_per_call(fn: Callable[[], object], device: torch.device = CPU, budget: float = 0.15,
+                      max_reps: int = 20) -> float:
     fn()  # warm-up: allocations, kernel selection, vmap tracing
+    synchronize(device)
     reps, start = 0, time.perf_counter()
     while reps < max_reps and (reps < 2 or time.perf_counter() - start < budget):
         fn()
+        synchronize(device)
         reps += 1
     return (time.perf_counter() - start) / reps
 
@@ -57,13 +61,14 @@ def calibrate(app: ClientApp, task: Task, program: SGDProgram, workers: int, vec
     """Predicted client-steps per second of each executor for a round whose clients take `steps` steps,
     from timing single SGD steps on the client's first batch."""
     batch = program.batch_size or len(app.train)
-    data = Examples(app.train.x, app.train.y, app.train.index[:batch])
-    model = app.model_fn()
+    data = place_examples(Examples(app.train.x, app.train.y, app.train.index[:batch]), app.device)
+    model = app.workspace()
+    task = place_task(task, app.device)
     ctx = ClientContext(model, data, app.loss_fn)
     one = replace(program, epochs=1, batch_size=None)
     clients = len(steps)
-    rates = {"sequential": 1.0 / _seconds_per_call(lambda: train_program(one, task, ctx))}
-    if workers > 1 and clients > 1:
+    rates = {"sequential": 1.0 / _seconds_per_call(lambda: train_program(one, task, ctx), app.device)}
+    if workers > 1 and clients > 1 and on_cpu(app.device):  # workers share an accelerator: no faster there
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
@@ -74,7 +79,8 @@ def calibrate(app: ClientApp, task: Task, program: SGDProgram, workers: int, vec
     if vectorizable:
         def batched(k: int) -> float:
             tasks = [replace(task, client_id=i) for i in range(k)]
-            return _seconds_per_call(lambda: train_group(model, [one] * k, app.loss_fn, tasks, [data] * k))
+            return _seconds_per_call(lambda: train_group(model, [one] * k, app.loss_fn, tasks, [data] * k),
+                                     app.device)
 
         # a batched step costs t0 + a * t1 with a clients still training; they finish at different steps
         k = max(2, min(VECTOR_CLIENTS, clients))
@@ -103,6 +109,10 @@ def choose_executor(app: ClientApp, per_round: int, workers: int) -> tuple[str, 
     params = sum(p.numel() for p in model.parameters())
     rows = program.batch_size or len(app.train)
     work = params * rows
+    if not on_cpu(app.device):  # an accelerator runs one big batch best; its processes would share it
+        if why is None:
+            return "vectorized", f"the clients train on {name_of(app.device)}, which runs them best as one batch"
+        return "sequential", f"{why}; the clients train on {name_of(app.device)}, one after another"
     if why is None and work <= VECTOR_WORK:
         return "vectorized", f"{params:,} params x {rows} rows per step <= {VECTOR_WORK:,}"
     reason = why or f"{params:,} params x {rows} rows per step > {VECTOR_WORK:,}"

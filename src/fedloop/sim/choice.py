@@ -4,8 +4,12 @@ workload alone) and how to build it. Shared by the local fleet, the engines and 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Literal, get_args
 
+import torch
+
+from ..device import CPU
 from ..errors import ConfigError
 from .auto import AutoTimed, choose_executor
 from .executors import Executor, Sequential, Vectorized
@@ -30,8 +34,10 @@ def resolve_executor(name: str, population: Population, workers: int | None = No
     return chosen, f"auto: {chosen}"
 
 
-def make_executor(name: str, population: Population, workers: int | None = None) -> Executor:
-    """An in-process executor; process workers resolve client apps through the population."""
+def make_executor(name: str, population: Population, workers: int | None = None,
+                  devices: Sequence[torch.device] = (CPU,)) -> Executor:
+    """An in-process executor; process workers resolve client apps through the population, and spread over
+    `devices`."""
     name, _ = resolve_executor(name, population, workers)
     if name == "sequential":
         return Sequential()
@@ -39,7 +45,7 @@ def make_executor(name: str, population: Population, workers: int | None = None)
         return Vectorized()
     if name in ("processes", "processes-vectorized"):
         return Processes(population.app, workers, inner="vectorized" if name.endswith("vectorized")
-                         else "sequential")
+                         else "sequential", devices=devices)
     if name == "auto-timed":
         return AutoTimed(population.app, workers)
     raise ConfigError(f"executor {name!r} is unknown; allowed: {', '.join(get_args(ExecutorName))}")

@@ -4,11 +4,15 @@ this process (or its workers) or by Ray actors."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 from .. import checks
 from ..client import DiskStates, MemoryStates
+from ..device import CPU
 from ..errors import ConfigError
 from .choice import ExecutorName
 from .local import LocalFleet
@@ -46,10 +50,12 @@ class SimOptions:
                               value=self.ray_address, rule="needs engine = 'ray'")
 
 
-def make_fleet(population: Population, options: SimOptions = SimOptions()) -> LocalFleet:
-    """The simulation fleet over `population`: trained in this process (or its workers), or by Ray actors."""
+def make_fleet(population: Population, options: SimOptions = SimOptions(),
+               devices: Sequence[torch.device] = (CPU,)) -> LocalFleet:
+    """The simulation fleet over `population`: trained in this process (or its workers), or by Ray actors; worker
+    processes and actors spread over `devices` (the clients' own device trains in this process)."""
     states = DiskStates(options.state_dir) if options.state_dir is not None else MemoryStates()
     if options.engine == "ray":
         return LocalFleet(population, RayExecutor(population, options.executor, options.ray_address,
-                                                  options.workers), states)
-    return LocalFleet(population, options.executor, states, options.workers)
+                                                  options.workers, devices=devices), states)
+    return LocalFleet(population, options.executor, states, options.workers, devices)

@@ -11,9 +11,11 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
+import torch
 from torch import nn
 
 from ..client import ClientApp, ClientState, SGDProgram, Trained
+from ..device import place_examples, place_task, to_device
 from ..types import Evaluation, Failure, Task
 from .vectorized import train_group, unbatchable_reason
 
@@ -41,15 +43,16 @@ class Executor(Protocol):
 
 
 class Workspaces:
-    """One reusable model per model factory: clients copy the global params into it before training."""
+    """One reusable model per model factory and device: clients copy the global params into it before training."""
 
     def __init__(self) -> None:
-        self._models: dict[Callable[[], nn.Module], nn.Module] = {}
+        self._models: dict[tuple[Callable[[], nn.Module], torch.device], nn.Module] = {}
 
     def get(self, app: ClientApp) -> nn.Module:
-        if app.model_fn not in self._models:
-            self._models[app.model_fn] = app.model_fn()
-        return self._models[app.model_fn]
+        key = (app.model_fn, app.device)
+        if key not in self._models:
+            self._models[key] = app.workspace()
+        return self._models[key]
 
 
 class Sequential:
@@ -80,7 +83,7 @@ def batch_program(job: Job) -> SGDProgram | None:
     if task.kind != "fit" or task.client_id != app.client_id or len(app.train) == 0:
         return None
     try:
-        return app.strategy.training_program(task, job.state)
+        return app.strategy.training_program(place_task(task, app.device), to_device(job.state, app.device))
     except Exception:  # noqa: BLE001 - the client's own run reports the error as its Failure
         return None
 
@@ -97,10 +100,10 @@ class Vectorized:
 
     def reason(self, app: ClientApp, program: SGDProgram) -> str | None:
         """Why this group cannot be batched (None when it can); logged once per strategy, model, loss, program."""
-        key = (type(app.strategy), app.model_fn, app.loss_fn, program)
+        key = (type(app.strategy), app.model_fn, app.loss_fn, program, app.device)
         if key not in self._reasons:
-            why = app.strategy.unbatchable_reason() or \
-                unbatchable_reason(self.sequential.workspaces.get(app), program, app.loss_fn, app.train)
+            why = app.strategy.unbatchable_reason() or unbatchable_reason(
+                self.sequential.workspaces.get(app), program, app.loss_fn, place_examples(app.train, app.device))
             if why is not None:
                 log.info("vectorized executor: running these clients sequentially because %s", why)
             self._reasons[key] = why
@@ -119,7 +122,8 @@ class Vectorized:
             if program is None:
                 alone.append(i)
             else:
-                key = (type(job.app.strategy), program, job.task.broadcast.key, job.app.model_fn, job.app.loss_fn)
+                key = (type(job.app.strategy), program, job.task.broadcast.key, job.app.model_fn, job.app.loss_fn,
+                       job.app.device)
                 groups.setdefault(key, []).append((i, program))
         for key in [k for k in groups if self.reason(jobs[groups[k][0][0]].app, k[1]) is not None]:
             alone += [i for i, _ in groups.pop(key)]
@@ -127,7 +131,8 @@ class Vectorized:
             app = jobs[members[0][0]].app
             try:
                 batch = train_group(self.sequential.workspaces.get(app), [p for _, p in members], app.loss_fn,
-                                    [jobs[i].task for i, _ in members], [jobs[i].app.train for i, _ in members])
+                                    [place_task(jobs[i].task, app.device) for i, _ in members],
+                                    [place_examples(jobs[i].app.train, app.device) for i, _ in members])
             except Exception as exc:  # noqa: BLE001 - the sequential path then reports per-client failures
                 log.warning("vectorized executor: a batch of %d clients failed (%s: %s); running them "
                             "sequentially", len(members), type(exc).__name__, exc)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
+import torch
+
 from ..client import ClientApp, MemoryStates, RoundStates, StateStore, Trained
+from ..device import CPU
 from ..errors import ConfigError
 from ..fleet import ASYNC, CONCURRENT, MESSAGES, STAGES, checked_message, incidents, split_open
 from ..params import num_bytes
@@ -28,12 +31,13 @@ class LocalFleet:
     capabilities = frozenset({STAGES, CONCURRENT, MESSAGES, ASYNC})
 
     def __init__(self, population: Population | Sequence[ClientApp], executor: str | Executor = "sequential",
-                 states: StateStore | None = None, workers: int | None = None):
+                 states: StateStore | None = None, workers: int | None = None,
+                 devices: Sequence[torch.device] = (CPU,)):
         self.population = population if not isinstance(population, Sequence) else AppList(population)
         self.states = RoundStates(states if states is not None else MemoryStates())
         if isinstance(executor, str):
             self.chosen, self._label = resolve_executor(executor, self.population, workers)
-            self.executor = make_executor(self.chosen, self.population, workers)
+            self.executor = make_executor(self.chosen, self.population, workers, devices)
         else:
             self.chosen = self._label = executor.name
             self.executor = executor

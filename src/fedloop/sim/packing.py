@@ -23,7 +23,8 @@ H = TypeVar("H")
 
 
 def to_numpy(tensors: Mapping[str, torch.Tensor]) -> Arrays:
-    return {k: v.detach().numpy() for k, v in tensors.items()}
+    """The tensors as arrays (a worker's results on an accelerator come back to the CPU)."""
+    return {k: v.detach().cpu().numpy() for k, v in tensors.items()}
 
 
 def to_torch(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:

@@ -17,10 +17,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
+from typing import Any
 
+import cloudpickle
 import torch
 
+from ..app import file_modules
 from ..client import ClientApp, Trained
+from ..device import CPU, on_cpu
 from ..memory import return_freed_memory
 from ..params import num_bytes
 from ..types import Task
@@ -38,6 +43,21 @@ def _start_worker(resolve: Callable[[int], ClientApp]) -> None:
     global _resolve, _inner
     torch.set_num_threads(1)
     _resolve, _inner = resolve, {"sequential": Sequential(), "vectorized": Vectorized()}
+
+
+def _start_device_worker(resolve: bytes, devices: Sequence[torch.device], started: Any) -> None:
+    """A spawned worker on an accelerator: the n-th started takes devices[n % len(devices)], and its clients train
+    there (CUDA cannot run in a forked child of a process that asked about CUDA devices)."""
+    with started.get_lock():
+        mine = devices[started.value % len(devices)]
+        started.value += 1
+    apps = cloudpickle.loads(resolve)
+    _start_worker(lambda client_id: on_device(apps(client_id), mine))
+
+
+def on_device(app: ClientApp, device: torch.device) -> ClientApp:
+    """The client app training on `device` (a worker's own accelerator)."""
+    return app if app.device == device else replace(app, device=device)
 
 
 def _run_share(inner: str, broadcast: Packed, tasks: list[Task], states: list[Arrays]) -> list[Result]:
@@ -63,9 +83,15 @@ class Processes:
     name = "processes"
 
     def __init__(self, resolve: Callable[[int], ClientApp], workers: int | None = None,
-                 inner: str = "sequential"):
+                 inner: str = "sequential", devices: Sequence[torch.device] = (CPU,), start: str | None = None):
         self.resolve = resolve
-        self.workers = workers or default_workers()
+        self.devices = tuple(devices)
+        accelerated = not all(on_cpu(d) for d in self.devices)
+        self.start = start or ("spawn" if accelerated else "fork")
+        """How workers start: forked on the CPU (client data inherited, not copied), spawned on accelerators."""
+        self.workers = workers or (len(self.devices) if accelerated else default_workers())
+        """On accelerators, one worker per device by default (each trains its share as one batch there with
+        processes-vectorized); more workers share the devices in turn."""
         self.inner = inner
         self._pool: ProcessPoolExecutor | None = None
         self._incidents: list[str] = []
@@ -74,8 +100,16 @@ class Processes:
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("fork"),
-                                             initializer=_start_worker, initargs=(self.resolve,))
+            if self.start == "fork":
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("fork"),
+                                                 initializer=_start_worker, initargs=(self.resolve,))
+            else:
+                spawn = mp.get_context("spawn")
+                for module in file_modules():  # a spawned worker cannot import the user's file by name
+                    cloudpickle.register_pickle_by_value(module)
+                self._pool = ProcessPoolExecutor(
+                    self.workers, mp_context=spawn, initializer=_start_device_worker,
+                    initargs=(cloudpickle.dumps(self.resolve), self.devices, spawn.Value("i", 0)))
         return self._pool
 
     def run(self, jobs: Sequence[Job], until: float | None = None) -> list[Result]:

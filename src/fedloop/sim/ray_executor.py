@@ -1,7 +1,9 @@
 """The Ray executor: a local fleet's clients trained by Ray actors, for simulations larger than one machine.
 
 The population is put in Ray's object store once; one actor per CPU (one thread each) resolves client apps from
-it and trains the shares of the round it is sent with an inner executor (auto, sequential or vectorized). A round
+it and trains the shares of the round it is sent with an inner executor (auto, sequential or vectorized). With
+clients on CUDA, one actor per GPU of the cluster by default, each holding its share of a GPU (Ray's num_gpus: a
+whole one, or a fraction when there are more actors than GPUs). A round
 is cut into as many shares as the executor was started with workers, whatever is alive, so its grouping, and with
 it every bit of the result, does not depend on the cluster's state. Each broadcast is put in the object store once
 per round; training results come back as NumPy arrays, and the client apps finish in the fleet's process, where
@@ -26,13 +28,18 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+import torch
+
 from ..app import file_modules
+from ..client import ClientApp
+from ..device import CPU
 from ..errors import ConfigError, WorkersLost
 from ..types import Task
 from .choice import make_executor, resolve_executor
 from .executors import Job, Result
 from .packing import Arrays, Packed, dispatch, run_packed, unpack_result
 from .population import Population
+from .processes import on_device
 from .ray_cluster import auth_hint, connect
 from .shares import Share, after_loss, fail
 
@@ -46,15 +53,21 @@ TICK = 10.0  # seconds between the lines a waiting round logs
 class _Worker:
     """A Ray actor: trains shares of rounds for any client of the population, with one thread."""
 
-    def __init__(self, population: Population, inner: str):
+    def __init__(self, population: Population, inner: str, accelerated: bool):
         import torch
 
         torch.set_num_threads(1)
         self.population = population
         self.executor = make_executor(inner, population, workers=1)
+        self.device = torch.device("cuda", 0) if accelerated else None
+        """The actor's share of a GPU: Ray shows it the GPU it assigned as CUDA device 0."""
+
+    def app(self, client_id: int) -> ClientApp:
+        app = self.population.app(client_id)
+        return app if self.device is None else on_device(app, self.device)
 
     def run(self, broadcast: Packed, tasks: list[Task], states: list[Arrays]) -> list[Result]:
-        return run_packed(self.executor.run, self.population.app, broadcast, tasks, states)
+        return run_packed(self.executor.run, self.app, broadcast, tasks, states)
 
     def ready(self) -> bool:
         return True
@@ -66,15 +79,23 @@ class RayExecutor:
     name = "ray"
 
     def __init__(self, population: Population, inner: str = "auto", address: str | None = None,
-                 workers: int | None = None, num_cpus: int | None = None, start_timeout: float = START_TIMEOUT):
+                 workers: int | None = None, num_cpus: int | None = None, start_timeout: float = START_TIMEOUT,
+                 devices: Sequence[torch.device] = (CPU,)):
         if inner not in INNER:
             raise ConfigError(f"sim.executor = {inner!r} cannot run inside Ray actors; use {', '.join(INNER)}")
         self._ray = ray = connect(address, num_cpus)
         self.start_timeout = start_timeout
-        self.workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+        self.accelerated = any(d.type == "cuda" for d in devices)
+        gpus = ray.cluster_resources().get("GPU", 0) if self.accelerated else 0
+        if self.accelerated and gpus <= 0:
+            raise ConfigError("device = 'cuda': the Ray cluster has no GPU (ray.cluster_resources() lists none); "
+                              "start its nodes with GPUs or set device = 'cpu'")
+        self.workers = workers or max(1, int(gpus or ray.cluster_resources().get("CPU", 1)))
         self.inner, label = resolve_executor(inner, population, workers=1)  # what each one-thread actor runs
         self.label = label if inner == "auto" else inner
-        self._actor = ray.remote(num_cpus=1)(_Worker)
+        self.gpus_per_actor = min(1.0, gpus / self.workers) if self.accelerated else 0.0
+        """Each actor's share of the cluster's GPUs: one GPU each, or several actors per GPU."""
+        self._actor = ray.remote(num_cpus=1, num_gpus=self.gpus_per_actor)(_Worker)
         for module in file_modules():  # actors cannot import the user's file by name: send its code with the apps
             ray.cloudpickle.register_pickle_by_value(module)
         self._population = ray.put(population)
@@ -89,7 +110,7 @@ class RayExecutor:
             raise ConfigError(f"sim.engine = 'ray': {why}{auth_hint(address)}")
 
     def _start_actor(self) -> None:
-        actor = self._actor.remote(self._population, self.inner)
+        actor = self._actor.remote(self._population, self.inner, self.accelerated)
         self.starting[actor.ready.remote()] = actor
 
     def _await_started(self, until: float, every: bool = False) -> str | None:
@@ -190,7 +211,8 @@ class RayExecutor:
         return out
 
     def describe(self) -> str:
-        return f"ray ({self.workers} actors, executor {self.label})"
+        gpus = f", {self.gpus_per_actor:g} GPU each" if self.accelerated else ""
+        return f"ray ({self.workers} actors{gpus}, executor {self.label})"
 
     def close(self) -> None:
         for actor in [*self.actors, *self.starting.values()]:

@@ -9,6 +9,7 @@ truncated or padded in a way that changes a client's result.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,10 @@ from torch.nn.utils.rnn import pad_sequence
 from ..client import dpsgd
 from ..client.training import LossFn, SGDProgram, Trained, sgd_step
 from ..data.examples import Examples
+from ..device import free_memory
 from ..types import Params, Task
+
+log = logging.getLogger(__name__)
 
 MAX_ROWS = 1 << 16
 """Rows one batched step may hold (clients x batch); larger groups are split into chunks of clients."""
@@ -52,8 +56,8 @@ def unbatchable_reason(model: nn.Module, program: SGDProgram, loss_fn: LossFn, d
         if isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 or \
                 isinstance(m, nn.RNNBase) and m.dropout > 0:
             return f"module {name or type(m).__name__} uses dropout, whose random draws differ when batched"
-    rows = data.index[:2]
-    x, y = data.x[rows], data.y[rows]
+    rows = data.index[:2].to(data.x.device)
+    x, y = data.x[rows], data.y[rows.to(data.y.device)]
     params = {k: v.detach() for k, v in model.named_parameters()}
     try:
         with torch.no_grad():
@@ -90,8 +94,8 @@ def _shared_arrays(data: Sequence[Examples]) -> tuple[torch.Tensor, torch.Tensor
         return data[0].x, data[0].y, [d.index for d in data]
     xs, ys, index, offset = [], [], [], 0
     for d in data:
-        xs.append(d.x[d.index])
-        ys.append(d.y[d.index])
+        xs.append(d.x[d.index.to(d.x.device)])
+        ys.append(d.y[d.index.to(d.y.device)])
         index.append(torch.arange(offset, offset + len(d)))
         offset += len(d)
     return torch.cat(xs), torch.cat(ys), index
@@ -135,7 +139,8 @@ def _schedule(program: SGDProgram, tasks: Sequence[Task], data: Sequence[Example
     pos = torch.where(mask, pos, 0)  # padding points at the client's first row: finite, and masked out
     local = order[(clients * epochs + epoch) * n_max + pos]
     rows = _pad(index, sizes_list).view(-1)[clients * n_max + local]
-    return _Schedule(x, y, rows, mask.to(x.dtype if x.is_floating_point() else torch.float32), steps)
+    return _Schedule(x, y, rows.to(x.device), mask.to(x.device, x.dtype if x.is_floating_point() else torch.float32),
+                     steps)
 
 
 def train_group(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: LossFn, tasks: Sequence[Task],
@@ -151,11 +156,45 @@ def train_group(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: LossF
         numel = sum(p.numel() for p in model.parameters())
         per_chunk = max(1, min(per_chunk, MAX_PER_EXAMPLE // max(1, (width or 1) * numel)))
         train = _train_chunk_dp
+    per_chunk = min(per_chunk, _fits_device(model, data[0], width or 1))
     out: list[Trained] = []
-    for start in range(0, len(tasks), per_chunk):
+    start = 0
+    while start < len(tasks):
         end = start + per_chunk
-        out += train(model, programs[start:end], loss_fn, tasks[start:end], data[start:end])
+        try:
+            out += train(model, programs[start:end], loss_fn, tasks[start:end], data[start:end])
+        except torch.cuda.OutOfMemoryError:
+            held = len(tasks[start:end])
+            if held == 1:
+                raise
+            per_chunk = held // 2  # the estimate was short: smaller blocks, the same clients' results
+            log.info("vectorized executor: the device ran out of memory; %d clients per block now", per_chunk)
+            torch.cuda.empty_cache()
+            continue
+        start = end
     return out
+
+
+DEVICE_SHARE = 0.5
+"""The share of an accelerator's free memory one block of clients may plan to use."""
+
+
+def _fits_device(model: nn.Module, data: Examples, width: int) -> int:
+    """How many clients one block may hold on the model's accelerator, from its free memory: each client holds
+    a few copies of the params (its params, their gradient, momentum, the update) and a step's rows with their
+    activations (estimated at ACTIVATIONS times the input); no bound on the CPU, where MAX_ROWS bounds a block."""
+    param = next(iter(model.parameters()), None)
+    free = None if param is None else free_memory(param.device)
+    if free is None:
+        return 1 << 62
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    row = data.x[:1].numel() * data.x.element_size()
+    per_client = 6 * params + width * row * ACTIVATIONS
+    return max(1, int(free * DEVICE_SHARE) // max(1, per_client))
+
+
+ACTIVATIONS = 32
+"""The bytes a step's activations and their gradients take per byte of input row (a CNN's feature maps)."""
 
 
 def _rows(data: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -187,8 +226,10 @@ def _train_chunk(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: Loss
     forward = vmap(lambda p, xb: functional_call(model, p, (xb,)))
     row_losses = _row_losses(loss_fn)
     plan = _schedule(program, tasks, data, [p.max_steps for p in programs])
+    device = plan.x.device
     order = torch.argsort(plan.steps, descending=True, stable=True)  # clients still training are a prefix
-    rows, mask, steps = plan.rows[order], plan.mask[order], plan.steps[order]
+    on_device = order.to(device)
+    rows, mask, steps = plan.rows[on_device], plan.mask[on_device], plan.steps[order]
     aux = _stacked_aux(programs, order)
     penalty = None if program.penalty is None else \
         vmap(program.penalty, in_dims=(0, None, None if aux is None else 0))
@@ -197,8 +238,8 @@ def _train_chunk(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: Loss
     params = {k: global_params[k].detach().unsqueeze(0).repeat(count, *([1] * global_params[k].dim()))
               for k in names}
     momentum = {k: torch.zeros_like(v) for k, v in params.items()} if program.momentum else None
-    loss_sum = torch.zeros(count)
-    correct_sum = torch.zeros(count)
+    loss_sum = torch.zeros(count, device=device)
+    correct_sum = torch.zeros(count, device=device)
     scored = plan.y.dim() == 1 and not plan.y.is_floating_point()
     rows_per_step = mask.sum(dim=2)  # [clients, steps]
     divisors = rows_per_step.clamp(min=1.0)
@@ -274,8 +315,9 @@ def _train_chunk_dp(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: L
             rows[pos, s, :len(pick)] = index[c][pick]
             rows[pos, s, len(pick):] = index[c][0]
             mask[pos, s, :len(pick)] = 1.0
+    rows, mask = rows.to(x.device), mask.to(x.device)
     noise = [drawn_from[c][1] for c in order]
-    divisor = torch.tensor([float(per_row[c]) for c in order])
+    divisor = torch.tensor([float(per_row[c]) for c in order], device=x.device)
     aux = _stacked_aux(programs, torch.tensor(order))
     penalty = None if program.penalty is None else \
         vmap(program.penalty, in_dims=(0, None, None if aux is None else 0))
@@ -284,7 +326,7 @@ def _train_chunk_dp(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: L
               for k in names}
     buffers: list[torch.Tensor | None] = [torch.zeros_like(params[k]) for k in names] if program.momentum \
         else [None] * len(names)
-    loss_sum, correct_sum, seen = torch.zeros(count), torch.zeros(count), torch.zeros(count)
+    loss_sum, correct_sum, seen = (torch.zeros(count, device=x.device) for _ in range(3))
     scored = y.dim() == 1 and not y.is_floating_point()
     std = program.noise_multiplier * program.clip
     model.train()
