@@ -163,8 +163,9 @@ def local_sgd(x, xs, ys, seed, epochs, bsz, lr, momentum=0.0, penalty=None, mode
 
 
 def options(rounds: int, seed: int = 0, federated: bool = False, **kw) -> RunOptions:
-    """Run options for a short run (no federated evaluation unless asked)."""
-    return RunOptions(rounds=rounds, seed=seed, eval=EvalOptions(federated=federated), **kw)
+    """Run options for a short run on the CPU (no federated evaluation unless asked; tests marked gpu name their
+    device)."""
+    return RunOptions(rounds=rounds, seed=seed, eval=EvalOptions(federated=federated), **{"device": "cpu", **kw})
 
 
 def run_sizes(strategy, sizes, executor="sequential", rounds=3, seed=5, model=small_model, loss=F.cross_entropy,

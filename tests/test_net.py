@@ -107,10 +107,11 @@ def start_server(root: Path, config: Path, out: Path, *extra: str) -> tuple[subp
 
 
 def start_client(root: Path, port: int, c: int, *extra: str) -> subprocess.Popen:
+    """A client process on the CPU (--device cpu: the simulator it is compared with trains there too)."""
     certs = root / "certs"
     return subprocess.Popen(cli("client", "--server", f"127.0.0.1:{port}", "--data", str(root / f"client{c}.npz"),
                                 "--token-file", str(certs / f"client-{c}.token"), "--ca-cert", str(certs / "ca.pem"),
-                                "--id", str(c), "--threads", "1", *extra),
+                                "--id", str(c), "--threads", "1", "--device", "cpu", *extra),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -129,6 +130,8 @@ def test_server_and_five_client_processes_train_over_tls_like_the_simulator(site
     for c in clients:
         assert "the run is over" in finish(c)
     assert "rounds 3" in log and "accuracy" in log
+    here = "cuda" if torch.cuda.is_available() else "cpu"
+    assert f'device = "{here}"' in (tmp_path / "run" / "config.toml").read_text()  # where the server evaluated
     for name in ("config.toml", "metrics.jsonl", "model.safetensors", "summary.json", "curves.png",
                  "checkpoints/round_0003.safetensors", "presence.json"):
         assert (tmp_path / "run" / name).exists(), name

@@ -170,6 +170,14 @@ def free_memory(device: torch.device) -> int | None:
     return int(free)
 
 
+def deterministic_worker() -> None:
+    """PyTorch's deterministic algorithms for the rest of a worker process on an accelerator (a spawned worker, a
+    Ray actor), before it starts CUDA; what ran without a deterministic implementation there is logged by PyTorch,
+    not collected into summary.json."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 NONDETERMINISTIC = re.compile(r"does not have a deterministic implementation")
 
 

@@ -32,7 +32,7 @@ import torch
 
 from ..app import file_modules
 from ..client import ClientApp
-from ..device import CPU
+from ..device import CPU, deterministic_worker
 from ..errors import ConfigError, WorkersLost
 from ..types import Task
 from .choice import make_executor, resolve_executor
@@ -61,6 +61,8 @@ class _Worker:
         self.executor = make_executor(inner, population, workers=1)
         self.device = torch.device("cuda", 0) if accelerated else None
         """The actor's share of a GPU: Ray shows it the GPU it assigned as CUDA device 0."""
+        if accelerated:
+            deterministic_worker()
 
     def app(self, client_id: int) -> ClientApp:
         app = self.population.app(client_id)
