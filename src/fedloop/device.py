@@ -29,13 +29,15 @@ CPU = torch.device("cpu")
 
 NAMES = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 """What `device` may say."""
+EXPECTED = "expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+"""What a name that NAMES refuses is told."""
 
 
 def resolve(name: str, key: str = "device") -> torch.device:
     """The device `name` stands for on this machine ("auto": CUDA device 0 when there is one, else the CPU); a
     ConfigError naming `key` when it is not here."""
     if not NAMES.match(name):
-        raise ConfigError(f"{key} = {name!r}: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+        raise ConfigError(f"{key} = {name!r}: {EXPECTED}")
     if name == "auto":
         return torch.device("cuda", 0) if torch.cuda.is_available() else CPU
     if name == "cpu":
@@ -170,10 +172,10 @@ def free_memory(device: torch.device) -> int | None:
     return int(free)
 
 
-def deterministic_worker() -> None:
-    """PyTorch's deterministic algorithms for the rest of a worker process on an accelerator (a spawned worker, a
-    Ray actor), before it starts CUDA; what ran without a deterministic implementation there is logged by PyTorch,
-    not collected into summary.json."""
+def deterministic_algorithms() -> None:
+    """PyTorch's deterministic algorithms, with the fixed cuBLAS workspace they need (set before CUDA starts): for a
+    run on an accelerator (`deterministic`), and for the rest of a worker process there (a spawned worker, a Ray
+    actor), whose operations without a deterministic implementation PyTorch logs rather than summary.json."""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
 
@@ -190,7 +192,6 @@ def deterministic(device: torch.device) -> Iterator[list[str]]:
     if on_cpu(device):
         yield ran
         return
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     with warnings.catch_warnings():
         shown = warnings.showwarning
@@ -207,7 +208,7 @@ def deterministic(device: torch.device) -> Iterator[list[str]]:
 
         warnings.filterwarnings("always", message=".*does not have a deterministic implementation")
         warnings.showwarning = record
-        torch.use_deterministic_algorithms(True, warn_only=True)
+        deterministic_algorithms()
         try:
             yield ran
         finally:

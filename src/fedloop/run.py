@@ -110,7 +110,7 @@ class RunOptions:
     def __post_init__(self) -> None:
         checks.at_least(self, "rounds", 1)
         if not devices.NAMES.match(self.device):
-            checks.fail(self, "device", "expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+            checks.fail(self, "device", devices.EXPECTED)
         if self.resume and self.out is None:
             checks.fail(self, "resume", "resuming needs the run directory (out)")
         if self.resume and self.overwrite:

@@ -25,7 +25,7 @@ import torch
 
 from ..app import file_modules
 from ..client import ClientApp, Trained
-from ..device import CPU, deterministic_worker, on_cpu
+from ..device import CPU, deterministic_algorithms, on_cpu
 from ..memory import return_freed_memory
 from ..params import num_bytes
 from ..types import Task
@@ -52,7 +52,7 @@ def _start_device_worker(resolve: bytes, devices: Sequence[torch.device], starte
         mine = devices[started.value % len(devices)]
         started.value += 1
     if not on_cpu(mine):
-        deterministic_worker()
+        deterministic_algorithms()
     apps = cloudpickle.loads(resolve)
     _start_worker(lambda client_id: on_device(apps(client_id), mine))
 

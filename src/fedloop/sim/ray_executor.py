@@ -32,7 +32,7 @@ import torch
 
 from ..app import file_modules
 from ..client import ClientApp
-from ..device import CPU, deterministic_worker
+from ..device import CPU, deterministic_algorithms
 from ..errors import ConfigError, WorkersLost
 from ..types import Task
 from .choice import make_executor, resolve_executor
@@ -62,7 +62,7 @@ class _Worker:
         self.device = torch.device("cuda", 0) if accelerated else None
         """The actor's share of a GPU: Ray shows it the GPU it assigned as CUDA device 0."""
         if accelerated:
-            deterministic_worker()
+            deterministic_algorithms()
 
     def app(self, client_id: int) -> ClientApp:
         app = self.population.app(client_id)
