@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -226,6 +227,7 @@ round_deadline = 600
     server.start()
     port = queue.get()
     before = loopback_bytes()
+    children_before = (lambda u: u.ru_utime + u.ru_stime)(resource.getrusage(resource.RUSAGE_CHILDREN))
     groups = [list(range(n))[i::CLIENT_PROCESSES] for i in range(CLIENT_PROCESSES)]
     clients = [ctx.Process(target=_client_process, args=(port, str(certs), ids, digest)) for ids in groups if ids]
     for c in clients:
@@ -245,12 +247,14 @@ round_deadline = 600
     server.join()
     for c in clients:
         c.join()
+    children = (lambda u: u.ru_utime + u.ru_stime)(resource.getrusage(resource.RUSAGE_CHILDREN)) - children_before
     per_round = statistics.median(out["seconds"][1:])  # round 1 includes the clients' first connections
     raw = 2 * n * (FEATURES * 10 + 10) * 4
     print(f"  N={n:<4} {per_round:>9.3f} s/round  server peak RSS {out['rss']:>6.0f} MB  "
           f"loopback {wire / (rounds + 1) / 1e6:>8.1f} MB/round vs raw params {raw / 1e6:>7.1f} MB/round "
           f"({wire / (rounds + 1) / raw:.3f}x)  peak fds {out['fds']}  rounds with failures "
           f"{out['failed']}/{len(out['seconds'])}  server CPU {out['cpu'] / len(out['seconds']):.1f} s/round  "
+          f"clients' CPU {(children - out['cpu']) / len(out['seconds']):.1f} s/round  "
           f"aggregation {statistics.median(out['aggregate'][1:]):.2f} s/round"
           + (f"  cancelled {out['cancelled']}" if over else ""))
 
