@@ -24,7 +24,7 @@ from cells import Cell, cli
 TABLE = "fedavg"
 MODELS = {"mlp": 0.85, "cnn": 0.88}
 PARTITIONS = {"iid": ["partition.scheme=iid"], "shards2": ["partition.scheme=shards", "partition.shards_per_client=2"]}
-BUDGET = {("fedsgd", "mlp"): 1500, ("fedsgd", "cnn"): 1000, ("fedavg", "mlp"): 300, ("fedavg", "cnn"): 200}
+BUDGET = {("fedsgd", "mlp"): 3000, ("fedsgd", "cnn"): 1000, ("fedavg", "mlp"): 1000, ("fedavg", "cnn"): 200}
 
 
 def algorithms() -> dict[str, list[str]]:
@@ -51,9 +51,17 @@ def cells(seed: int = 0) -> list[Cell]:
 
 
 def rounds_to_target(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the run stopped (at the target, or at its budget), its best accuracy, and the curve of (round, test
+    accuracy) pairs, from which the report reads the rounds to lower targets too."""
     curve = [(r["round"], r["accuracy"]) for r in rounds if "accuracy" in r]
     return {"last_round": rounds[-1]["round"] if rounds else 0, "last_accuracy": curve[-1][1] if curve else None,
-            "best_accuracy": max((a for _, a in curve), default=None)}
+            "best_accuracy": max((a for _, a in curve), default=None),
+            "curve": [[r, round(a, 4)] for r, a in curve]}
+
+
+def first_round_at(result: dict[str, Any], target: float) -> int | None:
+    """The first evaluated round at or above `target` (None if the run never got there)."""
+    return next((r for r, a in result.get("curve", []) if a >= target), None)
 
 
 def main() -> None:
