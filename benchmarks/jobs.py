@@ -1,6 +1,7 @@
-"""Seconds per round of the jobs users run most: the embedded default job and the two privacy jobs of the README
-(issue 24's "nothing else slower" check). Each job runs through `run_config` as `fedloop run` does, with its
-evaluation off so that the figure is the round itself; the median round is printed, the first (warm-up) left out.
+"""Seconds per round of the jobs users run most: the embedded default job, the same under local DP, and the README's
+central-DP example (issue 24's "nothing else slower" check; the privacy jobs are benchmarks/noise.py's). Each job
+runs through `run_config` as `fedloop run` does, with its evaluation off so that the figure is the round itself; the
+median round is printed, the first (warm-up) left out.
 
 To compare two versions of fedloop, run this script with each one's source first on the path, one after the other:
 
