@@ -1,6 +1,6 @@
 """Seconds per round of the jobs users run most: the embedded default job, the same under local DP, and the README's
-central-DP example (issue 24's "nothing else slower" check; the privacy jobs are benchmarks/noise.py's). Each job
-runs through `run_config` as `fedloop run` does, with its evaluation off so that the figure is the round itself; the
+central-DP example (issue 24's "nothing else slower" check; benchmarks/noise.py times the same privacy jobs). Each
+job runs through `run_config` as `fedloop run` does, with its evaluation off so that the figure is the round itself; the
 median round is printed, the first (warm-up) left out.
 
 To compare two versions of fedloop, run this script with each one's source first on the path, one after the other:
@@ -22,17 +22,22 @@ import fedloop
 from fedloop.build import load_config
 from fedloop.experiment import run_config
 
+LOCAL_DP = ["privacy.mode=local", "privacy.noise_multiplier=1.0"]
+"""The default job under local DP, z = 1, C = 1."""
+CENTRAL_DP = ["privacy.mode=central", "privacy.sampling=poisson", "model.name=logreg", "partition.num_clients=200",
+              "strategy.clients_per_round=50", "privacy.noise_multiplier=2.1314"]
+"""The README's central-DP example, z = 2.13."""
+
 JOBS = {
     "default job": [],
-    "default job, local DP (z = 1, C = 1)": ["privacy.mode=local", "privacy.noise_multiplier=1.0"],
-    "central DP (the README's example, z = 2.13)": [
-        "privacy.mode=central", "privacy.sampling=poisson", "model.name=logreg", "partition.num_clients=200",
-        "strategy.clients_per_round=50", "privacy.noise_multiplier=2.1314"],
+    "default job, local DP (z = 1, C = 1)": LOCAL_DP,
+    "central DP (the README's example, z = 2.13)": CENTRAL_DP,
 }
 
 
 def round_seconds(sets: list[str], rounds: int) -> float:
-    """The median seconds of a round of the job (the first round, which warms up, left out)."""
+    """The median seconds of a round of the job `sets` describes, with evaluation off (the first round, which warms
+    up, left out)."""
     cfg = load_config(None, [*sets, f"rounds={rounds}", "eval.every=1000", "eval.federated=false"])
     with tempfile.TemporaryDirectory() as out:
         history = run_config(cfg, out).history

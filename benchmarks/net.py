@@ -154,8 +154,6 @@ def _client_process(port: int, certs: str, ids: list[int], digest: str) -> None:
 
 
 def _server(config: str, out: str, certs: str, queue: mp.Queue) -> None:
-    import resource
-
     from fedloop.build import load_config
     from fedloop.net.serve import serve
 
@@ -176,8 +174,14 @@ def _server(config: str, out: str, certs: str, queue: mp.Queue) -> None:
                              for r in result.history),
                "cancelled": sum(sum(f["reason"].startswith(cancelled) for f in r.get("failed_clients", []))
                                 for r in result.history),
-               "cpu": (lambda u: u.ru_utime + u.ru_stime)(resource.getrusage(resource.RUSAGE_SELF)),
+               "cpu": cpu_seconds(resource.RUSAGE_SELF),
                "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+
+
+def cpu_seconds(who: int) -> float:
+    """User and system CPU seconds of this process (RUSAGE_SELF) or of its waited-for children (RUSAGE_CHILDREN)."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def loopback_bytes() -> int:
@@ -227,7 +231,7 @@ round_deadline = 600
     server.start()
     port = queue.get()
     before = loopback_bytes()
-    children_before = (lambda u: u.ru_utime + u.ru_stime)(resource.getrusage(resource.RUSAGE_CHILDREN))
+    children_before = cpu_seconds(resource.RUSAGE_CHILDREN)
     groups = [list(range(n))[i::CLIENT_PROCESSES] for i in range(CLIENT_PROCESSES)]
     clients = [ctx.Process(target=_client_process, args=(port, str(certs), ids, digest)) for ids in groups if ids]
     for c in clients:
@@ -247,7 +251,7 @@ round_deadline = 600
     server.join()
     for c in clients:
         c.join()
-    children = (lambda u: u.ru_utime + u.ru_stime)(resource.getrusage(resource.RUSAGE_CHILDREN)) - children_before
+    children = cpu_seconds(resource.RUSAGE_CHILDREN) - children_before
     per_round = statistics.median(out["seconds"][1:])  # round 1 includes the clients' first connections
     raw = 2 * n * (FEATURES * 10 + 10) * 4
     print(f"  N={n:<4} {per_round:>9.3f} s/round  server peak RSS {out['rss']:>6.0f} MB  "

@@ -10,22 +10,15 @@ process, each case repeated and the best time kept; nothing else should run on t
 from __future__ import annotations
 
 import argparse
-import statistics
-import tempfile
 import time
 
 import torch
+from jobs import CENTRAL_DP, LOCAL_DP
+from jobs import round_seconds as job_round_seconds
 
-from fedloop.build import load_config
-from fedloop.experiment import run_config
 from fedloop.randomness import secret
 
-JOBS = {
-    "local DP (default job, z = 1, C = 1)": ["privacy.mode=local", "privacy.noise_multiplier=1.0"],
-    "central DP (the README's example, z = 2.13)": [
-        "privacy.mode=central", "privacy.sampling=poisson", "model.name=logreg", "partition.num_clients=200",
-        "strategy.clients_per_round=50", "privacy.noise_multiplier=2.1314"],
-}
+JOBS = {"local DP (default job, z = 1, C = 1)": LOCAL_DP, "central DP (the README's example, z = 2.13)": CENTRAL_DP}
 
 
 def best(fn, repeats: int) -> float:
@@ -38,12 +31,8 @@ def best(fn, repeats: int) -> float:
 
 
 def round_seconds(sets: list[str], secure: bool, rounds: int) -> float:
-    """The median seconds of a round (the first, which warms up, left out)."""
-    cfg = load_config(None, [*sets, f"rounds={rounds}", f"privacy.secure_noise={str(secure).lower()}",
-                             "eval.every=1000", "eval.federated=false", "sim.executor=sequential"])
-    with tempfile.TemporaryDirectory() as out:
-        history = run_config(cfg, out).history
-    return statistics.median(r["seconds"] for r in history[1:])
+    """The median seconds of a round of the job, with or without secure noise, on the sequential executor."""
+    return job_round_seconds([*sets, f"privacy.secure_noise={str(secure).lower()}", "sim.executor=sequential"], rounds)
 
 
 def main() -> None:
