@@ -16,6 +16,7 @@ difference between its final params and the floor's (a sanity check that the sam
     python benchmarks/engine.py                    # W1-W4, 5 timed rounds each
     python benchmarks/engine.py --workloads W3 W4 --rounds 5
     python benchmarks/engine.py --interleave W1 --rounds 6   # sequential vs floor (a), alternating rounds
+    python benchmarks/engine.py --interleave W3 --interleave-executor vectorized --rounds 50   # the same, vectorized
     python benchmarks/engine.py --two-nodes W3 --rounds 5    # Ray: one node, then two (one CPU each)
 
 --two-nodes starts a Ray cluster on this machine (ray.cluster_utils.Cluster on 127.0.0.1: a head node with one CPU),
@@ -186,10 +187,10 @@ def two_nodes(name: str, rounds: int, seed: int, executor: str) -> None:
           f"  two nodes take {spr[2] / spr[1]:.3f}x the time of one; max |dW| between them {diff:.2e}")
 
 
-def interleaved(name: str, rounds: int, seed: int) -> None:
-    """fedloop's sequential fleet and floor (a) in one process, round by round, so machine noise hits both."""
+def interleaved(name: str, rounds: int, seed: int, executor: str) -> None:
+    """fedloop's fleet and floor (a) in one process, round by round, so machine noise hits both."""
     w = make_workload(name, None, seed)
-    fleet = build_fleet(w.data, w.part, w.strategy, w.model_fn, F.cross_entropy, SimOptions(executor="sequential"))
+    fleet = build_fleet(w.data, w.part, w.strategy, w.model_fn, F.cross_entropy, SimOptions(executor=executor))
     state = w.strategy.init(initial_params(w.model_fn, seed), seed)
     glob, model = dict(state.params), w.model_fn()
     clients = [ClientInfo(c, len(w.part.train[c])) for c in range(w.part.num_clients)]
@@ -204,8 +205,9 @@ def interleaved(name: str, rounds: int, seed: int) -> None:
         glob = {k: glob[k] - delta[k] for k in glob}
         plain.append(time.perf_counter() - start)
     diff = max(float((state.params[k] - glob[k]).abs().max()) for k in glob)
-    print(f"\n{name} interleaved in one process, rounds 2-{rounds + 1}: fedloop sequential {sum(ours[1:]):.3f} s, "
-          f"floor (a) {sum(plain[1:]):.3f} s, ratio {sum(ours[1:]) / sum(plain[1:]):.3f}; max |dW| {diff:.2e}")
+    print(f"\n{name} interleaved in one process, rounds 2-{rounds + 1}: fedloop {executor} {sum(ours[1:]):.3f} s, "
+          f"floor (a) {sum(plain[1:]):.3f} s, ratio {sum(ours[1:]) / sum(plain[1:]):.3f} (floor (a) "
+          f"{sum(plain[1:]) / sum(ours[1:]):.1f}x the time); max |dW| {diff:.2e}")
 
 
 class TreePss:
@@ -292,8 +294,10 @@ def main() -> None:
     ap.add_argument("--executors", nargs="+", default=list(EXECUTORS), choices=EXECUTORS)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--interleave", metavar="W", help="only: time fedloop sequential and floor (a) round by round "
-                                                      "in one process on workload W")
+    ap.add_argument("--interleave", metavar="W", help="only: time fedloop and floor (a) round by round in one "
+                                                      "process on workload W")
+    ap.add_argument("--interleave-executor", default="sequential", choices=EXECUTORS,
+                    help="fedloop's executor for --interleave")
     ap.add_argument("--two-nodes", metavar="W", help="only: the Ray engine on a one-node, then a two-node cluster on "
                                                     "this machine (one CPU each), on workload W")
     ap.add_argument("--ray-executor", default="vectorized", choices=("sequential", "vectorized", "auto"),
@@ -303,7 +307,7 @@ def main() -> None:
         two_nodes(args.two_nodes, args.rounds, args.seed, args.ray_executor)
         return
     if args.interleave:
-        interleaved(args.interleave, args.rounds, args.seed)
+        interleaved(args.interleave, args.rounds, args.seed, args.interleave_executor)
         return
     print(f"machine: {platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, python {platform.python_version()}")

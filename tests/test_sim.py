@@ -47,7 +47,7 @@ from fedloop.loop import run_loop
 from fedloop.privacy import PrivacyOptions, privatize
 from fedloop.run import initial_params
 from fedloop.sampling import round_rng
-from fedloop.sim import LazyPopulation, LocalFleet, gaussian_population
+from fedloop.sim import LazyPopulation, LocalFleet, gaussian_population, vectorized
 from fedloop.sim.executors import Job, Vectorized
 from fedloop.stops import MaxRounds
 from fedloop.types import Broadcast, Task, Update
@@ -130,8 +130,30 @@ def reference():
 @pytest.mark.parametrize("executor", EXECUTORS)
 @pytest.mark.parametrize("strategy", list(CONFORMANCE))
 def test_every_executor_gives_the_sequential_result(reference, strategy, executor):
-    res = run(CONFORMANCE[strategy], executor)
-    ref = reference[strategy]
+    assert_same_run(run(CONFORMANCE[strategy], executor), reference[strategy])
+
+
+def dense_model() -> nn.Module:
+    """A model that the vectorized executor differentiates in closed form (sim/dense.py)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(5, 8), nn.ReLU(), nn.Linear(8, 3))
+
+
+NOT_BATCHED = {**dict.fromkeys(["own-training", "qfedavg", "ditto"], "a strategy with its own client half trains "
+                                                                     "sequentially"),
+               "dp-sgd": "DP-SGD's per-example gradients go through autograd"}
+
+
+@pytest.mark.parametrize("strategy", list(CONFORMANCE))
+def test_a_dense_model_trained_by_closed_form_gradients_gives_the_sequential_result(monkeypatch, strategy):
+    calls = []
+    closed_form = vectorized.loss_grads
+    monkeypatch.setattr(vectorized, "loss_grads", lambda *a: calls.append(1) or closed_form(*a))
+    res = run(CONFORMANCE[strategy], "vectorized", model=dense_model)
+    assert bool(calls) == (strategy not in NOT_BATCHED)
+    assert_same_run(res, run(CONFORMANCE[strategy], "sequential", model=dense_model))
+
+
+def assert_same_run(res, ref):
     assert_close(res.state.params, ref.state.params)
     assert_close(res.state.extras, ref.state.extras)  # SCAFFOLD's control variate: client state was kept
     assert_close(res.state.opt_state, ref.state.opt_state)

@@ -24,6 +24,7 @@ from ..client.training import LossFn, SGDProgram, Trained, sgd_step
 from ..data.examples import Examples
 from ..device import free_memory
 from ..types import Params, Task
+from .dense import dense_layers, loss_grads
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,8 @@ def _train_chunk(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: Loss
     forward = vmap(lambda p, xb: functional_call(model, p, (xb,)))
     row_losses = _row_losses(loss_fn)
     plan = _schedule(program, tasks, data, [p.max_steps for p in programs])
+    scored = plan.y.dim() == 1 and not plan.y.is_floating_point()
+    layers = dense_layers(model, loss_fn) if scored else None
     device = plan.x.device
     order = torch.argsort(plan.steps, descending=True, stable=True)  # clients still training are a prefix
     on_device = order.to(device)
@@ -240,7 +243,6 @@ def _train_chunk(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: Loss
     momentum = {k: torch.zeros_like(v) for k, v in params.items()} if program.momentum else None
     loss_sum = torch.zeros(count, device=device)
     correct_sum = torch.zeros(count, device=device)
-    scored = plan.y.dim() == 1 and not plan.y.is_floating_point()
     rows_per_step = mask.sum(dim=2)  # [clients, steps]
     divisors = rows_per_step.clamp(min=1.0)
     model.train()
@@ -248,15 +250,27 @@ def _train_chunk(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: Loss
         idx, m = rows[:active, s], mask[:active, s]
         xb = _rows(plan.x, idx)
         yb = _rows(plan.y, idx)
-        sub = {k: v[:active].detach().requires_grad_() for k, v in params.items()}
-        outputs = forward(sub, xb)
         n = rows_per_step[:active, s]
-        losses = (row_losses(outputs, yb) * m).sum(dim=1) / divisors[:active, s]
-        total = losses.sum()
-        if penalty is not None:
-            total = total + penalty(sub, global_params, {} if aux is None else
-                                    {k: v[:active] for k, v in aux.items()}).sum()
-        grads = torch.autograd.grad(total, list(sub.values()))
+        if layers is None:
+            sub = {k: v[:active].detach().requires_grad_() for k, v in params.items()}
+            outputs = forward(sub, xb)
+            losses = (row_losses(outputs, yb) * m).sum(dim=1) / divisors[:active, s]
+            total = losses.sum()
+            if penalty is not None:
+                total = total + penalty(sub, global_params, {} if aux is None else
+                                        {k: v[:active] for k, v in aux.items()}).sum()
+            grads = torch.autograd.grad(total, list(sub.values()))
+        else:
+            by_name, rowwise, outputs = loss_grads(layers, {k: v[:active] for k, v in params.items()}, xb, yb,
+                                              m / divisors[:active, s, None])
+            losses = (rowwise * m).sum(dim=1) / divisors[:active, s]
+            grads = tuple(by_name[k] for k in names)
+            if penalty is not None:
+                sub = {k: v[:active].detach().requires_grad_() for k, v in params.items()}
+                pulled = torch.autograd.grad(penalty(sub, global_params, {} if aux is None else
+                                                     {k: v[:active] for k, v in aux.items()}).sum(),
+                                             list(sub.values()), allow_unused=True)
+                grads = tuple(g if p is None else g + p for g, p in zip(grads, pulled, strict=True))
         with torch.no_grad():
             loss_sum[:active] += losses * n
             scored = scored and outputs.dim() == 3
