@@ -236,6 +236,12 @@ def _train_chunk(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: Loss
     aux = _stacked_aux(programs, order)
     penalty = None if program.penalty is None else \
         vmap(program.penalty, in_dims=(0, None, None if aux is None else 0))
+
+    def penalty_sum(sub: dict[str, torch.Tensor], active: int) -> torch.Tensor:
+        """The penalties of the first `active` stacked clients, summed."""
+        assert penalty is not None
+        return penalty(sub, global_params, {} if aux is None else {k: v[:active] for k, v in aux.items()}).sum()
+
     active_at = (steps[None, :] > torch.arange(int(steps[0]))[:, None]).sum(1).tolist()
     count = len(tasks)
     params = {k: global_params[k].detach().unsqueeze(0).repeat(count, *([1] * global_params[k].dim()))
@@ -255,21 +261,16 @@ def _train_chunk(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: Loss
             sub = {k: v[:active].detach().requires_grad_() for k, v in params.items()}
             outputs = forward(sub, xb)
             losses = (row_losses(outputs, yb) * m).sum(dim=1) / divisors[:active, s]
-            total = losses.sum()
-            if penalty is not None:
-                total = total + penalty(sub, global_params, {} if aux is None else
-                                        {k: v[:active] for k, v in aux.items()}).sum()
+            total = losses.sum() if penalty is None else losses.sum() + penalty_sum(sub, active)
             grads = torch.autograd.grad(total, list(sub.values()))
-        else:
-            by_name, rowwise, outputs = loss_grads(layers, {k: v[:active] for k, v in params.items()}, xb, yb,
-                                              m / divisors[:active, s, None])
+        else:  # closed form for the loss; a penalty's gradient still comes from autograd
+            live = {k: v[:active] for k, v in params.items()}
+            by_name, rowwise, outputs = loss_grads(layers, live, xb, yb, m / divisors[:active, s, None])
             losses = (rowwise * m).sum(dim=1) / divisors[:active, s]
             grads = tuple(by_name[k] for k in names)
             if penalty is not None:
-                sub = {k: v[:active].detach().requires_grad_() for k, v in params.items()}
-                pulled = torch.autograd.grad(penalty(sub, global_params, {} if aux is None else
-                                                     {k: v[:active] for k, v in aux.items()}).sum(),
-                                             list(sub.values()), allow_unused=True)
+                sub = {k: v.detach().requires_grad_() for k, v in live.items()}
+                pulled = torch.autograd.grad(penalty_sum(sub, active), list(sub.values()), allow_unused=True)
                 grads = tuple(g if p is None else g + p for g, p in zip(grads, pulled, strict=True))
         with torch.no_grad():
             loss_sum[:active] += losses * n
