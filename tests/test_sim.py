@@ -48,6 +48,7 @@ from fedloop.privacy import PrivacyOptions, privatize
 from fedloop.run import initial_params
 from fedloop.sampling import round_rng
 from fedloop.sim import LazyPopulation, LocalFleet, gaussian_population, vectorized
+from fedloop.sim.auto import choose_executor
 from fedloop.sim.executors import Job, Vectorized
 from fedloop.stops import MaxRounds
 from fedloop.types import Broadcast, Task, Update
@@ -151,6 +152,22 @@ def test_a_dense_model_trained_by_closed_form_gradients_gives_the_sequential_res
     res = run(CONFORMANCE[strategy], "vectorized", model=dense_model)
     assert bool(calls) == (strategy not in NOT_BATCHED)
     assert_same_run(res, run(CONFORMANCE[strategy], "sequential", model=dense_model))
+
+
+def wide(activation: type[nn.Module]) -> nn.Module:
+    """180,003 params: at 4 rows a step, over the autograd bound of `auto` and under the closed-form one."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(5, 20_000), activation(), nn.Linear(20_000, 3))
+
+
+@pytest.mark.parametrize(("activation", "chosen", "why"), [
+    (nn.ReLU, "vectorized", "180,003 params x 4 rows per step <= 4,000,000; a dense model, differentiated in closed "
+                            "form"),
+    (nn.Tanh, "processes", "180,003 params x 4 rows per step > 400,000; 2 cores, 4 clients per round")])
+def test_auto_batches_larger_steps_of_a_dense_model_than_of_others(activation, chosen, why):
+    data = blobs(n_train=20)
+    app = ClientApp(0, FedAvg(sampler=Sampler(4), local=LOCAL), lambda: wide(activation), F.cross_entropy,
+                    train=Examples.all(data.x_train, data.y_train))
+    assert choose_executor(app, per_round=4, workers=2) == (chosen, why)
 
 
 def assert_same_run(res, ref):

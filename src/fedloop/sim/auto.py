@@ -22,6 +22,7 @@ from ..client import ClientApp, ClientContext, SGDProgram, train_program
 from ..data.examples import Examples
 from ..device import CPU, name_of, on_cpu, place_examples, place_task, synchronize
 from ..types import Task
+from .dense import dense_layers
 from .executors import Executor, Job, Result, Sequential, Vectorized, batch_program
 from .processes import Processes, default_workers
 from .vectorized import train_group, unbatchable_reason
@@ -96,7 +97,14 @@ VECTOR_WORK = 400_000
 """Batch the clients when a client's SGD step is at most this many (params x rows) multiply-adds: the measured
 crossover on this project's 2-core machine lies between 261,220 (a 26k-param MLP, batch 10: vectorized 4,772
 client-steps/s against processes 3,821) and 552,100 (the default job's 55k-param MLP: processes 3,517 against
-vectorized 3,243)."""
+vectorized 3,243), both measured when every model went through autograd."""
+
+DENSE_VECTOR_WORK = 4_000_000
+"""The same bound for a dense model that the vectorized executor differentiates in closed form (sim/dense.py), where
+batching costs far less: on the same machine (seconds per round, processes against vectorized, two runs each), the
+default job (552,100) 69-75 ms against 34-38 ms; Fashion-MNIST's 2NN at batch 10 (1,992,100) 3.15-3.27 s against
+2.95-3.13 s, at batch 20 (3,984,200) 2.06-2.16 s against 1.99-2.11 s, at batch 50 (9,960,500) 1.35-1.46 s against
+1.47-1.49 s."""
 
 
 def choose_executor(app: ClientApp, per_round: int, workers: int) -> tuple[str, str]:
@@ -109,13 +117,17 @@ def choose_executor(app: ClientApp, per_round: int, workers: int) -> tuple[str, 
     params = sum(p.numel() for p in model.parameters())
     rows = program.batch_size or len(app.train)
     work = params * rows
+    labels = app.train.y
+    dense = dense_layers(model, app.loss_fn) is not None and labels.dim() == 1 and not labels.is_floating_point()
+    limit = DENSE_VECTOR_WORK if dense else VECTOR_WORK
+    kind = "; a dense model, differentiated in closed form" if dense else ""
     if not on_cpu(app.device):  # an accelerator runs one big batch best; its processes would share it
         if why is None:
             return "vectorized", f"the clients train on {name_of(app.device)}, which runs them best as one batch"
         return "sequential", f"{why}; the clients train on {name_of(app.device)}, one after another"
-    if why is None and work <= VECTOR_WORK:
-        return "vectorized", f"{params:,} params x {rows} rows per step <= {VECTOR_WORK:,}"
-    reason = why or f"{params:,} params x {rows} rows per step > {VECTOR_WORK:,}"
+    if why is None and work <= limit:
+        return "vectorized", f"{params:,} params x {rows} rows per step <= {limit:,}{kind}"
+    reason = why or f"{params:,} params x {rows} rows per step > {limit:,}{kind}"
     if workers > 1 and per_round > 1:
         return "processes", f"{reason}; {workers} cores, {per_round} clients per round"
     return "sequential", f"{reason}; {workers} core(s), {per_round} client(s) per round"
