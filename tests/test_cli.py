@@ -96,7 +96,7 @@ def test_the_same_command_writes_the_same_bytes_even_on_a_loaded_machine(tmp_pat
 def test_run_uses_the_auto_executor_by_default_and_logs_its_choice(tmp_path):
     proc = fedloop_cli("run", "--out", str(tmp_path / "r"), "--quiet", *FAST)
     assert proc.returncode == 0
-    chosen = re.search(r"auto executor: (\w+) \(55,210 params x 10 rows per step <= 4,000,000; a dense model, "
+    chosen = re.search(r"auto executor: (\w+) \(55,210 params x 10 rows per step <= 1,000,000; a dense model, "
                        r"differentiated in closed form", proc.stderr)
     assert chosen and chosen[1] == "vectorized"
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["executor"] == f"auto: {chosen[1]}"

@@ -160,7 +160,7 @@ def wide(activation: type[nn.Module]) -> nn.Module:
 
 
 @pytest.mark.parametrize(("activation", "chosen", "why"), [
-    (nn.ReLU, "vectorized", "180,003 params x 4 rows per step <= 4,000,000; a dense model, differentiated in closed "
+    (nn.ReLU, "vectorized", "180,003 params x 4 rows per step <= 1,000,000; a dense model, differentiated in closed "
                             "form"),
     (nn.Tanh, "processes", "180,003 params x 4 rows per step > 400,000; 2 cores, 4 clients per round")])
 def test_auto_batches_larger_steps_of_a_dense_model_than_of_others(activation, chosen, why):

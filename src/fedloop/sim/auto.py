@@ -99,12 +99,13 @@ crossover on this project's 2-core machine lies between 261,220 (a 26k-param MLP
 client-steps/s against processes 3,821) and 552,100 (the default job's 55k-param MLP: processes 3,517 against
 vectorized 3,243), both measured when every model went through autograd."""
 
-DENSE_VECTOR_WORK = 4_000_000
+DENSE_VECTOR_WORK = 1_000_000
 """The same bound for a dense model that the vectorized executor differentiates in closed form (sim/dense.py), where
-batching costs far less: on the same machine (seconds per round, processes against vectorized, two runs each), the
-default job (552,100) 69-75 ms against 34-38 ms; Fashion-MNIST's 2NN at batch 10 (1,992,100) 3.15-3.27 s against
-2.95-3.13 s, at batch 20 (3,984,200) 2.06-2.16 s against 1.99-2.11 s, at batch 50 (9,960,500) 1.35-1.46 s against
-1.47-1.49 s."""
+batching costs far less. Seconds per round on the same machine, processes against vectorized: the default job
+(552,100) 69-75 ms against 34-38 ms, a clear win; at 1,992,100 (the 2NN at batch 10) the order depends on the clients:
+Fashion-MNIST's 20 default clients 3.15-3.27 s against 2.95-3.13 s, but `benchmarks/engine.py`'s W2 (100 Dirichlet
+clients of very unequal sizes) 0.193 s against 0.261 s in one run and 0.201 s against 0.179 s in another. The bound
+sits below that uncertain zone."""
 
 
 def choose_executor(app: ClientApp, per_round: int, workers: int) -> tuple[str, str]:
