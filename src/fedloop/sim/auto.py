@@ -22,7 +22,7 @@ from ..client import ClientApp, ClientContext, SGDProgram, train_program
 from ..data.examples import Examples
 from ..device import CPU, name_of, on_cpu, place_examples, place_task, synchronize
 from ..types import Task
-from .dense import dense_layers
+from .dense import closed_form
 from .executors import Executor, Job, Result, Sequential, Vectorized, batch_program
 from .processes import Processes, default_workers
 from .vectorized import train_group, unbatchable_reason
@@ -118,14 +118,13 @@ def choose_executor(app: ClientApp, per_round: int, workers: int) -> tuple[str, 
     params = sum(p.numel() for p in model.parameters())
     rows = program.batch_size or len(app.train)
     work = params * rows
-    labels = app.train.y
-    dense = dense_layers(model, app.loss_fn) is not None and labels.dim() == 1 and not labels.is_floating_point()
-    limit = DENSE_VECTOR_WORK if dense else VECTOR_WORK
-    kind = "; a dense model, differentiated in closed form" if dense else ""
     if not on_cpu(app.device):  # an accelerator runs one big batch best; its processes would share it
         if why is None:
             return "vectorized", f"the clients train on {name_of(app.device)}, which runs them best as one batch"
         return "sequential", f"{why}; the clients train on {name_of(app.device)}, one after another"
+    dense = closed_form(model, app.loss_fn, app.train.y) is not None
+    limit = DENSE_VECTOR_WORK if dense else VECTOR_WORK
+    kind = "; a dense model, differentiated in closed form" if dense else ""
     if why is None and work <= limit:
         return "vectorized", f"{params:,} params x {rows} rows per step <= {limit:,}{kind}"
     reason = why or f"{params:,} params x {rows} rows per step > {limit:,}{kind}"

@@ -24,7 +24,7 @@ from ..client.training import LossFn, SGDProgram, Trained, sgd_step
 from ..data.examples import Examples
 from ..device import free_memory
 from ..types import Params, Task
-from .dense import dense_layers, loss_grads
+from .dense import closed_form, loss_grads
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def _train_chunk(model: nn.Module, programs: Sequence[SGDProgram], loss_fn: Loss
     row_losses = _row_losses(loss_fn)
     plan = _schedule(program, tasks, data, [p.max_steps for p in programs])
     scored = plan.y.dim() == 1 and not plan.y.is_floating_point()
-    layers = dense_layers(model, loss_fn) if scored else None
+    layers = closed_form(model, loss_fn, plan.y)
     device = plan.x.device
     order = torch.argsort(plan.steps, descending=True, stable=True)  # clients still training are a prefix
     on_device = order.to(device)
